@@ -1,0 +1,78 @@
+"""attention(): the "xla" path against a plain numpy loop over (batch, head, query), which applies the
+DESIGN.md visibility rule literally and repeats k/v per query head."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax.models.attention import attention
+
+
+def reference(q, k, v, q_seg, kv_seg, causal, q_offset, scale):
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    out = np.zeros_like(q)
+    for bi in range(b):
+        for hi in range(h):
+            kh = hi // (h // kv_heads)
+            for i in range(t):
+                vis = [j for j in range(k.shape[1])
+                       if q_seg[bi, i] == kv_seg[bi, j] and (not causal or j <= q_offset + i)]
+                if not vis:
+                    continue
+                logits = np.array([q[bi, i, hi] @ k[bi, j, kh] for j in vis]) * scale
+                p = np.exp(logits - logits.max())
+                p /= p.sum()
+                out[bi, i, hi] = sum(pj * v[bi, j, kh] for pj, j in zip(p, vis))
+    return out
+
+
+def _inputs(b, t, s, h, kv, d, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=shape).astype(np.float32) for shape in ((b, t, h, d), (b, s, kv, d), (b, s, kv, d))]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_xla_matches_reference_with_gqa_segments_and_padding(causal):
+    q, k, v = _inputs(2, 7, 7, 6, 2, 8)
+    seg = np.array([[1, 1, 1, 2, 2, 0, 0], [0, 0, 1, 1, 1, 1, 1]], np.int32)  # packed + right pad; left pad
+    out = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), q_segment_ids=jnp.asarray(seg),
+                    kv_segment_ids=jnp.asarray(seg), causal=causal)
+    ref = reference(q, k, v, seg, seg, causal, 0, 8 ** -0.5)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_xla_offset_into_a_cache_and_empty_rows_are_zero():
+    # 3 queries written at slots 4..6 of a 9-slot cache; slots 7, 8 are still empty (segment 0).
+    q, k, v = _inputs(2, 3, 9, 4, 4, 8, seed=1)
+    kv_seg = np.array([[1, 1, 1, 1, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1, 0, 0]], np.int32)
+    q_seg = np.array([[1, 1, 1], [1, 1, 3]], np.int32)  # segment 3 has no key → zeros
+    offset = 4
+    ref = reference(q, k, v, q_seg, kv_seg, True, offset, 0.3)
+    args = (jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+    kw = dict(q_segment_ids=jnp.asarray(q_seg), kv_segment_ids=jnp.asarray(kv_seg), causal=True, scale=0.3)
+    np.testing.assert_allclose(np.asarray(attention(*args, q_offset=offset, **kw)), ref, atol=1e-5)
+    traced = jax.jit(lambda o: attention(*args, q_offset=o, **kw))(jnp.int32(offset))
+    np.testing.assert_allclose(np.asarray(traced), ref, atol=1e-5)
+    assert np.all(np.asarray(traced)[1, 2] == 0)
+
+
+def test_no_segment_ids_is_plain_causal():
+    q, k, v = _inputs(1, 5, 5, 2, 1, 4, seed=2)
+    ones = np.ones((1, 5), np.int32)
+    out = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+    np.testing.assert_allclose(np.asarray(out), reference(q, k, v, ones, ones, True, 0, 0.5), atol=1e-5)
+
+
+def test_bad_arguments_raise_clear_errors():
+    q, k, v = (jnp.asarray(a) for a in _inputs(1, 2, 2, 3, 2, 4))
+    with pytest.raises(ValueError, match="not a multiple"):
+        attention(q, k, v)
+    q, k, v = (jnp.asarray(a) for a in _inputs(1, 2, 2, 2, 1, 4))
+    with pytest.raises(ValueError, match="implementation 'flash'"):
+        attention(q, k, v, implementation="flash")
+    with pytest.raises(ValueError, match="both"):
+        attention(q, k, v, q_segment_ids=jnp.ones((1, 2), jnp.int32))
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match="needs a GPU"):
+            attention(q, k, v, implementation="cudnn")

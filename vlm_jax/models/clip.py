@@ -1,0 +1,163 @@
+"""CLIP ViT vision tower (HF `CLIPVisionModel`, openai/clip-vit-large-patch14-336).
+
+pixels `[n, H, W, 3]` → patch embedding (+CLS, +positions) → pre_layrnorm → L × (LN → attention →
+residual; LN → quick-GELU MLP → residual) → post_layernorm(CLS) = pooled → optional projection.
+The encoder can stop after any number of layers; LLaVA needs L-1 and the last one is not computed.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm_jax.models.attention import attention
+from vlm_jax.models.config import VisionConfig
+from vlm_jax.models.layers import first_layers, layer_norm, normal_init, stacked, zeros_init
+
+
+@flax.struct.dataclass
+class VisionOutput:
+    """What the tower returns. `hidden_state`: `[n, 1 + patches, D]` after the layers run;
+    `hidden_states`: `[layers_run + 1, n, 1 + patches, D]` (embeddings first, as HF's tuple) or None;
+    `pooled`: post_layernorm(CLS) `[n, D]` and `image_embeds`: `[n, projection_dim]`, only when all
+    layers ran (image_embeds only with `has_projection`)."""
+
+    hidden_state: jax.Array
+    hidden_states: jax.Array | None = None
+    pooled: jax.Array | None = None
+    image_embeds: jax.Array | None = None
+
+
+def quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+class CLIPAttention(nn.Module):
+    config: VisionConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        proj = partial(nn.DenseGeneral, features=(c.num_attention_heads, c.head_dim), dtype=dtype,
+                       param_dtype=jnp.dtype(c.param_dtype),
+                       kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_heads", "head_dim")),
+                       bias_init=zeros_init(("vision_heads", "head_dim")))
+        q, k, v = proj(name="q_proj")(x), proj(name="k_proj")(x), proj(name="v_proj")(x)
+        out = attention(q, k, v, causal=False, implementation=c.attention_impl)
+        return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=jnp.dtype(c.param_dtype),
+                               kernel_init=normal_init(c.initializer_range,
+                                                       ("vision_heads", "head_dim", "vision_embed")),
+                               bias_init=zeros_init(("vision_embed",)), name="out_proj")(out)
+
+
+class CLIPMLP(nn.Module):
+    config: VisionConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dense = partial(nn.Dense, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        h = dense(c.intermediate_size, kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_mlp")),
+                  bias_init=zeros_init(("vision_mlp",)), name="fc1")(x)
+        h = nn.with_logical_constraint(quick_gelu(h), ("activation_batch", "activation_length", "activation_mlp"))
+        return dense(c.hidden_size, kernel_init=normal_init(c.initializer_range, ("vision_mlp", "vision_embed")),
+                     bias_init=zeros_init(("vision_embed",)), name="fc2")(h)
+
+
+class CLIPEncoderLayer(nn.Module):
+    """One pre-LN transformer layer; scan body `(x, _) -> (x, x if collect else None)`."""
+
+    config: VisionConfig
+    collect: bool = False
+
+    @nn.compact
+    def __call__(self, x, _):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        x = x + CLIPAttention(c, name="self_attn")(layer_norm(c.layer_norm_eps, dtype, pdtype, "layer_norm1")(x))
+        x = x + CLIPMLP(c, name="mlp")(layer_norm(c.layer_norm_eps, dtype, pdtype, "layer_norm2")(x))
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        return x, (x if self.collect else None)
+
+
+class CLIPVisionTower(nn.Module):
+    """HF CLIPVisionModel(+WithProjection) on channels-last pixels `[n, H, W, 3]` (already normalised)."""
+
+    config: VisionConfig
+
+    def _patch_embed(self, pixel_values):
+        """`[n, H, W, C]` → `[n, 1 + patches, D]`: non-overlapping patches flattened as (row, col, channel)
+        times a `[p*p*C, D]` kernel (= HF's bias-free stride-p conv), CLS prepended, positions added."""
+        c = self.config
+        n, h, w, ch = pixel_values.shape
+        if (h, w, ch) != (c.image_size, c.image_size, c.num_channels):
+            raise ValueError(f"CLIPVisionTower: pixel_values {pixel_values.shape} do not match "
+                             f"[n, {c.image_size}, {c.image_size}, {c.num_channels}] from VisionConfig")
+        p, g = c.patch_size, c.image_size // c.patch_size
+        patches = pixel_values.reshape(n, g, p, g, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, p * p * ch)
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        kernel = self.param("patch_embedding", normal_init(c.initializer_range, ("patch", "vision_embed")),
+                            (p * p * ch, c.hidden_size), pdtype)
+        cls = self.param("class_embedding", normal_init(c.initializer_range, ("vision_embed",)),
+                         (c.hidden_size,), pdtype)
+        pos = self.param("position_embedding", normal_init(c.initializer_range, (None, "vision_embed")),
+                         (c.num_positions, c.hidden_size), pdtype)
+        x = jnp.einsum("npk,kd->npd", patches.astype(dtype), kernel.astype(dtype))
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, c.hidden_size)), x], axis=1)
+        return x + pos.astype(dtype)[None]
+
+    @nn.compact
+    def __call__(self, pixel_values, *, num_layers: int | None = None, all_hidden_states: bool = False):
+        """Run the first `num_layers` encoder layers (all by default); see `VisionOutput`."""
+        c = self.config
+        total = c.num_hidden_layers
+        n_run = total if num_layers is None else num_layers
+        if not 0 <= n_run <= total:
+            raise ValueError(f"CLIPVisionTower: num_layers={num_layers} outside [0, {total}]")
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+
+        x = self._patch_embed(pixel_values)
+        x = layer_norm(c.layer_norm_eps, dtype, pdtype, "pre_layrnorm")(x)
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        embeddings = x
+
+        initializing = self.is_initializing()  # init creates every layer and head, whatever is asked
+        collect = all_hidden_states or (initializing and n_run < total)
+        run_all = initializing or n_run == total
+        ys = None
+        if run_all or n_run > 0:
+            layers = stacked(CLIPEncoderLayer, length=total if run_all else n_run,
+                             remat_policy=c.remat_policy, in_axes=nn.broadcast)
+            if not run_all:
+                layers = first_layers(layers, n_run)
+            x, ys = layers(c, collect, name="layers")(x, None)
+        final = x
+        if run_all and n_run < total:
+            x = ys[n_run - 1] if n_run > 0 else embeddings
+
+        hidden_states = None
+        if all_hidden_states:
+            hidden_states = (embeddings[None] if n_run == 0
+                             else jnp.concatenate([embeddings[None], ys[:n_run]], axis=0))
+        if not run_all:
+            return VisionOutput(hidden_state=x, hidden_states=hidden_states)
+
+        pooled = layer_norm(c.layer_norm_eps, dtype, pdtype, "post_layernorm")(final[:, 0])
+        image_embeds = None
+        if c.has_projection:
+            image_embeds = nn.Dense(c.projection_dim, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                                    kernel_init=normal_init(c.initializer_range, ("vision_embed", None)),
+                                    name="visual_projection")(pooled)
+        if n_run < total:  # only while initializing: the heads exist but were not asked for
+            pooled = image_embeds = None
+        return VisionOutput(hidden_state=x, hidden_states=hidden_states, pooled=pooled, image_embeds=image_embeds)
+
+
+def init_variables(config: VisionConfig, rng: jax.Array) -> dict:
+    """Boxed (`nn.LogicallyPartitioned`) variables `{"params": ...}` of a CLIPVisionTower."""
+    pixels = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
+    return CLIPVisionTower(config).init(rng, pixels)

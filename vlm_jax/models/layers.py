@@ -1,0 +1,72 @@
+"""Building blocks shared by the CLIP and Llama towers: initialisers with logical axis names,
+norms, and the scan-over-layers + remat wrapper."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+# Rematerialisation policies by config name ("none" = no remat). "full" saves nothing and recomputes
+# the whole layer in the backward pass.
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def normal_init(std: float, names: Sequence[str | None]):
+    """N(0, std²) initialiser tagged with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(names))
+
+
+def zeros_init(names: Sequence[str | None]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(names))
+
+
+def ones_init(names: Sequence[str | None]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(names))
+
+
+def layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
+    """LayerNorm with float32 statistics (two-pass variance, as torch), params named (`norm`,)."""
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+                        scale_init=ones_init(("norm",)), bias_init=zeros_init(("norm",)), name=name)
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm: `scale * (x / sqrt(mean(x²) + eps))`, statistics in float32 (HF LlamaRMSNorm)."""
+
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", ones_init(("norm",)), (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def stacked(block_cls, *, length: int, remat_policy: str, in_axes):
+    """`nn.scan` of `block_cls` over `length` layers: params gain a leading axis named `layers`;
+    each layer is rematerialised with `remat_policy` (a key of REMAT_POLICIES, or "none").
+
+    The block is called as `block(carry, *xs) -> (carry, y)`; `in_axes` says per extra argument
+    whether it is scanned (0) or broadcast (`nn.broadcast`)."""
+    body = block_cls
+    if remat_policy != "none":
+        body = nn.remat(block_cls, prevent_cse=False, policy=REMAT_POLICIES[remat_policy])
+    return nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+                   length=length, metadata_params={nn.PARTITION_NAME: "layers"})
+
+
+def first_layers(scanned_cls, n: int):
+    """Run only the first `n` layers of a stacked module whose params hold all of them
+    (the params are sliced `[:n]` on the way in; nothing is computed for the rest)."""
+    return nn.map_variables(scanned_cls, "params",
+                            trans_in_fn=lambda tree: jax.tree_util.tree_map(lambda a: a[:n], tree),
+                            init=False)

@@ -1,0 +1,224 @@
+"""Llama decoder (HF `LlamaForCausalLM`): embeddings → L × (RMSNorm → GQA attention with RoPE →
+residual; RMSNorm → SiLU-gated MLP → residual) → RMSNorm → LM head (float32 logits).
+
+The KV cache is a dict `k, v: [layers, batch, max_len, kv_heads, head_dim]`,
+`segment_ids: [batch, max_len]` (0 = empty slot); a call writes its chunk at `cache_index` and
+attends over the whole cache with `q_offset=cache_index`.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlm_jax.models.attention import attention
+from vlm_jax.models.config import TextConfig
+from vlm_jax.models.layers import RMSNorm, normal_init, stacked
+
+# Logical axes of the cache arrays, for sharding a generation cache like the activations.
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "activation_batch", "activation_length", "activation_kv_heads", None),
+    "v": ("layers", "activation_batch", "activation_length", "activation_kv_heads", None),
+    "segment_ids": ("activation_batch", "activation_length"),
+}
+
+
+def rope_inv_freq(config: TextConfig) -> np.ndarray:
+    """Inverse RoPE frequencies `[head_dim // 2]` (float32), with the Llama-3 scaling rule when
+    `config.rope_scaling` is set (as HF `_compute_llama3_parameters`)."""
+    dim = config.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
+    rs = config.rope_scaling
+    if rs is None:
+        return inv_freq
+    old_len = rs.original_max_position_embeddings
+    low_freq_wavelen = old_len / rs.low_freq_factor
+    high_freq_wavelen = old_len / rs.high_freq_factor
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / rs.factor, inv_freq)
+    smooth = (old_len / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions, inv_freq):
+    """cos, sin tables `[batch, seq, head_dim]` (float32) for integer `positions [batch, seq]`."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate `x [batch, seq, heads, head_dim]` by position (HF rotate_half convention), in float32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
+
+
+class LlamaAttention(nn.Module):
+    config: TextConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, segment_ids, kv_segment_ids, layer_cache, cache_index):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        proj = partial(nn.DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
+        q = proj((c.num_attention_heads, c.head_dim), name="q_proj",
+                 kernel_init=normal_init(c.initializer_range, ("embed", "heads", "head_dim")))(x)
+        k = proj((c.num_key_value_heads, c.head_dim), name="k_proj",
+                 kernel_init=normal_init(c.initializer_range, ("embed", "kv_heads", "head_dim")))(x)
+        v = proj((c.num_key_value_heads, c.head_dim), name="v_proj",
+                 kernel_init=normal_init(c.initializer_range, ("embed", "kv_heads", "head_dim")))(x)
+        q = nn.with_logical_constraint(apply_rope(q, cos, sin),
+                                       ("activation_batch", "activation_length", "activation_heads", None))
+        k = nn.with_logical_constraint(apply_rope(k, cos, sin),
+                                       ("activation_batch", "activation_length", "activation_kv_heads", None))
+        if layer_cache is None:
+            out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, causal=True,
+                            implementation=c.attention_impl)
+            new_cache = None
+        else:
+            cache_k, cache_v = layer_cache
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+            out = attention(q, cache_k.astype(dtype), cache_v.astype(dtype), q_segment_ids=segment_ids,
+                            kv_segment_ids=kv_segment_ids, causal=True, q_offset=cache_index,
+                            implementation=c.attention_impl)
+            new_cache = (cache_k, cache_v)
+        out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
+                   kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)
+        return out, new_cache
+
+
+class LlamaMLP(nn.Module):
+    config: TextConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dense = partial(nn.Dense, use_bias=False, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        up_init = normal_init(c.initializer_range, ("embed", "mlp"))
+        h = nn.silu(dense(c.intermediate_size, kernel_init=up_init, name="gate_proj")(x))
+        h = h * dense(c.intermediate_size, kernel_init=up_init, name="up_proj")(x)
+        h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+        return dense(c.hidden_size, kernel_init=normal_init(c.initializer_range, ("mlp", "embed")),
+                     name="down_proj")(h)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Scan body `(x, layer_cache, cos, sin, segment_ids, kv_segment_ids, cache_index) -> (x, layer_cache)`;
+    `layer_cache` is `(k, v)` each `[batch, max_len, kv_heads, head_dim]`, or None."""
+
+    config: TextConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, cos, sin, segment_ids, kv_segment_ids, cache_index):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        h = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x)
+        h, layer_cache = LlamaAttention(c, name="self_attn")(h, cos, sin, segment_ids, kv_segment_ids,
+                                                             layer_cache, cache_index)
+        x = x + h
+        x = x + LlamaMLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(x))
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        return x, layer_cache
+
+
+class TokenEmbedding(nn.Module):
+    """`embedding [vocab, embed]`: lookup for input ids, and (tied head) float32 logits."""
+
+    config: TextConfig
+
+    def setup(self):
+        c = self.config
+        self.embedding = self.param("embedding", normal_init(c.initializer_range, ("vocab", "embed")),
+                                    (c.vocab_size, c.hidden_size), jnp.dtype(c.param_dtype))
+
+    def __call__(self, input_ids):
+        return jnp.take(self.embedding, input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
+
+    def attend(self, x):
+        emb = self.embedding.astype(jnp.dtype(self.config.dtype))
+        return jnp.einsum("bsd,vd->bsv", x, emb, preferred_element_type=jnp.float32)
+
+
+class LMHead(nn.Module):
+    """Untied output projection `kernel [embed, vocab]` → float32 logits."""
+
+    config: TextConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        kernel = self.param("kernel", normal_init(c.initializer_range, ("embed", "vocab")),
+                            (c.hidden_size, c.vocab_size), jnp.dtype(c.param_dtype))
+        return jnp.einsum("bsd,dv->bsv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+
+
+class Llama(nn.Module):
+    """`embed(input_ids [b, s]) -> [b, s, D]`; `__call__(embeddings, positions, segment_ids, cache,
+    cache_index) -> (logits [b, s, vocab] float32, cache or None)`."""
+
+    config: TextConfig
+
+    def setup(self):
+        c = self.config
+        self.embed_tokens = TokenEmbedding(c)
+        self.layers = stacked(LlamaDecoderLayer, length=c.num_hidden_layers, remat_policy=c.remat_policy,
+                              in_axes=(0,) + (nn.broadcast,) * 5)(c)
+        self.norm = RMSNorm(c.rms_norm_eps, jnp.dtype(c.dtype), jnp.dtype(c.param_dtype))
+        if not c.tie_word_embeddings:
+            self.lm_head = LMHead(c)
+
+    def embed(self, input_ids):
+        """Token embeddings `[b, s, D]` in the compute dtype."""
+        return self.embed_tokens(input_ids)
+
+    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None):
+        """embeddings `[b, s, D]`, positions / segment_ids int `[b, s]` (segment 0 = padding).
+        With `cache` (from `init_cache`) the chunk is written at `cache_index` (int scalar, may be
+        traced) and attends to every filled slot before it; returns the updated cache."""
+        c = self.config
+        if self.is_initializing():  # create the embedding table even though the caller embeds
+            self.embed_tokens(jnp.zeros((1, 1), jnp.int32))
+        x = nn.with_logical_constraint(embeddings.astype(jnp.dtype(c.dtype)),
+                                       ("activation_batch", "activation_length", "activation_embed"))
+        cos, sin = rope_cos_sin(positions, rope_inv_freq(c))
+        segment_ids = segment_ids.astype(jnp.int32)
+        if cache is None:
+            kv_segment_ids, layer_caches = segment_ids, None
+        else:
+            if cache_index is None:
+                raise ValueError("Llama: cache given without cache_index")
+            kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
+            layer_caches = (cache["k"], cache["v"])
+        x, layer_caches = self.layers(x, layer_caches, cos, sin, segment_ids, kv_segment_ids, cache_index)
+        x = self.norm(x)
+        logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
+        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        new_cache = None
+        if cache is not None:
+            new_cache = {"k": layer_caches[0], "v": layer_caches[1], "segment_ids": kv_segment_ids}
+        return logits, new_cache
+
+
+def init_cache(config: TextConfig, batch: int, max_len: int, dtype=None) -> dict:
+    """Empty KV cache: `k, v: [layers, batch, max_len, kv_heads, head_dim]` zeros (dtype defaults to
+    the compute dtype) and `segment_ids: [batch, max_len]` zeros (every slot empty)."""
+    dtype = jnp.dtype(config.dtype if dtype is None else dtype)
+    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
+
+
+def init_variables(config: TextConfig, rng: jax.Array) -> dict:
+    """Boxed (`nn.LogicallyPartitioned`) variables `{"params": ...}` of a Llama."""
+    emb = jnp.zeros((1, 1, config.hidden_size), jnp.dtype(config.dtype))
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return Llama(config).init(rng, emb, ids, ids + 1)

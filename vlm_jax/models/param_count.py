@@ -1,0 +1,46 @@
+"""Parameter count of a model config, from `jax.eval_shape` of its init (nothing is allocated).
+
+    python -m vlm_jax.models.param_count --preset llava-1.5-7b
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from functools import partial
+
+import flax.linen as nn
+import jax
+
+from vlm_jax.models import clip, config as config_lib, llama, llava
+
+
+def abstract_params(cfg) -> dict:
+    """Boxed `{"params": ...}` of ShapeDtypeStructs for a LlavaConfig, VisionConfig or TextConfig."""
+    init = {config_lib.LlavaConfig: llava.init_variables, config_lib.VisionConfig: clip.init_variables,
+            config_lib.TextConfig: llama.init_variables}.get(type(cfg))
+    if init is None:
+        raise ValueError(f"param_count: no model for {type(cfg).__name__}")
+    return jax.eval_shape(partial(init, cfg), jax.random.key(0))
+
+
+def param_count(cfg) -> int:
+    """Number of scalar parameters of the model `cfg` describes."""
+    leaves = jax.tree_util.tree_leaves(nn.unbox(abstract_params(cfg)))
+    return sum(math.prod(leaf.shape) for leaf in leaves)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="llava-1.5-7b", help="config preset name (llava-1.5-7b, tiny)")
+    args = parser.parse_args(argv)
+    cfg = config_lib.preset(args.preset)
+    parts = {"vision_tower": param_count(cfg.vision_config), "language_model": param_count(cfg.text_config)}
+    total = param_count(cfg)
+    parts["multi_modal_projector"] = total - sum(parts.values())
+    for name, n in parts.items():
+        print(f"{name:24s} {n:>15,d}")
+    print(f"{'total':24s} {total:>15,d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""data_prep.convert: textbook/obelics/mmc4 inputs -> ArrayRecord shards, with counted skips."""
+
+import json
+import os
+
+import pytest
+from array_record.python.array_record_module import ArrayRecordReader
+
+from data_prep import convert as convert_mod
+from data_prep.formats import parse_keyframe_name, url_file_name
+from data_prep.json_stream import Malformed, iter_json_array, iter_jsonl
+from data_testlib import image_bytes
+from vlm_jax.data.loader import loader_metrics, make_train_iterator
+from vlm_jax.data.records import decode_document
+
+KEYFRAMES = ["-1uixJ1V-As/-1uixJ1V-As@10.0_55.0#2.jpg", "-1uixJ1V-As/-1uixJ1V-As@55.0_80.5#1.jpg",
+             "B5Cj_yJ-Okg/B5Cj_yJ-Okg@2240.26_2250.2000000000003#3.jpg"]
+
+
+@pytest.fixture()
+def images_root(tmp_path):
+    root = tmp_path / "images"
+    for i, rel in enumerate(KEYFRAMES):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(image_bytes(30 + i, 20, seed=i))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / url_file_name("https://example.com/cat.png")).write_bytes(image_bytes(16, 16, seed=5, fmt="PNG"))
+    (root / "mmc4_a.jpg").write_bytes(image_bytes(20, 20, seed=6))
+    (tmp_path / "outside.jpg").write_bytes(image_bytes(8, 8, seed=7))
+    os.symlink(tmp_path / "outside.jpg", root / "link_out.jpg")
+    return root
+
+
+def _records(out_dir):
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    docs = []
+    for shard in manifest["shards"]:
+        reader = ArrayRecordReader(str(out_dir / shard["path"]))
+        assert reader.num_records() == shard["num_records"]
+        docs += [decode_document(r) for r in reader.read(list(range(reader.num_records())))]
+    return manifest, docs
+
+
+def _skips(out_dir):
+    return [json.loads(line) for line in (out_dir / "skipped.jsonl").read_text().splitlines()]
+
+
+def _textbook_docs(tmp_path):
+    kf = KEYFRAMES
+    return [
+        {"images": [kf[0], None, kf[1], None], "texts": [None, "asr one", None, "asr two"],
+         "text_ocr_list": [None, "asr one OCR: x=1", None, "asr two OCR: y"], "metadata": [{"v": 1}, None, None, None],
+         "image_num": 2, "text_num": 5, "token_num": 1200},
+        {"images": [None, kf[2], "missing/nothere.jpg", None, "broken.jpg"], "texts": ["intro", None, None, "mid", None],
+         "text_ocr_list": ["intro", None, None, "mid ocr", None], "metadata": [], "image_num": 3, "text_num": 2,
+         "token_num": 5},
+        {"images": ["../outside.jpg", None], "texts": [None, "t"], "text_ocr_list": [None, "t"], "metadata": []},
+        {"images": [str(tmp_path / "images" / kf[0]), "link_out.jpg", None], "texts": [None, None, "abs + symlink"],
+         "text_ocr_list": [None, None, "x"], "metadata": []},
+        {"images": [kf[0], None], "texts": [None]},  # length mismatch: malformed
+    ]
+
+
+def test_textbook_json_array_with_ocr_text(tmp_path, images_root):
+    src = tmp_path / "textbook.json"
+    src.write_text(json.dumps(_textbook_docs(tmp_path), indent=1))
+    out = tmp_path / "out"
+    manifest = convert_mod.convert(str(src), str(images_root), str(out), "textbook", shard_size=1,
+                                   text_field="text_ocr_list", workers=1)
+    assert manifest["documents_read"] == 5 and manifest["documents_written"] == 2 and manifest["images_written"] == 3
+    assert manifest["skipped"] == {"malformed_record": 1, "no_images": 2, "missing_file": 1, "undecodable_image": 1,
+                                   "escaping_path": 3}
+    assert [s["num_records"] for s in manifest["shards"]] == [1, 1]
+    _, docs = _records(out)
+    assert docs[0]["texts"] == [None, "asr one OCR: x=1", None, "asr two OCR: y"]
+    assert docs[0]["image_meta"][0] == {"path": KEYFRAMES[0], "width": 30, "height": 20, "format": "JPEG",
+                                        "video_id": "-1uixJ1V-As", "clip_start": 10.0, "clip_end": 55.0,
+                                        "frame_index": 2}
+    assert docs[0]["images"][0] == (images_root / KEYFRAMES[0]).read_bytes()
+    assert docs[0]["metadata"] == {"metadata": [{"v": 1}, None, None, None], "image_num": 2, "text_num": 5,
+                                   "token_num": 1200}
+    # Bad images of doc 1 are dropped together with their positions.
+    assert docs[1]["texts"] == ["intro", None, "mid ocr"] and docs[1]["image_meta"][1]["frame_index"] == 3
+    skips = _skips(out)
+    where = {(s["reason"], s["location"].split(str(src))[-1].split(" image")[0]) for s in skips}
+    assert ("malformed_record", "[index 4]") in where and ("missing_file", "[index 1]") in where
+    assert ("undecodable_image", "[index 1]") in where and ("escaping_path", "[index 3]") in where
+
+
+def test_obelics_and_mmc4_jsonl_via_cli_with_a_pool(tmp_path, images_root, capsys):
+    obelics = tmp_path / "obelics.jsonl"
+    lines = [
+        json.dumps({"images": ["https://example.com/cat.png", None], "texts": [None, "a cat"],
+                    "metadata": json.dumps([{"src": "web"}, None])}),
+        "{not json",
+        "",
+        json.dumps({"images": [None], "texts": ["text only"], "metadata": "[]"}),
+    ]
+    obelics.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out_obelics"
+    assert convert_mod.main(["--format", "obelics", "--input", str(obelics), "--images", str(images_root),
+                             "--out", str(out), "--shard-size", "10", "--workers", "2"]) == 0
+    printed = capsys.readouterr().err
+    assert "documents: 1 written, 2 skipped (malformed record: 1, no image left: 1)" in printed
+    manifest, docs = _records(out)
+    assert docs[0]["texts"] == [None, "a cat"] and docs[0]["metadata"] == [{"src": "web"}, None]
+    assert {s["location"].split("/")[-1] for s in _skips(out)} == {"obelics.jsonl:line 2", "obelics.jsonl:line 4"}
+
+    mmc4 = tmp_path / "mmc4.jsonl"
+    mmc4.write_text(json.dumps({"text_list": ["s0", "s1", "s2"], "url": "u", "image_info": [
+        {"image_name": "mmc4_a.jpg", "matched_text_index": 2, "matched_sim": 0.3},
+        {"raw_url": "https://example.com/cat.png", "matched_text_index": 0}]}) + "\n"
+        + json.dumps({"text_list": ["s"], "image_info": [{"image_name": "x.jpg", "matched_text_index": 4}]}) + "\n")
+    out = tmp_path / "out_mmc4"
+    manifest = convert_mod.convert(str(mmc4), str(images_root), str(out), "mmc4", shard_size=5, workers=1)
+    _, docs = _records(out)
+    assert docs[0]["texts"] == [None, "s0", "s1", None, "s2"]
+    assert docs[0]["images"][3] == (images_root / "mmc4_a.jpg").read_bytes()
+    assert manifest["skipped"]["malformed_record"] == 1
+    assert "matched_text_index 4" in _skips(out)[0]["detail"]
+
+
+def test_converted_shards_feed_the_loader(tmp_path, images_root):
+    src = tmp_path / "textbook.jsonl"
+    src.write_text("\n".join(json.dumps(d) for d in _textbook_docs(tmp_path)[:2]) + "\n")
+    out = tmp_path / "out"
+    convert_mod.convert(str(src), str(images_root), str(out), "textbook", shard_size=1, workers=1)
+    it = make_train_iterator(dict(shards=[str(out / "manifest.json")], batch_size=1, seq_len=64, max_images_per_row=3,
+                                  num_image_tokens=4, max_images=3, image_size=8, num_epochs=1))
+    batches = list(it)
+    assert sum(int(b["image_mask"].sum()) for b in batches) == 3
+    assert loader_metrics(it)["documents_used"] == 2
+
+
+def test_keyframe_names():
+    assert parse_keyframe_name("-1uixJ1V-As/-1uixJ1V-As@10.0_55.0#2.jpg") == {
+        "video_id": "-1uixJ1V-As", "clip_start": 10.0, "clip_end": 55.0, "frame_index": 2}
+    assert parse_keyframe_name("5BXMCud20rg@23637.2_23658.239999999998#1.jpg")["clip_end"] == 23658.239999999998
+    assert parse_keyframe_name("photo.jpg") is None and parse_keyframe_name("a@1_2.jpg") is None
+
+
+def test_json_array_stream_across_tiny_chunks(tmp_path):
+    values = [{"a": "x" * 50, "b": [1, 2.5, None]}, 12345678, "str,with]chars", [], {"nested": {"k": [{"q": True}]}}]
+    path = tmp_path / "a.json"
+    path.write_text(" \n[ " + " ,\n ".join(json.dumps(v) for v in values) + " ]\n")
+    for chunk in (1, 3, 7, 1 << 20):
+        assert [v for _, v in iter_json_array(str(path), chunk_chars=chunk)] == values
+    truncated = tmp_path / "t.json"
+    truncated.write_text(json.dumps(values)[:-20])
+    items = list(iter_json_array(str(truncated), chunk_chars=4))
+    assert [v for _, v in items[:-1]] == values[:4]
+    assert isinstance(items[-1][1], Malformed) and items[-1][0].endswith("[index 4]")
+    not_array = tmp_path / "o.json"
+    not_array.write_text('{"a": 1}')
+    assert isinstance(next(iter_json_array(str(not_array)))[1], Malformed)
+    lines = tmp_path / "l.jsonl"
+    lines.write_text('{"a": 1}\n\n{bad\n[2]\n')
+    assert [(loc.split(":")[-1], isinstance(v, Malformed)) for loc, v in iter_jsonl(str(lines))] == [
+        ("line 1", False), ("line 3", True), ("line 4", False)]

@@ -1,0 +1,338 @@
+"""Grain training pipeline: ArrayRecord shards -> packed, batched, checkpointable batches.
+
+    ArrayRecordDataSource -> [process_index::process_count] -> shuffle(seed) -> repeat(num_epochs)
+      -> DocumentProcessor (msgpack decode, image decode + CLIP preprocessing, seed tokenization;
+         in `num_workers` worker processes via mp_prefetch, else in `read_threads` threads)
+      -> count-and-drop (loader metrics, in the main process) -> first-fit packing -> batch
+
+Every step is deterministic given `seed`, and the per-record step is one-to-one, so the batches do
+not depend on `num_workers`. Shuffling reshuffles each epoch (Grain folds the epoch into the seed).
+The iterator is a `grain.DatasetIterator`: `get_state()`/`set_state()` resume at the exact next
+batch, and Orbax saves it with `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags as absl_flags
+from PIL import Image
+
+from vlm_jax.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_image, processor_settings_from_hf
+from vlm_jax.data.packing import document_example, pack_documents
+from vlm_jax.data.records import decode_document
+from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, tokenize_interleaved
+
+COUNTS_KEY = "loader_counts"
+COUNTER_NAMES = (
+    "documents_read",
+    "documents_used",
+    "documents_truncated",
+    "documents_skipped_malformed",  # record bytes that do not decode to a valid document
+    "documents_skipped_no_image",  # no image left after skipping corrupt/missing ones
+    "documents_skipped_too_long",  # the first image block does not fit in max_length
+    "images_used",
+    "images_skipped_corrupt",  # bytes that PIL cannot decode
+    "images_skipped_missing",  # empty image bytes
+    "images_dropped",  # beyond max_images or the length budget (not an error)
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """Everything `make_train_iterator` needs; plain data (build it from a dict with `from_dict`).
+
+    shards: ArrayRecord paths, globs, directories (their `*.array_record`) or convert manifests.
+    tokenizer: "byte" for `ByteTokenizer`, else a local HF tokenizer directory.
+    image_token_id: defaults to the tokenizer's `<image>` id. max_length defaults to seq_len.
+    preprocessor_config: a checkpoint's preprocessor_config.json; when given, its size, crop,
+    mean and std replace image_size/crop_size/image_mean/image_std.
+    num_open_rows: rows the first-fit packer keeps open (default batch_size).
+    num_epochs: None repeats forever (use that, with a step budget, for multi-host training:
+    hosts may pack different numbers of rows from their shards).
+    """
+
+    shards: tuple[str, ...]
+    batch_size: int
+    seq_len: int
+    max_images_per_row: int
+    num_image_tokens: int
+    tokenizer: str = "byte"
+    image_token_id: int | None = None
+    max_images: int = 12
+    max_length: int | None = None
+    image_size: int = 336
+    crop_size: int | tuple[int, int] | None = None
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    image_aspect: str = "pad"
+    preprocessor_config: str | None = None
+    seed: int = 0
+    num_epochs: int | None = 1
+    num_workers: int = 0
+    worker_buffer_size: int = 2
+    read_threads: int = 2
+    num_open_rows: int | None = None
+    process_index: int = 0
+    process_count: int = 1
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LoaderConfig:
+        """Builds a config from a dict (e.g. an ml_collections config's `to_dict()`); unknown keys fail."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown loader config keys {unknown}; known: {sorted(names)}")
+        values = dict(values)
+        shards = values["shards"]
+        values["shards"] = (shards,) if isinstance(shards, str) else tuple(shards)
+        for key in ("image_mean", "image_std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if isinstance(values.get("crop_size"), list):
+            values["crop_size"] = tuple(values["crop_size"])
+        return cls(**values)
+
+
+def resolve_shards(specs: Sequence[str]) -> list[str]:
+    """Expands paths, globs, directories and convert manifests into a sorted, de-duplicated list."""
+    paths: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            paths.extend(glob.glob(os.path.join(spec, "*.array_record")))
+        elif spec.endswith(".json") and os.path.isfile(spec):
+            with open(spec) as f:
+                manifest = json.load(f)
+            base = os.path.dirname(os.path.abspath(spec))
+            paths.extend(os.path.join(base, s["path"]) for s in manifest["shards"])
+        else:
+            matches = glob.glob(spec)
+            if not matches:
+                raise FileNotFoundError(f"no ArrayRecord shard matches {spec!r}")
+            paths.extend(matches)
+    paths = sorted(set(os.path.abspath(p) for p in paths))
+    if not paths:
+        raise FileNotFoundError(f"no ArrayRecord shards found in {list(specs)}")
+    return paths
+
+
+def make_tokenizer(spec: str | Tokenizer) -> Tokenizer:
+    """"byte" -> ByteTokenizer; a directory -> HFTokenizer; a Tokenizer passes through."""
+    if not isinstance(spec, str):
+        return spec
+    return ByteTokenizer() if spec == "byte" else HFTokenizer(spec)
+
+
+def _image_settings(config: LoaderConfig) -> dict[str, Any]:
+    if config.preprocessor_config is not None:
+        with open(config.preprocessor_config) as f:
+            settings = processor_settings_from_hf(json.load(f))
+    else:
+        settings = {
+            "image_size": config.image_size,
+            "crop_size": config.crop_size,
+            "mean": config.image_mean,
+            "std": config.image_std,
+        }
+    return {**settings, "aspect": config.image_aspect}
+
+
+class DocumentProcessor(grain.transforms.Map):
+    """Record bytes -> `{"example": document_example dict | None, "counts": {counter: n}}`.
+
+    Never raises on bad data: an undecodable record drops the document, a corrupt or empty image
+    drops that image with its placeholder (the layout is recomputed, so a later image may take its
+    place), a document left without images is dropped; each case is counted. Only the images
+    whose blocks are kept are decoded.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, image_token_id: int, num_image_tokens: int, max_images: int,
+                 max_length: int, image_settings: Mapping[str, Any]):
+        self._tokenizer = tokenizer
+        self._tokenize_kwargs = dict(image_token_id=image_token_id, num_image_tokens=num_image_tokens,
+                                     max_images=max_images, max_length=max_length)
+        self._image_settings = dict(image_settings)
+
+    def _load_image(self, data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as img:
+            return preprocess_image(img, **self._image_settings)
+
+    def map(self, record: bytes) -> dict[str, Any]:
+        counts = dict.fromkeys(COUNTER_NAMES, 0)
+        counts["documents_read"] = 1
+        try:
+            doc = decode_document(record)
+        except ValueError:
+            counts["documents_skipped_malformed"] = 1
+            return {"example": None, "counts": counts}
+        texts, images = list(doc["texts"]), list(doc["images"])
+        total_images = sum(t is None for t in texts)
+        pixels: dict[int, np.ndarray] = {}  # keyed by position in the current `texts`/`images`
+        while True:  # Each pass either finishes or removes >= 1 image, so this terminates.
+            tokenized = tokenize_interleaved(texts, self._tokenizer, **self._tokenize_kwargs)
+            if tokenized is None:
+                break
+            kept = [i for i, t in enumerate(texts) if t is None][: tokenized.num_images]
+            failed = []
+            for pos in kept:
+                if pos in pixels:
+                    continue
+                if not images[pos]:
+                    counts["images_skipped_missing"] += 1
+                    failed.append(pos)
+                    continue
+                try:
+                    pixels[pos] = self._load_image(images[pos])
+                except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image: skip and count.
+                    counts["images_skipped_corrupt"] += 1
+                    failed.append(pos)
+            if not failed:
+                break
+            keep = [i for i in range(len(texts)) if i not in failed]
+            remap = {old: new for new, old in enumerate(keep)}
+            texts, images = [texts[i] for i in keep], [images[i] for i in keep]
+            pixels = {remap[p]: v for p, v in pixels.items()}
+        failed_total = counts["images_skipped_missing"] + counts["images_skipped_corrupt"]
+        if tokenized is None:
+            no_image_left = not any(t is None for t in texts)
+            counts["documents_skipped_no_image" if no_image_left else "documents_skipped_too_long"] = 1
+            counts["images_dropped"] = total_images - failed_total
+            return {"example": None, "counts": counts}
+        counts["documents_used"] = 1
+        counts["documents_truncated"] = int(tokenized.truncated)
+        counts["images_used"] = tokenized.num_images
+        counts["images_dropped"] = total_images - failed_total - tokenized.num_images
+        pixel_values = np.stack([pixels[p] for p in kept]).astype(np.float32, copy=False)
+        return {"example": document_example(tokenized, pixel_values), "counts": counts}
+
+
+class _CountAndDropIterDataset(grain.IterDataset):
+    """Adds each element's counts to running totals (kept in the iterator state), drops empty ones."""
+
+    def __init__(self, parent: grain.IterDataset, max_consecutive_drops: int):
+        super().__init__(parent)
+        self._max_consecutive_drops = max_consecutive_drops
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _CountAndDropIterator(self._parent.__iter__(), self._max_consecutive_drops)
+
+
+class _CountAndDropIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, max_consecutive_drops: int):
+        super().__init__(parent)
+        self._max_consecutive_drops = max_consecutive_drops
+        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        for _ in range(self._max_consecutive_drops):
+            element = next(self._parent)
+            for name, n in element["counts"].items():
+                self._counts[name] += int(n)
+            if element["example"] is not None:
+                return element["example"]
+        raise RuntimeError(
+            f"no usable document in {self._max_consecutive_drops} consecutive records (a whole shard "
+            f"pass); loader counts so far: {self._counts}"
+        )
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent": self._parent.get_state(), COUNTS_KEY: dict(self._counts)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._counts = {name: int(state[COUNTS_KEY].get(name, 0)) for name in COUNTER_NAMES}
+
+
+def loader_metrics(iterator_or_state: grain.DatasetIterator | Mapping[str, Any]) -> dict[str, int]:
+    """Loader counters (documents read/used/skipped by reason, images used/skipped/dropped).
+
+    Read from the iterator state, so they are the counts of everything before the state's resume
+    point, also for work done in worker processes, and they survive checkpoint/restore.
+    """
+    state = iterator_or_state if isinstance(iterator_or_state, Mapping) else iterator_or_state.get_state()
+    pending = [state]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Mapping):
+            if COUNTS_KEY in node:
+                return dict(node[COUNTS_KEY])
+            pending.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            pending.extend(node)
+    raise ValueError("state has no loader counts: not an iterator from make_train_iterator")
+
+
+def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None) -> grain.IterDataset:
+    """The batched Grain IterDataset described in the module docstring (iterate it for batches)."""
+    if not 0 <= config.process_index < config.process_count:
+        raise ValueError(f"process_index {config.process_index} not in [0, {config.process_count})")
+    max_length = config.max_length or config.seq_len
+    if max_length > config.seq_len:
+        raise ValueError(f"max_length {max_length} > seq_len {config.seq_len}")
+    if config.max_images > config.max_images_per_row:
+        raise ValueError(f"max_images {config.max_images} > max_images_per_row {config.max_images_per_row}")
+    tokenizer = tokenizer or make_tokenizer(config.tokenizer)
+    image_token_id = config.image_token_id
+    if image_token_id is None:
+        image_token_id = getattr(tokenizer, "image_token_id", None)
+        if image_token_id is None:
+            raise ValueError("image_token_id not given and the tokenizer has no <image> token")
+    processor = DocumentProcessor(
+        tokenizer,
+        image_token_id=image_token_id,
+        num_image_tokens=config.num_image_tokens,
+        max_images=config.max_images,
+        max_length=max_length,
+        image_settings=_image_settings(config),
+    )
+    source = grain.sources.ArrayRecordDataSource(resolve_shards(config.shards))
+    records = grain.MapDataset.source(source)[config.process_index :: config.process_count]
+    if len(records) == 0:
+        raise ValueError(f"process {config.process_index}/{config.process_count} has no records")
+    docs = records.shuffle(seed=config.seed).repeat(config.num_epochs).map(processor)
+    read_options = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(config.read_threads, 1) * 2)
+    stream = docs.to_iter_dataset(read_options)
+    if config.num_workers > 0:
+        # Grain 0.2.18's mp_prefetch reads an absl flag (worker profiling) and fails when the
+        # program did not parse absl flags (pytest, notebooks); the defaults are what we want.
+        if not absl_flags.FLAGS.is_parsed():
+            absl_flags.FLAGS.mark_as_parsed()
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size)
+        )
+    stream = _CountAndDropIterDataset(stream, max_consecutive_drops=len(records))
+    rows = pack_documents(
+        stream,
+        seq_len=config.seq_len,
+        max_images_per_row=config.max_images_per_row,
+        num_open_rows=config.num_open_rows or config.batch_size,
+        pad_id=tokenizer.pad_id,
+    )
+    return rows.batch(config.batch_size, drop_remainder=True)
+
+
+def make_train_iterator(config: LoaderConfig | Mapping[str, Any] | Any, tokenizer: Tokenizer | None = None
+                        ) -> grain.DatasetIterator:
+    """Iterator of packed batches (DESIGN.md dict of numpy arrays) for one JAX process.
+
+    `config`: a LoaderConfig, a dict of its fields, or an argparse.Namespace with those fields.
+    `tokenizer`: an already-built Tokenizer, overriding `config.tokenizer`.
+    Each batch: input_ids/targets/positions/segment_ids int32 `[batch, seq_len]`, loss_mask float32
+    `[batch, seq_len]`, pixel_values float32 `[batch, max_images_per_row, H, W, 3]`, image_mask bool
+    `[batch, max_images_per_row]`. Save/restore with `get_state()`/`set_state()` or Orbax
+    (`grain.checkpoint.CheckpointSave/CheckpointRestore`); read counters with `loader_metrics(it)`.
+    """
+    if not isinstance(config, LoaderConfig):
+        if not isinstance(config, Mapping):  # argparse.Namespace: take the fields the loader knows.
+            names = {f.name for f in dataclasses.fields(LoaderConfig)}
+            config = {k: v for k, v in vars(config).items() if k in names}
+        config = LoaderConfig.from_dict(config)
+    return iter(make_train_dataset(config, tokenizer))

@@ -1,0 +1,1 @@
+"""Pallas kernels for the hot paths of vlm_jax."""

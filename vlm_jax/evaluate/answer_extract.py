@@ -20,7 +20,8 @@ _STATED_LETTER = re.compile(
     r"(?i:answer|option|choice)(?:\s+(?i:is|would be|should be))?\s*[:：]?\s*(?i:option\s*)?\(?([A-Z])\)?(?![A-Za-z0-9])")
 _LEADING_LETTER = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[.:)])(?:\s|$)")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
-_ANSWER_MARKER = re.compile(r"(?i:the\s+(?:final\s+|correct\s+)?answer\s+(?:is|should be|would be)|answer\s*[:：]|=)")
+_ANSWER_MARKER = re.compile(r"(?i:the\s+(?:final\s+|correct\s+)?answer\s+(?:is|should be|would be)|answer\s*[:：])")
+_NUMBER_MARKER = re.compile(_ANSWER_MARKER.pattern + "|=")  # "x = 5" states a number, not a text answer
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}")
 _LATEX_SQRT = re.compile(r"\\sqrt\s*\{([^{}]+)\}")
@@ -144,23 +145,23 @@ def parse_number(text: str) -> float | None:
     return None
 
 
-def _final_segment(text: str) -> str:
-    """The text after the last explicit answer marker ('the answer is', 'answer:', '='), else all of it."""
-    markers = list(_ANSWER_MARKER.finditer(text))
+def _final_segment(text: str, marker: re.Pattern = _ANSWER_MARKER) -> str:
+    """The text after the last explicit answer marker ('the answer is', 'answer:'), else all of it."""
+    markers = list(marker.finditer(text))
     return text[markers[-1].end():] if markers else text
 
 
 def extract_number(text: str) -> float | None:
-    """The number a generation gives as its answer: the segment after the last answer marker (or the whole
+    """The number a generation gives as its answer: the segment after the last answer marker or '=' (or the whole
     text) when it is one number / simple expression, else the first number after the marker, else the last
     number of the text."""
-    segment = _final_segment(text).strip()
+    segment = _final_segment(text, _NUMBER_MARKER).strip()
     first_line = segment.split("\n")[0].strip()
     for candidate in (segment, first_line, first_line.rstrip(".")):
         value = parse_number(candidate)
         if value is not None:
             return value
-    stated = _ANSWER_MARKER.search(text) is not None
+    stated = _NUMBER_MARKER.search(text) is not None
     numbers = _NUMBER.findall(_LATEX_FRAC.sub(" ", first_line if stated else text))
     if not numbers:
         return None

@@ -9,11 +9,12 @@ Comparison rules, after MathVista's `normalize_extracted_answer` + `safe_equal`:
 - list: the extracted numbers equal the answer's numbers, in order;
 - other free-form answers (MATH-Vision, MathVerse): numeric answers (plain numbers or simple LaTeX like
   `\\frac{1}{2}`, `2\\sqrt{3}`) must match within 1e-6 relative tolerance; a letter answer must be named as a
-  letter; anything else must equal the normalised short answer.
+  letter; anything else must equal the normalised short answer, ignoring whitespace.
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Mapping, Sequence
 
 from vlm_jax.evaluate.answer_extract import (extract_choice, extract_number, extract_number_list,
@@ -35,6 +36,10 @@ def _choice_correct(example: Example, generation: str) -> bool:
     return index == gt or (index < len(choices) and choices[index] == choices[gt])
 
 
+def _without_spaces(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
 def free_form_correct(generation: str, answer: str) -> bool:
     """Whether a generation gives a free-form answer (number, expression, letter or short text)."""
     value = parse_number(answer)
@@ -44,7 +49,7 @@ def free_form_correct(generation: str, answer: str) -> bool:
     if len(answer) == 1 and answer in OPTION_LETTERS:
         gt = OPTION_LETTERS.index(answer)
         return extract_choice(generation, (), num_options=max(5, gt + 1)) == gt
-    return extract_short_answer(generation) == normalize_answer_text(answer)
+    return _without_spaces(extract_short_answer(generation)) == _without_spaces(normalize_answer_text(answer))
 
 
 def math_correct(example: Example, generation: str) -> bool:

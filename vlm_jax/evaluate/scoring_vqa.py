@@ -6,16 +6,14 @@ the way the Multimodal-Textbook evaluation does (`short_answer`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
-
-from nltk.stem import PorterStemmer
 
 from vlm_jax.evaluate.examples import Example
 from vlm_jax.evaluate.predictions import accuracy_by, align, summary
 from vlm_jax.evaluate.vqa_normalize import normalize_evalai, normalize_vqa_prediction, process_punctuation
 
 _LEADING_PHRASES = ("it is ", "it's ", "a ", "an ", "the ")
-_STEMMER = PorterStemmer()
 
 
 def short_answer(generation: str) -> str:
@@ -38,8 +36,14 @@ def leave_one_out_accuracy(prediction: str, human_answers: Sequence[str]) -> flo
     return sum(min(1.0, (matches - (a == prediction)) / 3) for a in human_answers) / n
 
 
+@functools.cache
+def _porter_stemmer():
+    from nltk.stem.porter import PorterStemmer  # nltk takes seconds to import; only OK-VQA needs it
+    return PorterStemmer()
+
+
 def _stem(text: str) -> str:
-    return " ".join(_STEMMER.stem(word) for word in text.split())
+    return " ".join(_porter_stemmer().stem(word) for word in text.split())
 
 
 def vqa_accuracy(prediction: str, human_answers: Sequence[str], stem: bool = False) -> float:

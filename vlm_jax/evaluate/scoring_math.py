@@ -24,13 +24,13 @@ from vlm_jax.evaluate.examples import OPTION_LETTERS, Example
 from vlm_jax.evaluate.predictions import accuracy_by, align, summary
 
 Extractor = Callable[[Example, str], str]
-_LETTERS_IN_IMAGE = 8  # MathVerse options that live only in the image: accept letters A..H
+_LETTERS_WITHOUT_OPTIONS = 8  # options that live only in the image (MathVerse, MATH-Vision): accept A..H
 
 
 def _choice_correct(example: Example, generation: str) -> bool:
     choices = example.choices
     gt = OPTION_LETTERS.index(example.answers[0])
-    index = extract_choice(generation, choices, num_options=len(choices) or max(_LETTERS_IN_IMAGE, gt + 1))
+    index = extract_choice(generation, choices, num_options=len(choices) or max(_LETTERS_WITHOUT_OPTIONS, gt + 1))
     if index is None:
         return False
     return index == gt or (index < len(choices) and choices[index] == choices[gt])
@@ -48,7 +48,7 @@ def free_form_correct(generation: str, answer: str) -> bool:
         return number is not None and math.isclose(number, value, rel_tol=1e-6, abs_tol=1e-9)
     if len(answer) == 1 and answer in OPTION_LETTERS:
         gt = OPTION_LETTERS.index(answer)
-        return extract_choice(generation, (), num_options=max(5, gt + 1)) == gt
+        return extract_choice(generation, (), num_options=max(_LETTERS_WITHOUT_OPTIONS, gt + 1)) == gt
     return _without_spaces(extract_short_answer(generation)) == _without_spaces(normalize_answer_text(answer))
 
 

@@ -1,0 +1,86 @@
+"""ScienceQA loader (image questions only) and scorer against hand-counted accuracies."""
+import json
+
+import pytest
+
+from vlm_jax.evaluate.__main__ import main
+from vlm_jax.evaluate.data_scienceqa import load_scienceqa
+from vlm_jax.evaluate.examples import BenchmarkFileError
+from vlm_jax.evaluate.scoring_scienceqa import scienceqa_correct
+
+
+def _problem(question, choices, answer, hint, subject, grade, image="image.png", split="test"):
+    return {"question": question, "choices": choices, "answer": answer, "hint": hint, "image": image,
+            "subject": subject, "grade": grade, "split": split, "task": "closed choice", "lecture": "",
+            "solution": ""}
+
+
+PROBLEMS = {
+    "1": _problem("Which animal barks?", ["cat", "dog", "bird"], 1, "", "natural science", "grade2"),
+    "2": _problem("Which city is the capital of France?", ["Paris", "Rome"], 0, "Look at the map.",
+                  "social science", "grade8"),
+    "3": _problem("Which word is a noun?", ["run", "table"], 1, "", "language science", "grade3", image=None),
+    "4": _problem("Which verb fits?", ["is", "are", "was", "be"], 3, "", "language science", "grade10"),
+    "5": _problem("Which colour is the sky?", ["red", "blue"], 1, "Colors", "natural science", "grade5"),
+    "6": _problem("Train question?", ["x", "y"], 0, "", "natural science", "grade1", split="train"),
+}
+
+
+@pytest.fixture
+def sqa_files(tmp_path):
+    problems, splits = tmp_path / "problems.json", tmp_path / "pid_splits.json"
+    problems.write_text(json.dumps(PROBLEMS))
+    splits.write_text(json.dumps({"test": ["1", "2", "3", "4", "5"], "train": ["6"]}))
+    return str(problems), str(splits)
+
+
+def test_loader_keeps_image_questions_of_the_split(sqa_files):
+    problems, splits = sqa_files
+    examples = load_scienceqa(problems, "test", splits, image_root="/data/sqa")
+    assert [e.qid for e in examples] == ["1", "2", "4", "5"]
+    assert examples[0].image_path == "/data/sqa/test/1/image.png"
+    assert examples[0].answers == ("B",) and examples[0].choices == ("cat", "dog", "bird")
+    assert examples[1].meta["hint"] == "Look at the map." and examples[1].meta["grade_group"] == "G7-12"
+    assert [e.qid for e in load_scienceqa(problems, "train")] == ["6"]  # split from problems.json itself
+
+
+@pytest.mark.parametrize("generation, correct", [
+    ("B", True), ("(B)", True), ("B.", True), ("B) dog", True), ("B. dog", True), ("The answer is B.", True),
+    ("The answer is B", True), ("Answer: B", True), ("dog", True), ("The answer is dog.", True),
+    ("A dog", True),  # "A" is an article here: no stated letter, and the text names the option "dog"
+    ("A", False), ("cat", False), ("The answer is A.", False), ("I don't know", False), ("D", False), ("", False),
+])
+def test_option_extraction(sqa_files, generation, correct):
+    problems, splits = sqa_files
+    example = load_scienceqa(problems, "test", splits)[0]  # "Which animal barks?" -> B. dog
+    assert scienceqa_correct(example, generation) is correct
+
+
+def test_scienceqa_cli_breakdowns(sqa_files, tmp_path, capsys):
+    problems, splits = sqa_files
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question_id": "1", "answer": "The answer is B."},  # natural, G1-6, no hint: right
+        {"question_id": "2", "answer": "(A)"},               # social, G7-12, hint: right
+        {"question_id": "4", "answer": "be"},                # language, G7-12: right (option text)
+        {"question_id": "5", "answer": "A. red"}]))          # natural, G1-6, hint: wrong
+    assert main(["score", "--benchmark", "scienceqa", "--predictions", str(preds), "--annotations", problems,
+                 "--questions", splits]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(75.0) and result["count"] == 4
+    assert result["per_subject"] == pytest.approx(
+        {"language science": 100.0, "natural science": 50.0, "social science": 100.0})
+    assert result["per_context"] == pytest.approx({"image": 75.0, "text": 50.0})
+    assert result["per_grade"] == pytest.approx({"G1-6": 50.0, "G7-12": 100.0})
+
+
+def test_bad_records_are_named(tmp_path):
+    bad = dict(PROBLEMS, **{"9": dict(PROBLEMS["1"], answer=7)})
+    path = tmp_path / "problems.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(BenchmarkFileError, match=r"problems.json pid 9: field 'answer' = 7"):
+        load_scienceqa(str(path))
+    bad["9"] = {k: v for k, v in PROBLEMS["1"].items() if k != "grade"}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(BenchmarkFileError, match=r"problems.json pid 9: missing field 'grade'"):
+        load_scienceqa(str(path))

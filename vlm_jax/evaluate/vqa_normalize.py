@@ -1,0 +1,90 @@
+"""Answer normalisation of the official VQA evaluation (GT-Vision-Lab/VQA `vqaEval.py`) and of the EvalAI /
+M4C TextVQA evaluator (`m4c_evaluator.py` `EvalAIAnswerProcessor`).
+
+Both share the same tables (contractions, number words, articles, punctuation); they differ in the
+comma regex and in the M4C pre-tokenisation step. The tables and regexes are reproduced as the official
+code has them, including its quirks, so that scores match the official evaluators exactly:
+- `PERIOD_STRIP` is `(?!<=\\d)(\\.)(?!\\d)`: the leading group is a negative *lookahead* for the text "<=digit"
+  (not a lookbehind), so in effect every period not followed by a digit is removed.
+- the official code calls `periodStrip.sub("", text, re.UNICODE)`, i.e. passes `re.UNICODE` (= 32) as the
+  `count` argument: at most 32 periods are removed.
+- contractions are looked up after lower-casing, so the capitalised keys ("Im", "Ive", ...) never match.
+"""
+from __future__ import annotations
+
+import re
+
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
+    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
+    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
+    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's",
+    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll",
+    "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
+    "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll",
+    "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+ARTICLES = ("a", "an", "the")
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
+               "?", "!")
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+VQA_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+M4C_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
+_OFFICIAL_PERIOD_STRIP_COUNT = int(re.UNICODE)  # see module docstring
+
+
+def process_punctuation(text: str, comma_strip: re.Pattern = VQA_COMMA_STRIP) -> str:
+    """Official `processPunctuation`: a punctuation mark is deleted when it touches a space anywhere in the
+    text (or the text has a digit,digit comma), otherwise replaced by a space; then periods are stripped."""
+    out = text
+    for p in PUNCTUATION:
+        if (p + " " in text or " " + p in text) or comma_strip.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return PERIOD_STRIP.sub("", out, count=_OFFICIAL_PERIOD_STRIP_COUNT)
+
+
+def process_digit_article(text: str) -> str:
+    """Official `processDigitArticle`: lower-case, number words 'none'..'ten' to digits, drop articles,
+    restore apostrophes of contractions, re-join on single spaces."""
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+
+
+def normalize_vqa_prediction(answer: str) -> str:
+    """What `VQAEval.evaluate` does to a predicted answer before comparing it with the human answers."""
+    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(answer))
+
+
+def normalize_evalai(answer: str) -> str:
+    """`EvalAIAnswerProcessor.__call__` (M4C TextVQA evaluator), applied to predictions and human answers."""
+    answer = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(answer, comma_strip=M4C_COMMA_STRIP))

@@ -156,6 +156,7 @@ def test_shape_disagreeing_with_config_is_named(llava, tmp_path, capsys):
 def test_unknown_layout_and_pickles_are_refused(llava, tmp_path, capsys):
     root, _ = llava
     tiny.clip_and_llama(tmp_path / "clip", tmp_path / "llm")
+    capsys.readouterr()  # transformers' progress bars
     err = error_of(["hf-to-orbax", "--hf", tmp_path / "llm", "--out", tmp_path / "x"], capsys)
     assert "unknown checkpoint layout" in err and "--llm" in err
     (tmp_path / "pickled").mkdir()

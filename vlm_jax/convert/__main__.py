@@ -1,0 +1,57 @@
+"""`python -m vlm_jax.convert hf-to-orbax | orbax-to-hf ...`: checkpoint conversion CLI (see README)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vlm_jax.convert.safetensors_io import CheckpointError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vlm_jax.convert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("hf-to-orbax", help="Hugging Face safetensors -> vlm_jax params checkpoint")
+    imp.add_argument("--hf", type=Path, help="llava-hf or original-LLaVA checkpoint folder")
+    imp.add_argument("--clip", type=Path, help="CLIP folder (vision tower of --llm, or of an original LLaVA)")
+    imp.add_argument("--llm", type=Path, help="LlamaForCausalLM folder (with --clip: a fresh projector)")
+    imp.add_argument("--out", type=Path, required=True, help="output checkpoint folder")
+    imp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="stored param dtype (auto: the checkpoint's, float32 if mixed)")
+    imp.add_argument("--seed", type=int, default=0, help="projector init seed (--clip/--llm)")
+    exp = sub.add_parser("orbax-to-hf", help="vlm_jax checkpoint -> llava-hf folder")
+    exp.add_argument("--ckpt", type=Path, required=True, help="params checkpoint or training checkpoint folder")
+    exp.add_argument("--out", type=Path, required=True, help="output Hugging Face folder")
+    exp.add_argument("--step", type=int, help="training checkpoint step (default: the latest)")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: as stored")
+    exp.add_argument("--max-shard-size", default="2GB", help="e.g. 2GB, 500MB")
+    args = parser.parse_args(argv)
+    if args.command == "hf-to-orbax" and args.hf is None and (args.clip is None or args.llm is None):
+        parser.error("hf-to-orbax needs --hf DIR, or --clip DIR and --llm DIR")
+    if args.command == "hf-to-orbax" and args.hf is not None and args.llm is not None:
+        parser.error("--llm goes with --clip only, not with --hf")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.command == "hf-to-orbax":
+            from vlm_jax.convert.hf_to_orbax import convert
+
+            config = convert(args.out, hf=args.hf, clip=args.clip, llm=args.llm, dtype=args.dtype, seed=args.seed)
+            print(f"wrote {args.out} (image_token_id={config.image_token_id}, "
+                  f"vocab_size={config.text_config.vocab_size}, param_dtype={config.text_config.param_dtype})")
+        else:
+            from vlm_jax.convert.orbax_to_hf import export
+
+            export(args.ckpt, args.out, dtype=args.dtype, step=args.step, max_shard_size=args.max_shard_size)
+            print(f"wrote {args.out}")
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

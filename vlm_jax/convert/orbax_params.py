@@ -1,0 +1,83 @@
+"""The params checkpoint on disk: `CKPT_DIR/config.json` (`LlavaConfig.to_dict()`) + `CKPT_DIR/params/`
+(an orbax PyTree checkpoint of the unboxed Llava params), written from and read into host numpy arrays.
+
+Memory: orbax deep-copies host numpy arrays before writing by default (a second copy of the whole model);
+we register a `NumpyHandler(deepcopy_host_arrays=False)` for our own saves, and restore leaf by leaf with
+`partial_restore` so an export never holds more than one (layer-stacked) leaf.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import type_handlers
+from orbax.checkpoint._src.serialization import type_handler_registry
+
+from vlm_jax.convert.param_map import get_path
+from vlm_jax.convert.safetensors_io import CheckpointError
+from vlm_jax.models.config import LlavaConfig
+
+CONFIG_NAME = "config.json"
+PARAMS_DIR = "params"
+
+
+def _numpy_checkpointer() -> ocp.Checkpointer:
+    registry = type_handler_registry.create_type_handler_registry(
+        (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+        (jax.Array, type_handlers.ArrayHandler()))
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+
+
+def save_numpy_params(ckpt_dir: str | Path, params: dict, config: LlavaConfig) -> None:
+    """Writes `params` (nested dict of numpy arrays, any float dtype incl. ml_dtypes.bfloat16) and config."""
+    ckpt_dir = Path(ckpt_dir).absolute()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with _numpy_checkpointer() as checkpointer:
+        checkpointer.save(ckpt_dir / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
+    (ckpt_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def read_config(ckpt_dir: str | Path) -> LlavaConfig:
+    """The LlavaConfig stored next to the params."""
+    path = Path(ckpt_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: not a vlm_jax params checkpoint (config.json + params/)")
+    return LlavaConfig.from_dict(json.loads(path.read_text()))
+
+
+def params_metadata(params_dir: str | Path) -> dict:
+    """Nested dict of orbax ArrayMetadata (shape, dtype) of every stored param, read without loading data."""
+    params_dir = Path(params_dir).absolute()
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{params_dir} not found: no orbax params checkpoint there")
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        return checkpointer.metadata(params_dir).item_metadata.tree
+
+
+def restore_numpy_leaf(params_dir: str | Path, path: tuple[str, ...], metadata: dict) -> np.ndarray:
+    """Loads the single param at `path` as a host numpy array (partial restore: nothing else is read)."""
+    item, restore_args = _nest(path, get_path(metadata, path)), _nest(path, ocp.RestoreArgs(restore_type=np.ndarray))
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        tree = checkpointer.restore(Path(params_dir).absolute(), args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
+    return get_path(tree, path)
+
+
+def restore_params(params_dir: str | Path, shardings=None) -> dict:
+    """Loads every param as a jax.Array (on the default device, or with the given sharding tree)."""
+    metadata = params_metadata(params_dir)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, metadata)
+    target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), metadata, shardings)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(params_dir).absolute(), target)
+
+
+def _nest(path, value):
+    for key in reversed(path):
+        value = {key: value}
+    return value

@@ -1,0 +1,114 @@
+"""vlm_jax params checkpoint -> Hugging Face llava-hf folder (`LlavaForConditionalGeneration.from_pretrained`).
+
+Tensor names are the llava-hf hub ones (`language_model.model.*`, `language_model.lm_head.weight`,
+`vision_tower.vision_model.*`, `multi_modal_projector.*`), which transformers 4 loads as they are and
+transformers 5 renames on load. Params are restored one (layer-stacked) leaf at a time and written as
+shards, so memory stays near one leaf + one shard.
+
+Out-of-vocabulary image token (imports from original LLaVA or --clip/--llm, see `hf_configs`):
+transformers looks `image_token_index` up in the embedding table before replacing it, so the table must
+contain it. The export then pads `embed_tokens` and `lm_head` with zero rows up to a multiple of 64 past the
+image token id (the shape llava-hf uses, 32064 for Vicuna) and lists the padded ids in
+`generation_config.json` `suppress_tokens`, so `generate` can never emit them and greedy output equals ours.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vlm_jax.convert import hf_configs, hf_layouts, param_map
+from vlm_jax.convert.hf_to_orbax import DTYPES
+from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf
+from vlm_jax.convert.safetensors_io import CheckpointError, parse_size, write_sharded
+from vlm_jax.convert.side_files import copy_side_files
+
+_HUB_NAMES = [
+    (hf_layouts.LM_HEAD, "language_model.lm_head.weight"),
+    (hf_layouts.LANGUAGE, "language_model.model."),
+    (hf_layouts.VISION, "vision_tower.vision_model."),
+    (hf_layouts.PROJECTOR, "multi_modal_projector."),
+]
+_PADDED = (hf_layouts.LANGUAGE + "embed_tokens.weight", hf_layouts.LM_HEAD)
+
+
+def hub_name(canonical: str) -> str:
+    """Canonical (transformers-5 in-memory) name -> llava-hf hub checkpoint name."""
+    for prefix, hub in _HUB_NAMES:
+        if canonical.startswith(prefix):
+            return hub + canonical[len(prefix):]
+    raise KeyError(canonical)
+
+
+def padded_vocab(vocab_size: int, image_token_id: int) -> int:
+    """Rows the exported embedding needs so transformers can look the image token up."""
+    if image_token_id < vocab_size:
+        return vocab_size
+    return -(-(image_token_id + 1) // 64) * 64
+
+
+def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np.dtype | None):
+    """Yields (hub name, torch-layout array) leaf by leaf from the orbax params."""
+    expected = hf_configs.expected_shapes(hf)
+    by_leaf: dict[tuple, list] = {}
+    for name, hf_shape in expected.items():
+        slot = param_map.slot_for(name, metadata)
+        by_leaf.setdefault(slot.path, []).append((slot.layer or 0, name, slot, hf_shape))
+    for path, _ in param_map.iter_leaves(metadata):
+        if path not in by_leaf:
+            raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has no Hugging Face tensor")
+        leaf = restore_numpy_leaf(params_dir, path, metadata)
+        for layer, name, slot, hf_shape in sorted(by_leaf.pop(path)):
+            value = leaf[layer] if slot.layer is not None else leaf
+            if value.shape != slot.shape:
+                raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has shape {leaf.shape}, "
+                                      f"config.json implies {slot.shape} per layer")
+            tensor = np.ascontiguousarray(param_map.to_torch(value, slot, hf_shape), dtype=dtype or value.dtype)
+            if name in _PADDED and rows > tensor.shape[0]:
+                tensor = np.concatenate([tensor, np.zeros((rows - tensor.shape[0],) + tensor.shape[1:], tensor.dtype)])
+            yield hub_name(name), tensor
+        del leaf
+
+
+def params_dir_of(ckpt: Path, step: int | None) -> Path:
+    """The orbax params folder of a params checkpoint (`ckpt/params`)."""
+    if step is not None:
+        raise CheckpointError(f"{ckpt}: --step applies to training checkpoints only")
+    if not (ckpt / PARAMS_DIR).is_dir():
+        raise CheckpointError(f"{ckpt}: no {PARAMS_DIR}/ folder (expected a vlm_jax params checkpoint)")
+    return ckpt / PARAMS_DIR
+
+
+def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None = None,
+           max_shard_size: str = "2GB") -> dict:
+    """`orbax-to-hf`: writes `out/{config.json, generation_config.json, model*.safetensors[, index]}` and the
+    tokenizer / preprocessor files found next to the checkpoint. Returns the HF config dict written."""
+    ckpt, out = Path(ckpt), Path(out)
+    config = read_config(ckpt)
+    params_dir = params_dir_of(ckpt, step)
+    np_dtype = DTYPES[dtype] if dtype else None
+    hf = config.to_hf()
+    vocab = config.text_config.vocab_size
+    rows = padded_vocab(vocab, config.image_token_id)
+    metadata = params_metadata(params_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_sharded(_hf_tensors(params_dir, metadata, hf, rows, np_dtype), out, parse_size(max_shard_size))
+    stored = np_dtype or np.dtype(metadata["language_model"]["embed_tokens"]["embedding"].dtype)
+    hf_out = {"architectures": ["LlavaForConditionalGeneration"], **hf, "dtype": stored.name}
+    hf_out["text_config"] = {**hf["text_config"], "vocab_size": rows}
+    (out / "config.json").write_text(json.dumps(hf_out, indent=2) + "\n")
+    copy_side_files([ckpt], out)
+    _write_generation_config(out, config, vocab, rows)
+    return hf_out
+
+
+def _write_generation_config(out: Path, config, vocab: int, rows: int) -> None:
+    path = out / "generation_config.json"
+    gen = json.loads(path.read_text()) if path.is_file() else {
+        k: v for k, v in (("bos_token_id", config.text_config.bos_token_id),
+                          ("eos_token_id", config.text_config.eos_token_id),
+                          ("pad_token_id", config.pad_token_id)) if v is not None}
+    if rows > vocab:
+        gen["suppress_tokens"] = sorted(set(gen.get("suppress_tokens") or []) | set(range(vocab, rows)))
+    path.write_text(json.dumps(gen, indent=2) + "\n")

@@ -47,7 +47,8 @@ class CLIPAttention(nn.Module):
                        kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_heads", "head_dim")),
                        bias_init=zeros_init(("vision_heads", "head_dim")))
         q, k, v = proj(name="q_proj")(x), proj(name="k_proj")(x), proj(name="v_proj")(x)
-        out = attention(q, k, v, causal=False, implementation=c.attention_impl)
+        out = attention(q, k, v, causal=False, implementation=c.attention_impl, block_q=c.attention_block_q,
+                        block_k=c.attention_block_k)
         return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=jnp.dtype(c.param_dtype),
                                kernel_init=normal_init(c.initializer_range,
                                                        ("vision_heads", "head_dim", "vision_embed")),

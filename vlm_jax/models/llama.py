@@ -81,7 +81,8 @@ class LlamaAttention(nn.Module):
                                        ("activation_batch", "activation_length", "activation_kv_heads", None))
         if layer_cache is None:
             out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, causal=True,
-                            implementation=c.attention_impl)
+                            implementation=c.attention_impl, block_q=c.attention_block_q,
+                            block_k=c.attention_block_k)
             new_cache = None
         else:
             cache_k, cache_v = layer_cache
@@ -89,7 +90,8 @@ class LlamaAttention(nn.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
             out = attention(q, cache_k.astype(dtype), cache_v.astype(dtype), q_segment_ids=segment_ids,
                             kv_segment_ids=kv_segment_ids, causal=True, q_offset=cache_index,
-                            implementation=c.attention_impl)
+                            implementation=c.attention_impl, block_q=c.attention_block_q,
+                            block_k=c.attention_block_k)
             new_cache = (cache_k, cache_v)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)

@@ -328,6 +328,26 @@ class LlavaConfig:
         return cfg.with_runtime(**runtime) if runtime else cfg
 
 
+def from_config_file(path: str) -> LlavaConfig:
+    """The LlavaConfig of an ml_collections config file (`get_config()` returning `LlavaConfig.to_dict()`
+    fields, as configs/llava_1_5_7b.py). Errors name the file."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"vlm_jax_model_config_{Path(path).stem}", path)
+    if spec is None or not Path(path).is_file():
+        raise ValueError(f"model config file {path}: not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"model config file {path}: no get_config()")
+    config = module.get_config()
+    try:
+        return LlavaConfig.from_dict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model config file {path}: {e}") from e
+
+
 def preset(name: str) -> LlavaConfig:
     """Named LLaVA configs: "llava-1.5-7b" (the llava-hf/llava-1.5-7b-hf shape) and "tiny" (CPU tests)."""
     if name == "llava-1.5-7b":

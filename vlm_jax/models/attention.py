@@ -8,10 +8,13 @@ prefills are mapped onto it and when it falls back to "xla").
 from __future__ import annotations
 
 import importlib
+import math
 import numbers
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 
@@ -123,9 +126,42 @@ def _pallas_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset: 
         kv_segment_ids = jnp.broadcast_to(_pad_ids(kv_segment_ids, kv_len, 0, kv_tail, _PAD_KEY_SEGMENT),
                                           (b, length))
         q, k, v = _pad_rows(q, lead, q_tail), _pad_rows(k, 0, kv_tail), _pad_rows(v, 0, kv_tail)
-    out = _pallas_module().flash_attention(q, k, v, q_segment_ids, kv_segment_ids, causal=causal,
-                                           scale=scale, block_q=block_q, block_k=block_k)
+    kernel = lambda q, k, v, q_seg, kv_seg: _pallas_module().flash_attention(  # noqa: E731
+        q, k, v, q_seg, kv_seg, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
+    out = _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids)
     return out[:, lead:lead + q_len]
+
+
+def _mesh_axes(logical: str, dim: int, mesh) -> str | tuple[str, ...] | None:
+    """Mesh axes the active flax logical rules give `logical`, if they divide `dim` (else None)."""
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    names = tuple(a for a in names if a in mesh.shape)
+    if not names or dim % math.prod(mesh.shape[a] for a in names):
+        return None
+    return names[0] if len(names) == 1 else names
+
+
+def _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids):
+    """Run `kernel(q, k, v, q_seg, kv_seg)` on each device's shard when a mesh is set (`jax.set_mesh`).
+
+    A Pallas call has no SPMD partitioning rule, so under a mesh XLA would gather every operand and
+    compute all of it on each device. Instead it runs in `shard_map`: batch split like
+    `activation_batch`, heads like `activation_heads` / `activation_kv_heads` (flax logical rules in
+    effect), whole sequences per device. kv heads are split only together with the query heads, so
+    each device's query heads find their kv group locally.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v, q_segment_ids, kv_segment_ids)
+    batch = _mesh_axes("activation_batch", q.shape[0], mesh)
+    heads = _mesh_axes("activation_heads", q.shape[2], mesh)
+    if heads is None or heads != _mesh_axes("activation_kv_heads", k.shape[2], mesh):
+        heads = None
+    qkv = PartitionSpec(batch, None, heads, None)
+    seg = None if q_segment_ids is None else PartitionSpec(batch, None)
+    return jax.shard_map(kernel, in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv, check_vma=False)(
+        q, k, v, q_segment_ids, kv_segment_ids)
 
 
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool = True, q_offset=0,

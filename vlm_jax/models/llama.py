@@ -16,7 +16,7 @@ import numpy as np
 
 from vlm_jax.models.attention import attention
 from vlm_jax.models.config import TextConfig
-from vlm_jax.models.layers import RMSNorm, normal_init, stacked
+from vlm_jax.models.layers import DenseGeneral, RMSNorm, normal_init, stacked
 
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
@@ -68,7 +68,7 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, cos, sin, segment_ids, kv_segment_ids, layer_cache, cache_index):
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        proj = partial(nn.DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
+        proj = partial(DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
         q = proj((c.num_attention_heads, c.head_dim), name="q_proj",
                  kernel_init=normal_init(c.initializer_range, ("embed", "heads", "head_dim")))(x)
         k = proj((c.num_key_value_heads, c.head_dim), name="k_proj",

@@ -177,7 +177,7 @@ def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool 
     `implementation`:
     - "xla": einsum + mask reference, any shape.
     - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`; GPU only (a ValueError
-      elsewhere).
+      elsewhere); cuDNN itself takes bf16 / fp16 inputs.
     - "pallas": the project's flash kernel, with `block_q` / `block_k` sequence tiles (None = the
       kernel's defaults); in Pallas interpret mode when the default device is neither GPU nor TPU.
       Training / prefill (q_len == kv_len, q_offset 0) maps onto it directly; any other *static*

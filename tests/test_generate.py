@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,9 @@ import tiny_hf_models as tiny
 from vlm_jax.convert.__main__ import main as convert_main
 from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
 from vlm_jax.generate import main as generate_main
-from vlm_jax.generation import generate, left_pad
+from vlm_jax.generation import (bucket_length, gather_rows, generate, left_pad, local_data_mesh, process_slice,
+                                 sample_tokens)
+from vlm_jax.sharding import make_mesh
 from vlm_jax.models.llava import Llava
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,39 +107,128 @@ def test_cli_subprocess(setup):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["token_ids"] == want
 
 
-def test_batched_left_padded_rows_match_per_row_and_stop_at_eos(setup):
+ROWS = [[1, 5, IMG, 7, 8, IMG, 9], [1, 11, 12, 13, 14, IMG, 15, 16, 17, 18, 19], [1, 20, 21], [1, IMG, 3, 4],
+        [1, 30, IMG, IMG, 31]]
+ROW_IMAGES = [[0, 1], [2], [], [1], [2, 0]]
+
+
+def batch_arrays(pixels, rows, row_images):
+    """Left-padded ids and `[b, 2, 28, 28, 3]` pixels with per-row image counts (channels-last)."""
+    ids, seg = left_pad([expand(r) for r in rows])
+    pv = np.zeros((len(rows), 2, 28, 28, 3), np.float32)
+    mask = np.zeros((len(rows), 2), bool)
+    for row, idx in enumerate(row_images):
+        for slot, i in enumerate(idx):
+            pv[row, slot] = pixels[i].permute(1, 2, 0).numpy()
+            mask[row, slot] = True
+    return ids, seg, pv, mask
+
+
+@pytest.fixture(scope="module")
+def loaded(setup):
+    root, _, images = setup
+    return Llava(read_config(root / "ckpt")), restore_params(root / "ckpt" / PARAMS_DIR), hf_pixels(root, images)
+
+
+def test_batched_left_padded_rows_match_per_row_and_stop_at_eos(setup, loaded):
     root, model, images = setup
-    config = read_config(root / "ckpt")
-    params = restore_params(root / "ckpt" / PARAMS_DIR)
-    pixels = hf_pixels(root, images)
-    rows = [[1, 5, IMG, 7, 8, IMG, 9], [1, 11, 12, 13, 14, IMG, 15, 16, 17, 18, 19], [1, 20, 21]]
-    row_images = [[0, 1], [2], []]
+    llava, params, pixels = loaded
+    rows, row_images = ROWS[:3], ROW_IMAGES[:3]
     free = [hf_generate(model, expand(r), pixels[idx] if idx else None, 8) for r, idx in zip(rows, row_images)]
     eos = free[0][3]  # row 0 must stop after its 4th token (or earlier, if that token came sooner)
     want = [hf_generate(model, expand(r), pixels[idx] if idx else None, 8, eos_token_id=eos)
             for r, idx in zip(rows, row_images)]
     assert len(want[0]) <= 4 and want[0][-1] == eos
-    ids, seg = left_pad([expand(r) for r in rows])
-    pv = np.zeros((3, 2, 28, 28, 3), np.float32)
-    mask = np.zeros((3, 2), bool)
-    for row, idx in enumerate(row_images):
-        for slot, i in enumerate(idx):
-            pv[row, slot] = pixels[i].permute(1, 2, 0).numpy()
-            mask[row, slot] = True
-    out = generate(Llava(config), params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
+    ids, seg, pv, mask = batch_arrays(pixels, rows, row_images)
+    out = generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
     assert out.rows() == want
     assert out.tokens.shape == (3, 8) and (out.tokens[0, len(want[0]):] == 0).all()
+    unbucketed = generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos, bucket_prompts=False)
+    assert unbucketed.rows() == want
     # sampling with a vanishing nucleus keeps only the top token: equal to greedy, whatever the seed
-    nucleus = generate(Llava(config), params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos,
+    nucleus = generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos,
                        temperature=1.0, top_p=1e-6, seed=5)
     assert nucleus.rows() == want
-    sampled = [generate(Llava(config), params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=-1,
+    sampled = [generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=-1,
                         temperature=5.0, seed=s).rows() for s in (1, 1, 2)]
     assert sampled[0] == sampled[1] != sampled[2]
 
 
-def test_cli_rejects_image_count_mismatch(setup, capsys):
+def test_data_parallel_8_devices_same_tokens_in_order(loaded):
+    llava, params, pixels = loaded
+    assert jax.device_count() == 8
+    ids, seg, pv, mask = batch_arrays(pixels, ROWS, ROW_IMAGES)  # 5 rows: not a multiple of 8
+    kwargs = dict(max_new_tokens=6, eos_token_id=-1)
+    single = generate(llava, params, ids, seg, pv, mask, **kwargs)
+    for mesh in (local_data_mesh(), make_mesh(data=2, fsdp=4)):
+        parallel = generate(llava, params, ids, seg, pv, mask, mesh=mesh, **kwargs)
+        assert parallel.rows() == single.rows()
+    # sampled rows draw from per-row keys: the device count and padding rows do not change them
+    sampled = [generate(llava, params, ids, seg, pv, mask, temperature=3.0, seed=7, mesh=m, **kwargs).rows()
+               for m in (None, local_data_mesh())]
+    assert sampled[0] == sampled[1] != single.rows()
+    # 11 rows over 8 devices, reversed order: the reversed results
+    rev = [ROWS[i % 5] for i in range(11)][::-1], [ROW_IMAGES[i % 5] for i in range(11)][::-1]
+    many = generate(llava, params, *batch_arrays(pixels, *rev), mesh=local_data_mesh(), **kwargs)
+    assert many.rows() == [single.rows()[i % 5] for i in range(11)][::-1]
+
+
+def test_process_slices_and_gather_cover_every_item_once():
+    rows = [[i] * (i % 4) for i in range(10)]
+    for count in (1, 3, 4, 16):
+        slices = [process_slice(10, p, count) for p in range(count)]
+        assert sorted(i for s in slices for i in s) == list(range(10))
+        # the all-gather of `count` processes: every process's packed rows, stacked
+        stack = lambda x: np.stack([_packed(rows, s, x.shape[0]) for s in slices])  # noqa: E731
+        for s in slices:
+            assert gather_rows([rows[i] for i in s], list(s), 10, 3, process_count=count, allgather=stack) == rows
+    assert process_slice(10, 0) == range(10)  # this (single) process takes everything
+    assert gather_rows(rows, list(range(10)), 10, 3) == rows  # real multihost_utils all-gather, 1 process
+    with pytest.raises(ValueError, match=r"missing \[9\], duplicated \[0\]"):
+        gather_rows(rows[:10], [0] + list(range(9)), 10, 3, process_count=1)
+
+
+def _packed(rows, indices, per):
+    from vlm_jax.generation import _pack_rows
+
+    return _pack_rows([rows[i] for i in indices], list(indices), per, 3)
+
+
+def test_top_p_samples_only_from_the_nucleus():
+    probs = np.array([0.5, 0.05, 0.3, 0.15])
+    logits = np.tile(np.log(probs), (4000, 1)).astype(np.float32)
+    for top_p, nucleus in ((0.7, {0, 2}), (0.85, {0, 2, 3}), (0.5, {0}), (1.0, {0, 1, 2, 3})):
+        drawn = np.asarray(sample_tokens(logits, jax.random.PRNGKey(0), 1.0, top_p))
+        assert set(drawn.tolist()) == nucleus
+        kept = probs[sorted(nucleus)] / probs[sorted(nucleus)].sum()
+        freq = np.bincount(drawn, minlength=4)[sorted(nucleus)] / len(drawn)
+        np.testing.assert_allclose(freq, kept, atol=0.03)
+    assert (np.asarray(sample_tokens(logits, jax.random.PRNGKey(0), 0.0, 0.5)) == 0).all()
+
+
+def test_bucket_length_bounds_padding():
+    lengths = [bucket_length(n) for n in range(1, 3000)]
+    assert all(b >= n and b % 8 == 0 and b <= max(16, 1.25 * n + 8) for n, b in zip(range(1, 3000), lengths))
+    assert lengths == sorted(lengths) and len(set(lengths)) < 40
+
+
+def test_bad_inputs_fail_with_clear_errors(setup, loaded, capsys, tmp_path):
     root, _, images = setup
-    code = generate_main(["--ckpt", str(root / "ckpt"), "--image", str(images[0]), "--input-ids", f"1,{IMG},{IMG}",
-                          "--max-new-tokens", "2"])
-    assert code == 2 and "2 images but 1 --image" in capsys.readouterr().err
+    llava, params, pixels = loaded
+    base = ["--ckpt", str(root / "ckpt"), "--image", str(images[0]), "--max-new-tokens", "2"]
+    cases = [
+        (base + ["--input-ids", f"1,{IMG},5,{IMG}"], "mark 2 images but 1 --image"),
+        (base + ["--input-ids", f"1,{IMG},{IMG}"], "a run of 2 image tokens"),
+        (base + ["--prompt", "w5 <image> w6 <image>"], "2 <image> placeholders but 1 --image"),
+        (["--ckpt", str(tmp_path / "nope"), "--input-ids", "1,2", "--max-new-tokens", "2"], "no such folder"),
+        (["--ckpt", str(tmp_path), "--input-ids", "1,2", "--max-new-tokens", "2"], "config.json not found"),
+        (["--ckpt", str(root / "ckpt"), "--image", str(tmp_path / "x.png"), "--input-ids", f"1,{IMG}",
+          "--max-new-tokens", "2"], "x.png: cannot read the image"),
+    ]
+    for argv, message in cases:
+        assert generate_main(argv) == 2
+        assert message in capsys.readouterr().err
+    ids, seg, pv, mask = batch_arrays(pixels, ROWS[:2], ROW_IMAGES[:2])
+    mask[1, 1] = True
+    with pytest.raises(ValueError, match="row 1 has 4 image tokens .* but 2 real images"):
+        generate(llava, params, ids, seg, pv, mask, max_new_tokens=2, eos_token_id=2)

@@ -55,8 +55,11 @@ def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str)
                 else {"image_size": config.vision_config.image_size})
     out = []
     for path in paths:
-        with Image.open(path) as img:
-            out.append(preprocess_image(img, aspect=aspect, **settings))
+        try:
+            with Image.open(path) as img:
+                out.append(preprocess_image(img, aspect=aspect, **settings))
+        except OSError as e:  # missing file, unreadable or not an image
+            raise ValueError(f"--image {path}: cannot read the image ({e})") from e
     return np.stack(out)
 
 
@@ -110,6 +113,8 @@ def _tokenizer(ckpt: Path):
 
 def run(args: argparse.Namespace) -> dict:
     """Generates for one prompt; returns {"token_ids": new ids (EOS included), "text": decoded or None}."""
+    if not args.ckpt.is_dir():
+        raise ValueError(f"--ckpt {args.ckpt}: no such folder")
     config = read_config(args.ckpt)
     if not (args.ckpt / PARAMS_DIR).is_dir():
         raise ValueError(f"{args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint)")

@@ -105,7 +105,7 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
              "segment_ids": _constrain(cache["segment_ids"], batch_sharding)}
     variables = {"params": params}
     logits, cache = model.apply(variables, input_ids, pixel_values, image_mask, positions, segment_ids,
-                                cache=cache, cache_index=0)
+                                cache=cache, cache_index=0, last_logits_only=True)
     rng, step_rng = jax.random.split(rng)
     first = sample_tokens(logits[:, -1], step_rng, temperature, top_p)
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)

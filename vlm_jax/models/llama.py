@@ -180,10 +180,11 @@ class Llama(nn.Module):
         """Token embeddings `[b, s, D]` in the compute dtype."""
         return self.embed_tokens(input_ids)
 
-    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None):
+    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None, last_logits_only=False):
         """embeddings `[b, s, D]`, positions / segment_ids int `[b, s]` (segment 0 = padding).
         With `cache` (from `init_cache`) the chunk is written at `cache_index` (int scalar, may be
-        traced) and attends to every filled slot before it; returns the updated cache."""
+        traced) and attends to every filled slot before it; returns the updated cache.
+        `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill)."""
         c = self.config
         if self.is_initializing():  # create the embedding table even though the caller embeds
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))
@@ -199,6 +200,8 @@ class Llama(nn.Module):
             kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
             layer_caches = (cache["k"], cache["v"])
         x, layer_caches = self.layers(x, layer_caches, cos, sin, segment_ids, kv_segment_ids, cache_index)
+        if last_logits_only:
+            x = x[:, -1:]
         x = self.norm(x)
         logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))

@@ -94,6 +94,21 @@ def test_cli_greedy_two_images_matches_transformers(setup, capsys):
     assert prompt["text"] == " ".join(f"w{t}" for t in want if t > 2)
 
 
+def test_cli_image_aspect_ratio_pad_and_none_match_transformers(setup, capsys, tmp_path):
+    root, model, _ = setup
+    wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 52, 3), dtype=np.uint8))
+    wide.save(tmp_path / "wide.png")
+    processor = CLIPImageProcessor.from_pretrained(root / "hf")
+    square = Image.new("RGB", (52, 52), tuple(int(m * 255) for m in processor.image_mean))  # LLaVA's expand2square
+    square.paste(wide, (0, 11))
+    ids = [1, IMG, 6, 7]
+    for aspect, image in (("pad", square), ("none", wide)):
+        want = hf_generate(model, expand(ids), processor(images=[image], return_tensors="pt")["pixel_values"], 6)
+        got = cli_json(["--ckpt", root / "ckpt", "--image", tmp_path / "wide.png", "--input-ids", "1,100,6,7",
+                        "--max-new-tokens", 6, "--image-aspect-ratio", aspect, "--json"], capsys)
+        assert got["token_ids"] == want, aspect
+
+
 def test_cli_subprocess(setup):
     root, model, images = setup
     ids = [1, IMG, 6, 7]

@@ -139,8 +139,9 @@ def _pad_axis(x: np.ndarray, axis: int, before: int, after: int, value) -> np.nd
     return np.pad(x, widths, constant_values=value)
 
 
-def _place_params(params, mesh: Mesh):
-    """Params replicated over `mesh`, except leaves already sharded on that mesh (e.g. FSDP), kept as is."""
+def place_params(params, mesh: Mesh):
+    """Params replicated over `mesh`, except leaves already sharded on that mesh (e.g. FSDP), kept as is.
+    `generate(mesh=...)` does this on every call; do it once up front to avoid a copy per call."""
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def place(x):
@@ -162,7 +163,8 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
     `[b, n_img]` (or both None for text only). Greedy when `temperature == 0`. A row stops after it emits
     `eos_token_id`; the loop stops when every row has. With `bucket_prompts` the prompt is left-padded further
     to `bucket_length(s)` (fewer compiles, same tokens). With `mesh`, rows are split over all its devices
-    (batch padded to a multiple of `mesh.size` with empty rows, dropped again); results keep the input order.
+    (batch padded to a multiple of `mesh.size` with empty rows, dropped again); results keep the input order;
+    params are replicated over the mesh unless already there (see `place_params`).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -192,7 +194,7 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
     if mesh is not None:
         batch_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
         arrays = [jax.device_put(a, batch_sharding) for a in arrays]
-        params = _place_params(params, mesh)
+        params = place_params(params, mesh)
     else:
         arrays = [jnp.asarray(a) for a in arrays]
     if pixel_values is None:

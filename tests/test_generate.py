@@ -104,7 +104,7 @@ def test_cli_image_aspect_ratio_pad_and_none_match_transformers(setup, capsys, t
     ids = [1, IMG, 6, 7]
     for aspect, image in (("pad", square), ("none", wide)):
         want = hf_generate(model, expand(ids), processor(images=[image], return_tensors="pt")["pixel_values"], 6)
-        got = cli_json(["--ckpt", root / "ckpt", "--image", tmp_path / "wide.png", "--input-ids", "1,100,6,7",
+        got = cli_json(["--ckpt", root / "ckpt", "--image", tmp_path / "wide.png", "--input-ids", f"1,{IMG},6,7",
                         "--max-new-tokens", 6, "--image-aspect-ratio", aspect, "--json"], capsys)
         assert got["token_ids"] == want, aspect
 

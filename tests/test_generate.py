@@ -221,6 +221,17 @@ def test_top_p_samples_only_from_the_nucleus():
     assert (np.asarray(sample_tokens(logits, jax.random.PRNGKey(0), 0.0, 0.5)) == 0).all()
 
 
+def test_prompts_in_one_length_bucket_compile_once(loaded):
+    from vlm_jax.generation import _generate
+
+    llava, params, _ = loaded
+    before = _generate._cache_size()
+    for n in (9, 12, 16):  # one bucket (16)
+        ids, seg = left_pad([[1] + [5] * (n - 1), [1, 6]])
+        generate(llava, params, ids, seg, None, None, max_new_tokens=3, eos_token_id=-1)
+    assert _generate._cache_size() == before + 1
+
+
 def test_bucket_length_bounds_padding():
     lengths = [bucket_length(n) for n in range(1, 3000)]
     assert all(b >= n and b % 8 == 0 and b <= max(16, 1.25 * n + 8) for n, b in zip(range(1, 3000), lengths))

@@ -80,11 +80,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="genbench"))
-    hf_model = build_model(root / "hf", args)
-    assert convert_main(["hf-to-orbax", "--hf", str(root / "hf"), "--out", str(root / "ckpt")]) == 0
-    config = read_config(root / "ckpt")
-    llava, params = Llava(config), restore_params(root / "ckpt" / PARAMS_DIR)
+    with tempfile.TemporaryDirectory(prefix="genbench") as tmp:
+        root = Path(tmp)
+        hf_model = build_model(root / "hf", args)
+        assert convert_main(["hf-to-orbax", "--hf", str(root / "hf"), "--out", str(root / "ckpt")]) == 0
+        config = read_config(root / "ckpt")
+        llava, params = Llava(config), restore_params(root / "ckpt" / PARAMS_DIR)
     rows, images = prompts(args, config.num_image_tokens, np.random.default_rng(0))
     prompt_tokens = sum(len(r) for r in rows)
 

@@ -14,10 +14,11 @@ from vlm_jax.evaluate.run import run_evaluation
 def parse(argv: list[str]) -> flags.FlagValues:
     """Parses `--config FILE [--config.x=...] --ckpt CKPT` into a fresh FlagValues (no global flags)."""
     values = flags.FlagValues()
+    argv = ["python -m vlm_jax.evaluate"] + list(argv)
     config_flags.DEFINE_config_file("config", None, "evaluation config file (configs/eval/BENCH.py)",
-                                    flag_values=values)
+                                    flag_values=values, sys_argv=argv)
     flags.DEFINE_string("ckpt", None, "vlm_jax params checkpoint folder (config.json + params/)", flag_values=values)
-    values(["python -m vlm_jax.evaluate"] + list(argv))
+    values(argv)
     if values.config is None or not values.ckpt:
         raise ValueError("usage: python -m vlm_jax.evaluate --config configs/eval/BENCH.py --ckpt CKPT "
                          "[--config.shots=4 ...]")

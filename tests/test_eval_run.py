@@ -164,3 +164,36 @@ def test_process_shards_cover_each_question_once(monkeypatch):
     monkeypatch.setattr(batched_generation.multihost_utils, "process_allgather",
                         lambda x: np.stack([x if p == 1 else padded[p] for p in range(count)]))
     np.testing.assert_array_equal(gather_shards(shards[1], n), rows)
+
+
+def test_batched_rows_match_one_by_one(setup):
+    """A bucketed, left-padded batch with per-row image counts (2, 0, 1 images) on 8 devices gives each row
+    what `generate` gives it alone and unpadded."""
+    from vlm_jax.convert.orbax_params import restore_params
+    from vlm_jax.evaluate.batched_generation import Request, data_mesh, generate_requests
+    from vlm_jax.generation import generate, left_pad
+    from vlm_jax.models.llava import Llava
+
+    cfg = tiny_config()
+    model, params = Llava(cfg), restore_params(setup / "ckpt" / "params")
+    images = [str(p) for p in sorted((setup / "train").glob("*.png"))]
+    block = [cfg.image_token_id] * cfg.num_image_tokens
+    rng = np.random.default_rng(0)
+    requests = []
+    for i, n_images in enumerate([2, 0, 1]):
+        ids = [1] + [int(t) for t in rng.integers(4, 260, 3 + 7 * i)]
+        for k in range(n_images):
+            ids += block + [int(t) for t in rng.integers(4, 260, 2 + k)]
+        requests.append(Request(tuple(ids), tuple(images[i:i + n_images])))
+    load = lambda paths: load_pixels(paths, {"image_size": cfg.vision_config.image_size})  # noqa: E731
+    mesh = data_mesh()
+    params_on_mesh = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    tokens, num_tokens = generate_requests(model, params_on_mesh, requests, mesh=mesh, batch_size=4,
+                                           length_multiple=32, max_images=3, load_pixels=load, max_new_tokens=4,
+                                           eos_token_id=2, pad_token_id=0)
+    for i, r in enumerate(requests):
+        ids, seg = left_pad([r.token_ids])
+        pixels = load(r.image_paths)[None] if r.image_paths else None
+        alone = generate(model, params, ids, seg, pixels, None if pixels is None else np.ones((1, len(r.image_paths)), bool),
+                         max_new_tokens=4, eos_token_id=2, pad_token_id=0)
+        assert alone.rows()[0] == tokens[i, :num_tokens[i]].tolist(), f"request {i}"

@@ -16,9 +16,7 @@ from PIL import Image
 
 from vlm_jax.convert.orbax_params import save_numpy_params
 from vlm_jax.demo import random_params
-from vlm_jax.evaluate import batched_generation
 from vlm_jax.evaluate.__main__ import main as evaluate_main
-from vlm_jax.evaluate.batched_generation import gather_shards, process_shard
 from vlm_jax.evaluate.clip_embed import checkpoint_embedder, load_vision_tower
 from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.rices import embed_images, rices_indices
@@ -80,8 +78,7 @@ def cli_args(root, out, *extra):
     s = "demo_split"
     args += split("train")
     return ["--config", "configs/eval/okvqa.py", "--ckpt", str(root / "ckpt"), *args, "--config.tokenizer=bytes",
-            "--config.dtype=float32", "--config.max_new_tokens=5", "--config.batch_size=4",
-            "--config.length_multiple=64", f"--config.output_dir={out}", *extra]
+            "--config.dtype=float32", "--config.max_new_tokens=5", "--config.batch_size=4",            f"--config.output_dir={out}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -148,30 +145,13 @@ def test_rices_with_flax_clip_finds_identical_image(setup):
     np.testing.assert_allclose(embed_fn([str(p) for p in train])[5], np.asarray(direct)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_process_shards_cover_each_question_once(monkeypatch):
-    for n in (0, 1, 7, 11, 16):
-        for count in (1, 2, 3, 8):
-            shards = [process_shard(n, p, count) for p in range(count)]
-            assert [i for s in shards for i in s] == list(range(n))
-            assert max(map(len, shards)) - min(map(len, shards)) <= 1
-    # gather with 3 simulated processes: each contributes its shard's rows; the result is in question order
-    n, count = 11, 3
-    rows = np.arange(n * 2).reshape(n, 2)
-    shards = [rows[list(process_shard(n, p, count))] for p in range(count)]
-    size = -(-n // count)
-    padded = [np.concatenate([s, np.full((size - len(s), 2), -1)]) for s in shards]
-    monkeypatch.setattr(batched_generation.jax, "process_count", lambda: count)
-    monkeypatch.setattr(batched_generation.multihost_utils, "process_allgather",
-                        lambda x: np.stack([x if p == 1 else padded[p] for p in range(count)]))
-    np.testing.assert_array_equal(gather_shards(shards[1], n), rows)
-
-
 def test_batched_rows_match_one_by_one(setup):
     """A bucketed, left-padded batch with per-row image counts (2, 0, 1 images) on 8 devices gives each row
-    what `generate` gives it alone and unpadded."""
+    what `generate` gives it alone and unpadded; split over 2 simulated processes (`process_slice`) and
+    gathered (`gather_rows`), the rows come back in order."""
     from vlm_jax.convert.orbax_params import restore_params
-    from vlm_jax.evaluate.batched_generation import Request, data_mesh, generate_requests
-    from vlm_jax.generation import generate, left_pad
+    from vlm_jax.evaluate.batched_generation import Request, generate_requests
+    from vlm_jax.generation import gather_rows, generate, left_pad, local_data_mesh, process_slice
     from vlm_jax.models.llava import Llava
 
     cfg = tiny_config()
@@ -181,19 +161,37 @@ def test_batched_rows_match_one_by_one(setup):
     rng = np.random.default_rng(0)
     requests = []
     for i, n_images in enumerate([2, 0, 1]):
-        ids = [1] + [int(t) for t in rng.integers(4, 260, 3 + 7 * i)]
+        ids = [1] + [int(t) for t in rng.integers(4, 260, (13, 28, 20)[i])]  # 27, 29, 27 tokens: one bucket
         for k in range(n_images):
             ids += block + [int(t) for t in rng.integers(4, 260, 2 + k)]
         requests.append(Request(tuple(ids), tuple(images[i:i + n_images])))
     load = lambda paths: load_pixels(paths, {"image_size": cfg.vision_config.image_size})  # noqa: E731
-    mesh = data_mesh()
+    mesh = local_data_mesh()
     params_on_mesh = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    tokens, num_tokens = generate_requests(model, params_on_mesh, requests, mesh=mesh, batch_size=4,
-                                           length_multiple=32, max_images=3, load_pixels=load, max_new_tokens=4,
-                                           eos_token_id=2, pad_token_id=0)
+    run = lambda reqs: generate_requests(model, params_on_mesh, reqs, mesh=mesh, batch_size=4,  # noqa: E731
+                                         max_images=3, load_pixels=load, max_new_tokens=4, eos_token_id=2,
+                                         pad_token_id=0)
+    rows = run(requests)
     for i, r in enumerate(requests):
         ids, seg = left_pad([r.token_ids])
         pixels = load(r.image_paths)[None] if r.image_paths else None
         alone = generate(model, params, ids, seg, pixels, None if pixels is None else np.ones((1, len(r.image_paths)), bool),
                          max_new_tokens=4, eos_token_id=2, pad_token_id=0)
-        assert alone.rows()[0] == tokens[i, :num_tokens[i]].tolist(), f"request {i}"
+        assert alone.rows()[0] == rows[i], f"request {i}"
+    slices = [process_slice(len(requests), p, 2) for p in range(2)]
+    local = [run([requests[i] for i in s]) for s in slices]
+    packed = []  # what each simulated process contributes to the all-gather
+
+    class Captured(Exception):
+        pass
+
+    def capture(x):
+        packed.append(x)
+        raise Captured
+
+    for p in range(2):
+        with pytest.raises(Captured):
+            gather_rows(local[p], slices[p], len(requests), 4, process_count=2, allgather=capture)
+    for p in range(2):
+        assert gather_rows(local[p], slices[p], len(requests), 4, process_count=2,
+                           allgather=lambda x: np.stack(packed)) == rows

@@ -21,8 +21,7 @@ from tqdm import tqdm
 
 from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_params
 from vlm_jax.evaluate import rices
-from vlm_jax.evaluate.batched_generation import (Request, data_mesh, gather_shards, generate_requests,
-                                                 process_shard)
+from vlm_jax.evaluate.batched_generation import Request, generate_requests
 from vlm_jax.evaluate.clip_embed import checkpoint_embedder
 from vlm_jax.evaluate.examples import Example, sample_query_set
 from vlm_jax.evaluate.judge import JudgeConfig, judge_extractor
@@ -32,6 +31,7 @@ from vlm_jax.evaluate.prompts import Prompt, build_prompt
 from vlm_jax.evaluate.run_config import check_config
 from vlm_jax.evaluate.score_cli import MATH_BENCHMARKS, SCORERS
 from vlm_jax.evaluate.splits import load_split
+from vlm_jax.generation import gather_rows, local_data_mesh, process_slice
 from vlm_jax.models.llava import Llava
 
 
@@ -95,7 +95,7 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
         raise ValueError("config.eval_split has no questions")
     pool = (sample_query_set(load_split(config.demo_split, "config.demo_split"), config.query_set_size, config.seed)
             if config.shots else [])
-    mesh = data_mesh(devices)
+    mesh = local_data_mesh(devices)
     embedder = None
     if config.shots and config.demo_selection == "rices":
         embedder = checkpoint_embedder(config.rices.ckpt or ckpt, batch_size=config.rices.batch_size,
@@ -107,23 +107,21 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     tokenizer = load_tokenizer(config.tokenizer, ckpt)
     requests = [Request(tuple(prompt_token_ids(p.text, tokenizer, model_config.image_token_id,
                                                model_config.num_image_tokens)), p.image_paths) for p in prompts]
-    shard = process_shard(len(requests), jax.process_index(), jax.process_count())
+    shard = process_slice(len(requests))
     replicated = NamedSharding(mesh, PartitionSpec())
     params = restore_params(ckpt / PARAMS_DIR, jax.tree.map(lambda _: replicated, params_metadata(ckpt / PARAMS_DIR)))
     settings = pixel_settings(ckpt, model_config.vision_config.image_size)
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else tokenizer.pad_id
     with tqdm(total=len(shard), desc=f"{config.benchmark} {config.shots}-shot", unit="q",
               disable=jax.process_index() != 0) as progress:
-        tokens, num_tokens = generate_requests(
+        rows = generate_requests(
             Llava(model_config), params, [requests[i] for i in shard], mesh=mesh, batch_size=config.batch_size,
-            length_multiple=config.length_multiple, max_images=config.shots + 1,
+            max_images=config.shots + 1,
             load_pixels=lambda paths: load_pixels(paths, settings, config.image_aspect_ratio),
             max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=pad,
             temperature=config.temperature, top_p=config.top_p, seed=config.seed, progress=progress)
-    tokens = gather_shards(tokens, len(requests))
-    num_tokens = gather_shards(num_tokens, len(requests))
-    answers = [tokenizer.decode([t for t in row[:n] if t != tokenizer.eos_id]).strip()
-               for row, n in zip(tokens, num_tokens)]
+    rows = gather_rows(rows, shard, len(requests), config.max_new_tokens)
+    answers = [tokenizer.decode([t for t in row if t != tokenizer.eos_id]).strip() for row in rows]
 
     kwargs = {}
     if config.judge:

@@ -25,7 +25,6 @@ def base_config(benchmark: str, eval_split: Mapping[str, Any], demo_split: Mappi
     c.temperature = 0.0  # 0: greedy
     c.top_p = 1.0
     c.batch_size = 8  # rows per generate call (rounded up to a multiple of the local device count)
-    c.length_multiple = 64  # prompts are left-padded to a multiple of this (one compile per bucket)
     c.dtype = "bfloat16"  # compute dtype of both towers
     c.attention_impl = "xla"  # "xla", "cudnn" or "pallas" for the prefill
     c.image_aspect_ratio = "pad"  # LLaVA-1.5 pads images to a square first; "none" to skip
@@ -45,7 +44,7 @@ def check_config(c: ConfigDict) -> None:
     for name in ("shots", "num_queries", "query_set_size"):
         if c[name] < 0:
             raise ValueError(f"config.{name}={c[name]} must be >= 0")
-    for name in ("max_new_tokens", "batch_size", "length_multiple"):
+    for name in ("max_new_tokens", "batch_size"):
         if c[name] < 1:
             raise ValueError(f"config.{name}={c[name]} must be >= 1")
     if c.include_self_first and c.shots == 0:

@@ -22,8 +22,10 @@ SUBCOMMANDS = ("score",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vlm_jax.evaluate",
-                                     description="Few-shot VQA evaluation of vlm_jax models.")
+    parser = argparse.ArgumentParser(
+        prog="python -m vlm_jax.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Few-shot VQA evaluation of vlm_jax models.\n\nA generation run: python -m vlm_jax.evaluate "
+                    "--config configs/eval/BENCH.py --ckpt CKPT [--config.shots=4 --config.demo_selection=rices ...]")
     subparsers = parser.add_subparsers(dest="command", required=True)
     score_cli.add_parser(subparsers)
     return parser

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
@@ -32,6 +31,8 @@ from vlm_jax.evaluate.run_config import check_config
 from vlm_jax.evaluate.score_cli import MATH_BENCHMARKS, SCORERS
 from vlm_jax.evaluate.splits import load_split
 from vlm_jax.generation import gather_rows, local_data_mesh, process_slice
+from vlm_jax.data.tokenizer import Tokenizer
+from vlm_jax.models.config import LlavaConfig
 from vlm_jax.models.llava import Llava
 
 
@@ -80,14 +81,9 @@ def output_stem(config: ConfigDict) -> str:
             + ("_self" if config.include_self_first else ""))
 
 
-def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.Device] | None = None) -> dict:
-    """Runs the evaluation `config` describes on checkpoint `ckpt` (on `devices`, default all local ones) and
-    returns the scores dict (the scorer's, plus the run settings); process 0 writes
-    `OUTPUT_DIR/<stem>.predictions.jsonl` (question_id, prompt, answer = the raw generation, demo_ids) and
-    `OUTPUT_DIR/<stem>.scores.json`."""
-    check_config(config)
-    ckpt = Path(ckpt)
-    started = time.time()
+def load_questions_and_pool(config: ConfigDict) -> tuple[list[Example], list[Example]]:
+    """The evaluated questions (the first `num_queries` when set) and the demonstration pool (a seeded sample of
+    `query_set_size` from the demo split; empty for 0 shots)."""
     queries = load_split(config.eval_split, "config.eval_split")
     if config.num_queries:
         queries = queries[:config.num_queries]
@@ -95,16 +91,13 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
         raise ValueError("config.eval_split has no questions")
     pool = (sample_query_set(load_split(config.demo_split, "config.demo_split"), config.query_set_size, config.seed)
             if config.shots else [])
-    mesh = local_data_mesh(devices)
-    embedder = None
-    if config.shots and config.demo_selection == "rices":
-        embedder = checkpoint_embedder(config.rices.ckpt or ckpt, batch_size=config.rices.batch_size,
-                                       aspect=config.image_aspect_ratio, mesh=mesh)
-    demos = select_demonstrations(config, queries, pool, embedder)
-    prompts: list[Prompt] = [build_prompt(q, d) for q, d in zip(queries, demos)]
+    return queries, pool
 
-    model_config = read_config(ckpt).with_runtime(dtype=config.dtype, attention_impl=config.attention_impl)
-    tokenizer = load_tokenizer(config.tokenizer, ckpt)
+
+def generate_answers(config: ConfigDict, ckpt: Path, model_config: LlavaConfig, tokenizer: Tokenizer,
+                     prompts: Sequence[Prompt], mesh: Mesh) -> list[str]:
+    """The decoded generation of every prompt, in order, on every process: this process generates its
+    `process_slice` of the prompts data-parallel over `mesh`, `gather_rows` collects all of them."""
     requests = [Request(tuple(prompt_token_ids(p.text, tokenizer, model_config.image_token_id,
                                                model_config.num_image_tokens)), p.image_paths) for p in prompts]
     shard = process_slice(len(requests))
@@ -121,14 +114,40 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
             max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=pad,
             temperature=config.temperature, top_p=config.top_p, seed=config.seed, progress=progress)
     rows = gather_rows(rows, shard, len(requests), config.max_new_tokens)
-    answers = [tokenizer.decode([t for t in row if t != tokenizer.eos_id]).strip() for row in rows]
+    return [tokenizer.decode([t for t in row if t != tokenizer.eos_id]).strip() for row in rows]
 
-    kwargs = {}
-    if config.judge:
-        if config.benchmark not in MATH_BENCHMARKS:
-            raise ValueError(f"config.judge applies to {', '.join(MATH_BENCHMARKS)}, not {config.benchmark}")
-        kwargs["extract"] = judge_extractor(JudgeConfig.from_env())
-    scores = SCORERS[config.benchmark](queries, {q.qid: a for q, a in zip(queries, answers)}, **kwargs)
+
+def _scorer_kwargs(config: ConfigDict) -> dict:
+    """The judge extractor when `config.judge` (checked before any generation: a missing URL fails early)."""
+    if not config.judge:
+        return {}
+    if config.benchmark not in MATH_BENCHMARKS:
+        raise ValueError(f"config.judge applies to {', '.join(MATH_BENCHMARKS)}, not {config.benchmark}")
+    return {"extract": judge_extractor(JudgeConfig.from_env())}
+
+
+def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.Device] | None = None) -> dict:
+    """Runs the evaluation `config` describes on checkpoint `ckpt` (on `devices`, default all local ones) and
+    returns the scores dict (the scorer's, plus the run settings); process 0 writes
+    `OUTPUT_DIR/<stem>.predictions.jsonl` (question_id, prompt, answer = the raw generation, demo_ids) and
+    `OUTPUT_DIR/<stem>.scores.json`."""
+    check_config(config)
+    ckpt = Path(ckpt)
+    started = time.time()
+    model_config = read_config(ckpt).with_runtime(dtype=config.dtype, attention_impl=config.attention_impl)
+    tokenizer = load_tokenizer(config.tokenizer, ckpt)
+    scorer_kwargs = _scorer_kwargs(config)
+    queries, pool = load_questions_and_pool(config)
+    mesh = local_data_mesh(devices)
+    embedder = None
+    if config.shots and config.demo_selection == "rices":
+        embedder = checkpoint_embedder(config.rices.ckpt or ckpt, batch_size=config.rices.batch_size,
+                                       aspect=config.image_aspect_ratio, mesh=mesh)
+    demos = select_demonstrations(config, queries, pool, embedder)
+    prompts = [build_prompt(q, d) for q, d in zip(queries, demos)]
+    answers = generate_answers(config, ckpt, model_config, tokenizer, prompts, mesh)
+
+    scores = SCORERS[config.benchmark](queries, {q.qid: a for q, a in zip(queries, answers)}, **scorer_kwargs)
     scores.update({"ckpt": str(ckpt), "shots": config.shots, "demo_selection": config.demo_selection,
                    "include_self_first": config.include_self_first, "seed": config.seed,
                    "query_set_size": len(pool), "max_new_tokens": config.max_new_tokens,

@@ -18,7 +18,10 @@ def parse(argv: list[str]) -> flags.FlagValues:
     config_flags.DEFINE_config_file("config", None, "evaluation config file (configs/eval/BENCH.py)",
                                     flag_values=values, sys_argv=argv)
     flags.DEFINE_string("ckpt", None, "vlm_jax params checkpoint folder (config.json + params/)", flag_values=values)
-    values(argv)
+    try:
+        values(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections' answer to an override of an unknown field
+        raise ValueError(f"unknown config field in the overrides: {e}") from e
     if values.config is None or not values.ckpt:
         raise ValueError("usage: python -m vlm_jax.evaluate --config configs/eval/BENCH.py --ckpt CKPT "
                          "[--config.shots=4 ...]")

@@ -14,7 +14,7 @@ import sys
 from absl.flags import Error as FlagsError
 
 from vlm_jax.convert.safetensors_io import CheckpointError
-from vlm_jax.evaluate import run_cli, score_cli
+from vlm_jax.evaluate import score_cli
 from vlm_jax.evaluate.examples import BenchmarkFileError
 from vlm_jax.evaluate.judge import JudgeError
 
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+            from vlm_jax.evaluate import run_cli  # jax, flax and the model only for a generation run
+
             return run_cli.main(argv)
         args = build_parser().parse_args(argv)
         return args.func(args)

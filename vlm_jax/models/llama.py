@@ -16,7 +16,7 @@ import numpy as np
 
 from vlm_jax.models.attention import attention
 from vlm_jax.models.config import TextConfig
-from vlm_jax.models.layers import RMSNorm, normal_init, stacked
+from vlm_jax.models.layers import DenseGeneral, RMSNorm, normal_init, stacked
 
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
@@ -68,7 +68,7 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, cos, sin, segment_ids, kv_segment_ids, layer_cache, cache_index):
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        proj = partial(nn.DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
+        proj = partial(DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
         q = proj((c.num_attention_heads, c.head_dim), name="q_proj",
                  kernel_init=normal_init(c.initializer_range, ("embed", "heads", "head_dim")))(x)
         k = proj((c.num_key_value_heads, c.head_dim), name="k_proj",
@@ -81,7 +81,8 @@ class LlamaAttention(nn.Module):
                                        ("activation_batch", "activation_length", "activation_kv_heads", None))
         if layer_cache is None:
             out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, causal=True,
-                            implementation=c.attention_impl)
+                            implementation=c.attention_impl, block_q=c.attention_block_q,
+                            block_k=c.attention_block_k)
             new_cache = None
         else:
             cache_k, cache_v = layer_cache
@@ -89,7 +90,8 @@ class LlamaAttention(nn.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
             out = attention(q, cache_k.astype(dtype), cache_v.astype(dtype), q_segment_ids=segment_ids,
                             kv_segment_ids=kv_segment_ids, causal=True, q_offset=cache_index,
-                            implementation=c.attention_impl)
+                            implementation=c.attention_impl, block_q=c.attention_block_q,
+                            block_k=c.attention_block_k)
             new_cache = (cache_k, cache_v)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)

@@ -49,7 +49,8 @@ def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: op
                     frozen: Sequence[str], grad_accum_steps: int = 1, nan_policy: str = "stop"):
     """`(state, batch) -> (state, metrics)`, to be jitted with state donation.
 
-    metrics (float32 scalars): loss (global-batch mean over loss tokens), loss_tokens, grad_norm
+    metrics (float32 scalars): loss (global-batch mean over loss tokens), loss_tokens, tokens (non-padding
+    tokens), images (real images), grad_norm
     (before clipping, trained params only), lr (used by this update), finite (1.0 if loss and
     grads are finite). With `nan_policy="skip"` a non-finite update leaves the state unchanged
     except `step`; with "stop" it is applied and the host loop stops with an error.
@@ -90,6 +91,8 @@ def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: op
         new_state = state.replace(step=state.step + 1, params=merge_params(new_trained, frozen_params),
                                   opt_state=opt_state)
         metrics = {"loss": loss, "loss_tokens": loss_tokens, "grad_norm": grad_norm,
+                   "tokens": (batch["segment_ids"] > 0).sum().astype(jnp.float32),
+                   "images": batch["image_mask"].sum().astype(jnp.float32),
                    "lr": jnp.asarray(schedule(state.step), jnp.float32), "finite": finite.astype(jnp.float32)}
         return new_state, metrics
 

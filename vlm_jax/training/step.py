@@ -81,7 +81,7 @@ def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: op
             (grads, loss_sum), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)),
                                                 split_microbatches(batch, grad_accum_steps))
         loss = loss_sum / denominator
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, trained)
         new_trained = optax.apply_updates(trained, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

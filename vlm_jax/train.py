@@ -110,15 +110,18 @@ def _heldout_scorer(config, model, model_config, tokenizer, mesh, params_shardin
 
 
 def _build_demo_corpus(config, workdir: str) -> None:
-    """Builds the demo corpus into WORKDIR/corpus (once) and points data.shards / heldout.file at it."""
+    """Builds the demo corpus (once) into demo_corpus.dir (default WORKDIR/corpus) and points
+    data.shards and, when it has questions, heldout.file at it."""
     from vlm_jax import demo_corpus
 
     d = config.demo_corpus
-    paths = demo_corpus.build(os.path.join(workdir, "corpus"), train_documents=d.train_documents,
+    paths = demo_corpus.build(d.dir or os.path.join(workdir, "corpus"), train_documents=d.train_documents,
                               heldout_per_class=d.heldout_per_class, image_size=d.image_size, seed=d.seed)
+    _log(demo_corpus.describe(paths))
     with config.unlocked():
         config.data.shards = paths["shards"]
-        config.heldout.file = paths["heldout"]
+        if d.heldout_per_class > 0:
+            config.heldout.file = paths["heldout"]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

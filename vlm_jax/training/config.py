@@ -79,9 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Held-out multiple-choice set (vlm_jax.training.heldout), scored before and after training.
     c.heldout = ml_collections.ConfigDict({"file": "", "batch_size": 32})
 
-    # The CPU demo corpus (vlm_jax.demo_corpus), built into WORKDIR/corpus when `build` is set.
+    # The CPU demo corpus (vlm_jax.demo_corpus), built when `build` is set into `dir` ("": WORKDIR/corpus);
+    # heldout_per_class=0 builds no held-out questions (and leaves heldout.file as it is).
     c.demo_corpus = ml_collections.ConfigDict({
-        "build": False, "train_documents": 600, "heldout_per_class": 10, "image_size": 64, "seed": 0})
+        "build": False, "dir": "", "train_documents": 600, "heldout_per_class": 10, "image_size": 64, "seed": 0})
     return c
 
 

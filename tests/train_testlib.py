@@ -10,11 +10,11 @@ from data_testlib import document, write_shard
 from vlm_jax.data.loader import make_train_iterator
 from vlm_jax.models.config import LlavaConfig, preset
 from vlm_jax.models.llava import Llava
-from vlm_jax.sharding import DEFAULT_RULES, batch_sharding
+from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training.config import deep_merge
 from vlm_jax.training.distributed import global_batch
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
-from vlm_jax.training.state import abstract_train_state, init_train_state
+from vlm_jax.training.state import TrainState, abstract_train_state, init_train_state
 from vlm_jax.training.step import jit_train_step, make_train_step
 
 # Dimensions divide by 4 (fsdp) and heads by 2 (tensor) so every sharding rule takes effect.
@@ -53,16 +53,27 @@ def packed_batches(shard: str, config: LlavaConfig, n: int, batch_size: int = 8,
     return [next(it) for _ in range(n)]
 
 
-def run_steps(config: LlavaConfig, mesh, batches, *, frozen=(), grad_accum_steps: int = 1, seed: int = 0,
-              nan_policy: str = "stop"):
-    """Fresh state on `mesh`, one train step per batch; returns (initial params on host, final state,
-    per-step metrics on host)."""
+def optimizer():
     schedule = make_schedule(OPTIM, 10)
-    tx = make_optimizer(OPTIM, schedule)
-    abstract, shardings = abstract_train_state(config, frozen, tx, mesh, DEFAULT_RULES)
+    return schedule, make_optimizer(OPTIM, schedule)
+
+
+def initial_state(config: LlavaConfig, frozen=(), seed: int = 0) -> TrainState:
+    """A fresh train state on the host (built once on one device, then placed on any mesh)."""
+    _, tx = optimizer()
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    _, shardings = abstract_train_state(config, frozen, tx, mesh, DEFAULT_RULES)
+    return jax.device_get(init_train_state(config, frozen, tx, shardings, jax.random.key(seed)))
+
+
+def run_steps(config: LlavaConfig, mesh, batches, state: TrainState, *, frozen=(), grad_accum_steps: int = 1,
+              nan_policy: str = "stop"):
+    """`state` (host) placed on `mesh` by the sharding rules, one train step per batch; returns
+    (final state, per-step metrics on host)."""
+    schedule, tx = optimizer()
+    _, shardings = abstract_train_state(config, frozen, tx, mesh, DEFAULT_RULES)
     with nn.logical_axis_rules(DEFAULT_RULES):
-        state = init_train_state(config, frozen, tx, shardings, jax.random.key(seed))
-        initial = jax.device_get(state.params)
+        state = jax.device_put(state, shardings)
         step = jit_train_step(make_train_step(Llava(config), tx, schedule, frozen=frozen,
                                               grad_accum_steps=grad_accum_steps, nan_policy=nan_policy),
                               shardings, batch_sharding(mesh))
@@ -70,7 +81,7 @@ def run_steps(config: LlavaConfig, mesh, batches, *, frozen=(), grad_accum_steps
         for batch in batches:
             state, m = step(state, global_batch(batch, mesh))
             metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
-    return initial, state, metrics
+    return state, metrics
 
 
 def losses(metrics) -> np.ndarray:

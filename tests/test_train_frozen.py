@@ -1,0 +1,46 @@
+"""Frozen modules stay bit-identical and get no optimizer state; trained modules change; a non-finite
+loss is flagged and, with nan_policy="skip", leaves the parameters untouched."""
+
+import jax
+import numpy as np
+import pytest
+
+from train_testlib import initial_state, packed_batches, run_steps, tiny_config, write_corpus
+from vlm_jax.sharding import make_mesh
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    config = tiny_config()
+    return config, packed_batches(write_corpus(tmp_path_factory.mktemp("corpus")), config, 2)
+
+
+def _leaves(tree):
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_frozen_bit_identical_trained_changed(setup):
+    config, batches = setup
+    initial = initial_state(config, frozen=("vision_tower",))
+    state, metrics = run_steps(config, make_mesh(2, 2, 2), batches, initial, frozen=("vision_tower",))
+    assert all(m["finite"] == 1.0 for m in metrics)
+    before, after = _leaves(initial.params), _leaves(jax.device_get(state.params))
+    assert before.keys() == after.keys()
+    for key in before:
+        if key.startswith("['vision_tower']"):
+            assert np.array_equal(before[key], after[key]), key
+        else:
+            assert not np.array_equal(before[key], after[key]), f"{key} did not train"
+    moments = " ".join(jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state))
+    assert "vision_tower" not in moments and "language_model" in moments
+
+
+def test_non_finite_loss_skip_keeps_params(setup):
+    config, batches = setup
+    bad = dict(batches[0], pixel_values=np.full_like(batches[0]["pixel_values"], np.nan))
+    initial = initial_state(config)
+    state, metrics = run_steps(config, make_mesh(8, 1, 1), [bad], initial, nan_policy="skip")
+    assert metrics[0]["finite"] == 0.0 and not np.isfinite(metrics[0]["loss"])
+    assert int(state.step) == 1
+    before, after = _leaves(initial.params), _leaves(jax.device_get(state.params))
+    assert all(np.array_equal(before[k], after[k]) for k in before)

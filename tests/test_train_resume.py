@@ -22,8 +22,10 @@ def _command(workdir, corpus):
             "--config.progress_bar=false", "--config.log_every=4", "--config.save_final_params=false"]
 
 
-def _env():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+def _env(root):
+    # The rerun loads the programs the first runs compiled from JAX's persistent cache (saves time only).
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -37,13 +39,13 @@ def _records(workdir):
 
 
 def _start(workdir, corpus, log):
-    return subprocess.Popen(_command(workdir, corpus), cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(_command(workdir, corpus), cwd=ROOT, env=_env(corpus.parent), stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_sigkill_and_rerun_continues_exactly(tmp_path):
     corpus = tmp_path / "corpus"
     subprocess.run([sys.executable, "-c", f"from vlm_jax import demo_corpus; demo_corpus.build({str(corpus)!r}, "
-                    "train_documents=48, heldout_per_class=0)"], cwd=ROOT, env=_env(), check=True)
+                    "train_documents=48, heldout_per_class=0)"], cwd=ROOT, env=_env(corpus.parent), check=True)
     full, killed = tmp_path / "full", tmp_path / "killed"
     with open(tmp_path / "full.log", "w") as full_log, open(tmp_path / "killed.log", "w") as killed_log:
         reference = _start(full, corpus, full_log)
@@ -58,7 +60,7 @@ def test_sigkill_and_rerun_continues_exactly(tmp_path):
         victim.wait()
         steps_before_kill = len(_records(killed))
         assert steps_before_kill < STEPS
-        rerun = subprocess.run(_command(killed, corpus), cwd=ROOT, env=_env(), capture_output=True, text=True)
+        rerun = subprocess.run(_command(killed, corpus), cwd=ROOT, env=_env(corpus.parent), capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         assert reference.wait() == 0, (tmp_path / "full.log").read_text()[-3000:]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -14,6 +16,7 @@ from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training.config import deep_merge
 from vlm_jax.training.distributed import global_batch
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
+from vlm_jax.training.params import split_params
 from vlm_jax.training.state import TrainState, abstract_train_state, init_train_state
 from vlm_jax.training.step import jit_train_step, make_train_step
 
@@ -58,12 +61,20 @@ def optimizer():
     return schedule, make_optimizer(OPTIM, schedule)
 
 
-def initial_state(config: LlavaConfig, frozen=(), seed: int = 0) -> TrainState:
-    """A fresh train state on the host (built once on one device, then placed on any mesh)."""
-    _, tx = optimizer()
+@functools.cache
+def _fresh_params(config: LlavaConfig, seed: int):
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    _, shardings = abstract_train_state(config, frozen, tx, mesh, DEFAULT_RULES)
-    return jax.device_get(init_train_state(config, frozen, tx, shardings, jax.random.key(seed)))
+    _, shardings = abstract_train_state(config, (), optimizer()[1], mesh, DEFAULT_RULES)
+    return jax.device_get(init_train_state(config, (), optimizer()[1], shardings, jax.random.key(seed)).params)
+
+
+def initial_state(config: LlavaConfig, frozen=(), seed: int = 0) -> TrainState:
+    """A fresh train state on the host: params initialised once per (config, seed) on one device,
+    optimizer state for the trained part (placed on any mesh by `run_steps`)."""
+    params = _fresh_params(config, seed)
+    trained, _ = split_params(params, frozen)
+    return TrainState(step=np.zeros((), np.int32), params=params,
+                      opt_state=jax.device_get(optimizer()[1].init(trained)))
 
 
 def run_steps(config: LlavaConfig, mesh, batches, state: TrainState, *, frozen=(), grad_accum_steps: int = 1,

@@ -17,15 +17,6 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """The records of `workdir/metrics.jsonl`, in order."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _truncate_after(path: str, step: int) -> None:
     """Keep only records with `step <= step` (and a complete last line: a kill may cut one)."""
     if not os.path.exists(path):

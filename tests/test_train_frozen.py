@@ -1,12 +1,15 @@
 """Frozen modules stay bit-identical and get no optimizer state; trained modules change; a non-finite
-loss is flagged and, with nan_policy="skip", leaves the parameters untouched."""
+loss is flagged and, with nan_policy="skip", leaves the parameters untouched; the params checkpoint
+format round-trips onto a mesh."""
 
 import jax
 import numpy as np
 import pytest
 
-from train_testlib import initial_state, packed_batches, run_steps, tiny_config, write_corpus
-from vlm_jax.sharding import make_mesh
+from train_testlib import initial_state, optimizer, packed_batches, run_steps, tiny_config, write_corpus
+from vlm_jax.checkpoint import load_config, load_params, save_params
+from vlm_jax.sharding import DEFAULT_RULES, make_mesh
+from vlm_jax.training.state import abstract_train_state
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +48,18 @@ def test_non_finite_loss_skip_keeps_params(setup):
     assert int(state.step) == 1
     before, after = _leaves(initial.params), _leaves(jax.device_get(state.params))
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_params_checkpoint_round_trip(setup, tmp_path):
+    """`WORKDIR/final` (the params format that `init_checkpoint` reads) holds exactly the params and config."""
+    config, _ = setup
+    params = initial_state(config).params
+    save_params(str(tmp_path), params, config)
+    assert load_config(str(tmp_path)) == config
+    mesh = make_mesh(2, 2, 2)
+    abstract, _ = abstract_train_state(config, (), optimizer()[1], mesh, DEFAULT_RULES)
+    restored = load_params(str(tmp_path), abstract.params)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(restored))))
+    assert restored["language_model"]["layers"]["mlp"]["gate_proj"]["kernel"].sharding.mesh.shape == mesh.shape
+    with pytest.raises(ValueError, match="multi_modal_projector.*model does not"):
+        load_params(str(tmp_path), dict(abstract.params, multi_modal_projector={}))

@@ -49,7 +49,7 @@ def _log(message: str) -> None:
         print(message, flush=True)
 
 
-def _loader_config(config: ml_collections.ConfigDict, model_config, workdir: str) -> dict[str, Any]:
+def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str, Any]:
     """`vlm_jax.data.LoaderConfig` fields for this process."""
     d = config.data
     if config.global_batch_size % jax.process_count():
@@ -145,7 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     tokenizer = make_tokenizer(config.data.tokenizer)
     _check_tokenizer(tokenizer, model_config)
-    loader = make_train_iterator(_loader_config(config, model_config, workdir), tokenizer)
+    loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
     schedule = make_schedule(config.optim, _schedule_steps(config))
     tx = make_optimizer(config.optim, schedule)
     abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)

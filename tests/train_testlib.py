@@ -83,7 +83,7 @@ def run_steps(config: LlavaConfig, mesh, batches, state: TrainState, *, frozen=(
     (final state, per-step metrics on host)."""
     schedule, tx = optimizer()
     _, shardings = abstract_train_state(config, frozen, tx, mesh, DEFAULT_RULES)
-    with nn.logical_axis_rules(DEFAULT_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         state = jax.device_put(state, shardings)
         step = jit_train_step(make_train_step(Llava(config), tx, schedule, frozen=frozen,
                                               grad_accum_steps=grad_accum_steps, nan_policy=nan_policy),

@@ -177,10 +177,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     _log(f"model: {n_params / 1e6:.2f}M params ({n_trained / 1e6:.2f}M trained, frozen: {list(frozen) or 'none'}); "
          f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].device_kind} device(s), "
          f"{jax.process_count()} process(es)")
-    # No global mesh context: with one, Flax 0.12's DenseGeneral applies its kernel's rank-3 logical
-    # names to the flattened rank-2 init value (it evaluates the initialiser's shape even in apply)
-    # and fails. Shardings come from the jitted functions' in/out shardings, which XLA propagates.
-    with nn.logical_axis_rules(DEFAULT_RULES):
+    # The mesh context makes the models' activation constraints (logical names -> mesh axes) and the
+    # per-shard Pallas attention apply inside the jitted functions.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         score = _heldout_scorer(config, model, model_config, tokenizer, mesh, shardings.params)
         if score is not None:
             summary["heldout_start"] = score(state.params)

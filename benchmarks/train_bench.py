@@ -36,7 +36,7 @@ FROZEN = ("vision_tower",)
 
 
 def bench_config() -> LlavaConfig:
-    """Tiny but not trivial: ~47M parameters, 64 image tokens per image."""
+    """Tiny but not trivial: ~49M parameters, 64 image tokens per image."""
     return LlavaConfig(
         vision_config=VisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                                    num_attention_heads=4, image_size=112, patch_size=14),

@@ -1,0 +1,45 @@
+"""LLaVA-1.5-7B continued pre-training on the Multimodal-Textbook corpus, as the seed's run.
+
+    python -m vlm_jax.train --config configs/llava_textbook_7b.py \
+        --config.init_checkpoint=/ckpt/llava-v1.5-7b --config.data.shards=/data/textbook_shards \
+        --config.data.tokenizer=/ckpt/llava-v1.5-7b-tokenizer --workdir /runs/textbook_7b
+
+Starts from llava-v1.5-7b (a params-format checkpoint from `python -m vlm_jax.convert hf-to-orbax`);
+the CLIP ViT-L/14-336 tower is frozen, the projector and the LM train; lr 2e-5, no weight decay,
+3% linear warmup then constant; bf16 compute on float32 master weights; 32768-token packed rows,
+at most 12 images per document; one epoch; a checkpoint every 100 steps, the last 5 kept; full remat.
+Set `schedule_steps` to the epoch's step count (the warmup is 3% of it) and the mesh to the slice.
+"""
+from vlm_jax.training.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.workdir = "workdir/llava_textbook_7b"
+    c.init_checkpoint = ""  # required: the converted llava-v1.5-7b directory
+    c.model_preset = "llava-1.5-7b"  # only used if init_checkpoint is left empty (from-scratch runs)
+    c.dtype = "bfloat16"
+    c.param_dtype = "float32"
+    c.remat_policy = "full"
+    c.attention_impl = "pallas"
+    c.frozen = "vision_tower"
+    c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
+    c.global_batch_size = 64  # packed 32k-token rows per step (~2M tokens)
+    c.grad_accum_steps = 1
+    c.num_train_steps = -1  # one pass over the data
+    c.schedule_steps = 2000  # estimate of the epoch's steps, for the 3% warmup
+    c.optim.learning_rate = 2e-5
+    c.optim.schedule = "constant"
+    c.optim.warmup_ratio = 0.03
+    c.optim.weight_decay = 0.0
+    c.optim.max_grad_norm = 1.0
+    c.data.tokenizer = ""  # required: the llava-v1.5-7b tokenizer directory
+    c.data.seq_len = 32768
+    c.data.max_images = 12
+    c.data.max_images_per_row = 12
+    c.data.num_epochs = 1
+    c.data.num_workers = 8
+    c.checkpoint.save_every = 100
+    c.checkpoint.keep = 5
+    c.log_every = 10
+    return c

@@ -1,0 +1,306 @@
+"""Train LLaVA: `python -m vlm_jax.train --config configs/NAME.py [--config.key=value ...] [--workdir DIR]`.
+
+Builds the mesh and the sharded train state (fresh, from `init_checkpoint`, or resumed from the
+latest checkpoint in WORKDIR/checkpoints together with the data iterator), then loops: next packed
+batch -> global array -> jitted train step. Every step's loss goes to WORKDIR/metrics.jsonl; every
+`log_every` steps also throughput (tokens/s, images/s, TFLOP/s, MFU) and loader counters, to the
+console and TensorBoard. Rerunning the same command after an interruption continues exactly where
+the last checkpoint left off. See `vlm_jax.training.config` for every field.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from vlm_jax import checkpoint as ckpt_lib
+from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_iterator
+from vlm_jax.models.llava import Llava
+from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
+from vlm_jax.training import heldout as heldout_lib
+from vlm_jax.training.config import model_config as resolve_model_config
+from vlm_jax.training.distributed import batch_divisor, global_batch, maybe_initialize_distributed
+from vlm_jax.training.flops import peak_flops_per_device, train_step_flops
+from vlm_jax.training.metrics import MetricsWriter, Throughput
+from vlm_jax.training.optimizer import make_optimizer, make_schedule
+from vlm_jax.training.params import count_params, parse_module_list
+from vlm_jax.training.state import abstract_train_state, init_train_state, state_from_params
+from vlm_jax.training.step import jit_train_step, make_train_step, token_losses
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; overrides config.workdir.")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss or gradient norm of a step was NaN or infinite (nan_policy="stop")."""
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str, Any]:
+    """`vlm_jax.data.LoaderConfig` fields for this process."""
+    d = config.data
+    if config.global_batch_size % jax.process_count():
+        raise ValueError(f"global_batch_size {config.global_batch_size} does not divide by "
+                         f"{jax.process_count()} processes")
+    shards = [s for s in d.shards.split(",") if s]
+    if not shards:
+        raise ValueError("config.data.shards is empty: give ArrayRecord shards (or set demo_corpus.build)")
+    return {
+        "shards": tuple(shards),
+        "batch_size": config.global_batch_size // jax.process_count(),
+        "seq_len": d.seq_len,
+        "max_images_per_row": d.max_images_per_row,
+        "max_images": d.max_images,
+        "num_image_tokens": model_config.num_image_tokens,
+        "image_token_id": model_config.image_token_id,
+        "tokenizer": d.tokenizer,
+        "image_size": model_config.vision_config.image_size,
+        "image_aspect": d.image_aspect,
+        "preprocessor_config": d.preprocessor_config or None,
+        "seed": d.seed,
+        "num_epochs": None if d.num_epochs < 0 else d.num_epochs,
+        "num_workers": d.num_workers,
+        "read_threads": d.read_threads,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+    }
+
+
+def _check_tokenizer(tokenizer, model_config) -> None:
+    if tokenizer.vocab_size > model_config.text_config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                         f"{model_config.text_config.vocab_size}")
+    image_id = getattr(tokenizer, "image_token_id", None)
+    if image_id is not None and image_id != model_config.image_token_id:
+        raise ValueError(f"tokenizer's <image> id {image_id} != model image_token_id {model_config.image_token_id}")
+
+
+def _schedule_steps(config) -> int:
+    return config.schedule_steps if config.schedule_steps > 0 else config.num_train_steps
+
+
+def _heldout_scorer(config, model, model_config, tokenizer, mesh, params_sharding):
+    """A function params -> held-out metrics (None when no held-out file is configured)."""
+    if not config.heldout.file:
+        return None
+    questions = heldout_lib.read_questions(config.heldout.file)
+    image_settings = {"image_size": model_config.vision_config.image_size, "aspect": config.data.image_aspect}
+    rows = heldout_lib.choice_rows(questions, tokenizer, model_config, image_settings)
+    sharding = batch_sharding(mesh)
+    nll = jax.jit(lambda p, b: token_losses(model, p, b).sum(axis=-1), in_shardings=(params_sharding, sharding))
+
+    def score(params):
+        return heldout_lib.accuracy(questions, rows, lambda b: nll(params, jax.device_put(b, sharding)),
+                                    config.heldout.batch_size, batch_divisor(mesh))
+
+    return score
+
+
+def _build_demo_corpus(config, workdir: str) -> None:
+    """Builds the demo corpus (once) into demo_corpus.dir (default WORKDIR/corpus) and points
+    data.shards and, when it has questions, heldout.file at it."""
+    from vlm_jax import demo_corpus
+
+    d = config.demo_corpus
+    paths = demo_corpus.build(d.dir or os.path.join(workdir, "corpus"), train_documents=d.train_documents,
+                              heldout_per_class=d.heldout_per_class, image_size=d.image_size, seed=d.seed)
+    _log(demo_corpus.describe(paths))
+    with config.unlocked():
+        config.data.shards = paths["shards"]
+        if d.heldout_per_class > 0:
+            config.heldout.file = paths["heldout"]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON)."""
+    maybe_initialize_distributed()
+    config = ml_collections.ConfigDict(config.to_dict())  # a private copy
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if config.demo_corpus.build:
+        _build_demo_corpus(config, workdir)
+    architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
+    model_config = resolve_model_config(config, architecture)
+    frozen = parse_module_list(config.frozen)
+    model = Llava(model_config)
+    mesh = make_mesh(**config.mesh)
+    if config.global_batch_size % (batch_divisor(mesh) * config.grad_accum_steps):
+        raise ValueError(f"global_batch_size {config.global_batch_size} must be a multiple of data*fsdp "
+                         f"({batch_divisor(mesh)}) x grad_accum_steps ({config.grad_accum_steps})")
+    if config.num_train_steps < 0 and config.data.num_epochs < 0:
+        raise ValueError("num_train_steps=-1 (until the data ends) needs data.num_epochs >= 1")
+
+    tokenizer = make_tokenizer(config.data.tokenizer)
+    _check_tokenizer(tokenizer, model_config)
+    loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
+    schedule = make_schedule(config.optim, _schedule_steps(config))
+    tx = make_optimizer(config.optim, schedule)
+    abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
+    checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                              save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
+                                              async_save=config.checkpoint.async_save)
+    step_fn = jit_train_step(
+        make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
+                        nan_policy=config.nan_policy),
+        shardings, batch_sharding(mesh))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump({"train": config.to_dict(), "model": model_config.to_dict()}, f, indent=2)
+
+    summary: dict[str, Any] = {"workdir": workdir}
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(latest, abstract, loader)
+        _log(f"resumed from {workdir}/checkpoints/{latest}")
+    elif config.init_checkpoint:
+        params = ckpt_lib.load_params(config.init_checkpoint, abstract.params)
+        state = state_from_params(params, frozen, tx, shardings)
+        _log(f"initialised from {config.init_checkpoint}")
+    else:
+        state = init_train_state(model_config, frozen, tx, shardings, jax.random.key(config.seed))
+    start_step = int(jax.device_get(state.step))
+    n_params = count_params(abstract.params)
+    n_trained = count_params({k: v for k, v in abstract.params.items() if k not in frozen})
+    _log(f"model: {n_params / 1e6:.2f}M params ({n_trained / 1e6:.2f}M trained, frozen: {list(frozen) or 'none'}); "
+         f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].device_kind} device(s), "
+         f"{jax.process_count()} process(es)")
+    # The mesh context makes the models' activation constraints (logical names -> mesh axes) and the
+    # per-shard Pallas attention apply inside the jitted functions.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        score = _heldout_scorer(config, model, model_config, tokenizer, mesh, shardings.params)
+        if score is not None:
+            summary["heldout_start"] = score(state.params)
+            _log(f"held-out at step {start_step}: {_fmt(summary['heldout_start'])}")
+
+        state, loop_summary = _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, loader,
+                                          step_fn, checkpointer)
+        summary.update(loop_summary)
+        checkpointer.wait()
+        checkpointer.close()
+        if score is not None:
+            summary["heldout_end"] = score(state.params)
+            _log(f"held-out at step {summary['final_step']}: {_fmt(summary['heldout_end'])}")
+        if config.save_final_params:
+            ckpt_lib.save_params(os.path.join(workdir, "final"), state.params, model_config)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def _progress(config, start_step: int, total: int | None):
+    if not config.progress_bar or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+
+def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, loader, step_fn, checkpointer):
+    """The step loop. Metrics of step s are fetched after step s+1 is dispatched (the device never
+    waits for the host), except at checkpoint steps, where they are checked before saving."""
+    total = config.num_train_steps if config.num_train_steps >= 0 else None
+    writer = MetricsWriter(workdir, start_step, tensorboard=config.tensorboard)
+    bar = _progress(config, start_step, total)
+    step_flops = train_step_flops(model_config, batch=config.global_batch_size, seq_len=config.data.seq_len,
+                                  image_slots=config.data.max_images_per_row, frozen=frozen)
+    peak = peak_flops_per_device(jax.devices()[0].device_kind, config.peak_tflops_per_device)
+    throughput = Throughput()
+    losses: list[float] = []
+    pending: list[tuple[int, dict]] = []
+    timed_from = None  # the first step is compile time: rates start after it
+
+    def report(step: int, metrics: dict) -> None:
+        nonlocal timed_from
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not m.pop("finite"):
+            message = (f"non-finite loss at step {step} (loss {m['loss']}, grad_norm {m['grad_norm']})")
+            if config.nan_policy == "stop":
+                raise NonFiniteLoss(message + "; rerun resumes from the last checkpoint, or set "
+                                              "--config.nan_policy=skip to skip such updates")
+            _log(message + ": update skipped")
+        losses.append(m["loss"])
+        record = {k: m[k] for k in ("loss", "lr", "grad_norm", "loss_tokens")}
+        if timed_from is None:
+            timed_from = step
+            throughput.rates()
+        else:
+            throughput.add(tokens=m["tokens"], images=m["images"], flops=step_flops, steps=1)
+        if step % config.log_every == 0 or step == total:
+            seconds, rates = throughput.rates()
+            if rates:
+                record.update(tokens_per_s=rates["tokens"], images_per_s=rates["images"],
+                              tflops_per_s=rates["flops"] / 1e12, steps_per_s=rates["steps"])
+                if peak:
+                    record["mfu"] = rates["flops"] / (peak * jax.device_count())
+            record.update({f"loader/{k}": v for k, v in loader_metrics(loader).items()})
+            if bar is None:
+                _log(f"step {step}: " + _fmt({k: v for k, v in record.items() if "/" not in k}))
+        writer.write(step, record)
+        if bar is not None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+
+    step = start_step
+    start_time = time.perf_counter()
+    try:
+        while total is None or step < total:
+            try:
+                local = next(loader)
+            except StopIteration:
+                _log(f"data exhausted after step {step}")
+                break
+            state, metrics = step_fn(state, global_batch(local, mesh))
+            step += 1
+            while pending:
+                report(*pending.pop())
+            if checkpointer.should_save(step):
+                report(step, metrics)  # a non-finite step must not be saved
+                checkpointer.save(step, state, loader)
+            else:
+                pending.append((step, metrics))
+        while pending:
+            report(*pending.pop())
+        if step > start_step and checkpointer.latest_step() != step:
+            checkpointer.save(step, state, loader, force=True)
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    summary = {"start_step": start_step, "final_step": step, "seconds": time.perf_counter() - start_time}
+    if losses:
+        k = max(1, len(losses) // 10)
+        summary.update(first_loss=losses[0], last_loss=losses[-1], first_10pct_mean_loss=float(np.mean(losses[:k])),
+                       last_10pct_mean_loss=float(np.mean(losses[-k:])))
+    return state, summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required (e.g. --config configs/demo.py)")
+    summary = train(config, _WORKDIR.value or config.workdir)
+    _log(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Training mechanics: parameter partitioning, optimizer, sharded train state, train step, metrics."""

@@ -1,0 +1,97 @@
+"""Where training metrics go: a per-step JSONL file, TensorBoard event files, the console.
+
+Only process 0 writes. On resume from step k, records after step k (written by the interrupted
+run after its last checkpoint) are dropped from the JSONL file and TensorBoard's view, so both
+read as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Keep only records with `step <= step` (and a complete last line: a kill may cut one)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    """Writes step records (dicts of numbers) to `metrics.jsonl` and TensorBoard (`tensorboard/`)."""
+
+    def __init__(self, workdir: str, start_step: int, tensorboard: bool = True):
+        self._active = jax.process_index() == 0
+        self._file = None
+        self._tb = None
+        if not self._active:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, METRICS_FILE)
+        _truncate_after(path, start_step)
+        self._file = open(path, "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1)
+
+    def write(self, step: int, record: Mapping[str, Any]) -> None:
+        if not self._active:
+            return
+        self._file.write(json.dumps({"step": int(step), **{k: _plain(v) for k, v in record.items()}}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, int(step))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+class Throughput:
+    """Wall-clock rates over the interval since the last `rates()` call."""
+
+    def __init__(self):
+        self._start = time.perf_counter()
+        self._sums: dict[str, float] = {}
+
+    def add(self, **amounts: float) -> None:
+        for key, value in amounts.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+
+    def rates(self) -> tuple[float, dict[str, float]]:
+        """(seconds elapsed, {name: amount per second}), and restart the interval."""
+        now = time.perf_counter()
+        seconds = max(now - self._start, 1e-9)
+        rates = {key: value / seconds for key, value in self._sums.items()}
+        self._start, self._sums = now, {}
+        return seconds, rates

@@ -100,12 +100,11 @@ def load_vision_tower(ckpt_dir: str | Path) -> tuple[VisionConfig, dict]:
 
 
 def random_vision_tower(config: VisionConfig, seed: int = 0) -> dict:
-    """Randomly initialised tower params (flax init): features carry no meaning, only for demos/tests."""
-    import flax.linen as nn
+    """Random N(0, 0.02²) tower params (norm scales 1), drawn in numpy without compiling an init: the
+    features carry no meaning (demos, tests, and the no-checkpoint case, which the report flags)."""
+    from vlm_jax.demo import random_params
 
-    from vlm_jax.models.clip import init_variables
-
-    return nn.unbox(init_variables(config, jax.random.key(seed)))["params"]
+    return random_params(config, seed)
 
 
 class ClipFeaturizer:

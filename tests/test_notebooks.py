@@ -16,9 +16,16 @@ NOTEBOOKS = REPO / "notebooks"
 def execute(name: str, timeout: int = 300) -> nbformat.NotebookNode:
     """Runs notebooks/<name> in a fresh kernel whose working directory is the repository root."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    env_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    os.environ["PYTHONPATH"] = env_path  # the kernel inherits it: `vlm_jax` is importable, no install
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    saved = os.environ.get("PYTHONPATH")
+    # The kernel (and the subprocesses it starts) inherit it: `vlm_jax` is importable without an install.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = saved
     return nb
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/attention_bench.py                 # GPU/TPU: seq 1k..32k, 32 heads, d=128, bf16
     python benchmarks/attention_bench.py --kv-heads 8    # GQA variant
-    python benchmarks/attention_bench.py --small         # CPU: tiny sizes, Pallas interpret mode
+    python benchmarks/attention_bench.py --cpu-smoke     # CPU: tiny sizes, Pallas interpret mode (CI)
 
 Prints one row per (sequence length, implementation): median milliseconds, TFLOP/s and speed
 relative to XLA. Causal FLOPs: forward 0.5 * 4 * b * h * s^2 * d, backward 2.5x forward. An
@@ -22,22 +22,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.kernels.flash_attention import flash_attention  # noqa: E402
-
-
-def xla_attention(q, k, v, *, causal, scale):
-  """The project's XLA reference when present (vlm_jax.models.attention), else einsum + mask."""
-  try:
-    from vlm_jax.models.attention import attention
-  except ImportError:
-    b, s, h, d = q.shape
-    kvh = k.shape[2]
-    qg = q.reshape(b, s, kvh, h // kvh, d)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * scale
-    if causal:
-      logits = jnp.where(jnp.tril(jnp.ones((s, s), bool)), logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, s, h, d)
-  return attention(q, k, v, causal=causal, scale=scale, implementation="xla")
+from vlm_jax.models.attention import attention  # noqa: E402
 
 
 def repeat_kv(q, k, v):
@@ -45,9 +30,9 @@ def repeat_kv(q, k, v):
   return jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
 
 
-def implementations(platform: str, interpret: bool):
+def implementations(platform: str, interpret: bool, block_q: int | None, block_k: int | None):
   """name -> (attention fn(q, k, v, scale) or a reason string it cannot run here)."""
-  impls = {"xla": lambda q, k, v, scale: xla_attention(q, k, v, causal=True, scale=scale)}
+  impls = {"xla": lambda q, k, v, scale: attention(q, k, v, causal=True, scale=scale, implementation="xla")}
   if platform == "gpu":
     impls["cudnn"] = lambda q, k, v, scale: jax.nn.dot_product_attention(
         q, k, v, scale=scale, is_causal=True, implementation="cudnn")
@@ -73,7 +58,7 @@ def implementations(platform: str, interpret: bool):
   else:
     impls["jax-pallas-tpu*"] = "needs a TPU"
   impls["ours"] = lambda q, k, v, scale: flash_attention(
-      q, k, v, causal=True, scale=scale, interpret=interpret or None)
+      q, k, v, causal=True, scale=scale, block_q=block_q, block_k=block_k, interpret=interpret or None)
   return impls
 
 
@@ -108,25 +93,29 @@ def short_reason(err: Exception) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--small", action="store_true", help="tiny CPU-friendly sizes, interpret mode")
+  parser.add_argument("--cpu-smoke", action="store_true",
+                      help="tiny sizes in Pallas interpret mode, so the script runs (and is tested) on CPU")
   parser.add_argument("--seqs", type=int, nargs="*", default=None)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=None)
   parser.add_argument("--kv-heads", type=int, default=None)
   parser.add_argument("--head-dim", type=int, default=None)
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  parser.add_argument("--block-q", type=int, default=None, help="our kernel's query tile (default: per backend)")
+  parser.add_argument("--block-k", type=int, default=None, help="our kernel's key tile (default: per backend)")
   parser.add_argument("--warmup", type=int, default=None)
   parser.add_argument("--iters", type=int, default=None)
   args = parser.parse_args(argv)
 
   platform = jax.default_backend()
-  interpret = args.small or platform == "cpu"
-  seqs = args.seqs or ([64, 256] if args.small else [1024, 4096, 16384, 32768])
-  heads = args.heads or (4 if args.small else 32)
+  smoke = args.cpu_smoke
+  interpret = smoke or platform == "cpu"
+  seqs = args.seqs or ([48, 64] if smoke else [1024, 4096, 16384, 32768])
+  heads = args.heads or (2 if smoke else 32)
   kv_heads = args.kv_heads or heads
-  head_dim = args.head_dim or (32 if args.small else 128)
-  warmup = args.warmup if args.warmup is not None else (1 if args.small else 3)
-  iters = args.iters if args.iters is not None else (3 if args.small else 10)
+  head_dim = args.head_dim or (32 if smoke else 128)
+  warmup = args.warmup if args.warmup is not None else (1 if smoke else 3)
+  iters = args.iters if args.iters is not None else (2 if smoke else 10)
   dtype = jnp.dtype(args.dtype)
   print(f"device: {jax.devices()[0].device_kind} ({platform}); batch {args.batch}, heads {heads}, "
         f"kv_heads {kv_heads}, head_dim {head_dim}, {dtype.name}, causal"
@@ -135,7 +124,7 @@ def main(argv=None):
             f"{'fwd+bwd ms':>10} {'TFLOP/s':>8} {'vs xla':>7}")
   print(header)
   print("-" * len(header))
-  impls = implementations(platform, interpret)
+  impls = implementations(platform, interpret, args.block_q, args.block_k)
   for seq in seqs:
     key = jax.random.PRNGKey(seq)
     kq, kk, kv = jax.random.split(key, 3)

@@ -72,6 +72,8 @@ CONFIGS = {
                               causal=True, segments=False, block_q=32, block_k=16),
     "segments-gqa-ragged": dict(batch=2, seq=50, heads=4, kv_heads=2, head_dim=16,
                                 causal=False, segments=True, block_q=32, block_k=16),
+    "causal-gqa-hd64": dict(batch=1, seq=40, heads=4, kv_heads=2, head_dim=64,
+                            causal=True, segments=False, block_q=16, block_k=16),
     "tpu-causal-segments-gqa-ragged": dict(batch=1, seq=130, heads=4, kv_heads=2, head_dim=16,
                                            causal=True, segments=True, block_q=32, block_k=128,
                                            backend="tpu"),

@@ -2,16 +2,26 @@
 
 One entry point, `attention(...)`, with three interchangeable implementations:
 "xla" (einsum reference, any shape), "cudnn" (`jax.nn.dot_product_attention`, GPU only) and
-"pallas" (`vlm_jax.kernels.flash_attention`, self-attention without offset; otherwise "xla").
+"pallas" (our flash kernel `vlm_jax.kernels.flash_attention`; see `attention` for how cache
+prefills are mapped onto it and when it falls back to "xla").
 """
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+
+# Segment ids of the rows / slots the "pallas" route pads in; they match nothing, so padded queries
+# see no key (zero rows, sliced off) and padded keys are seen by no query.
+_PAD_QUERY_SEGMENT = -1
+_PAD_KEY_SEGMENT = -2
 
 
 def attention_mask(q_len: int, kv_len: int, q_segment_ids, kv_segment_ids, *, causal: bool, q_offset=0):
@@ -72,14 +82,109 @@ def _pallas_module():
                          f"which could not be imported ({e}); use 'xla' or 'cudnn'") from e
 
 
+def _is_static_offset(q_offset) -> bool:
+    return isinstance(q_offset, numbers.Integral) and not isinstance(q_offset, bool)
+
+
+def _pad_rows(x, before: int, after: int):
+    """Zero-pad the sequence axis (1) of `x` `[batch, seq, ...]`."""
+    if before == after == 0:
+        return x
+    return jnp.pad(x, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+
+
+def _pad_ids(ids, length: int, before: int, after: int, fill: int):
+    """Segment ids `[batch, length]` (all 1 when `ids` is None) padded with `fill` on the sequence axis."""
+    ids = jnp.ones((1, length), jnp.int32) if ids is None else ids.astype(jnp.int32)
+    return jnp.pad(ids, [(0, 0), (before, after)], constant_values=fill)
+
+
+def _pallas_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset: int, scale,
+                      block_q, block_k):
+    """The flash kernel (square, diagonal-aligned problems) on any static-offset problem.
+
+    Causal: keys after slot `q_offset + q_len - 1` are invisible to every query, so they are cut;
+    the queries are padded in front by `q_offset` rows so query i sits on the kernel's row
+    `q_offset + i`, which makes the kernel's `j <= row` the contract's `j <= q_offset + i`.
+    Both sides are then padded at the end to one length. Padded rows / slots get segment ids that
+    match nothing. Training and plain prefill (q_len == kv_len, offset 0) need no padding at all.
+    """
+    b, q_len = q.shape[:2]
+    if causal:
+        keep = min(k.shape[1], q_offset + q_len)
+        k, v = k[:, :keep], v[:, :keep]
+        kv_segment_ids = None if kv_segment_ids is None else kv_segment_ids[:, :keep]
+        lead = q_offset
+    else:
+        lead = 0
+    kv_len = k.shape[1]
+    length = max(lead + q_len, kv_len)
+    q_tail, kv_tail = length - lead - q_len, length - kv_len
+    if lead or q_tail or kv_tail:
+        q_segment_ids = jnp.broadcast_to(_pad_ids(q_segment_ids, q_len, lead, q_tail, _PAD_QUERY_SEGMENT),
+                                         (b, length))
+        kv_segment_ids = jnp.broadcast_to(_pad_ids(kv_segment_ids, kv_len, 0, kv_tail, _PAD_KEY_SEGMENT),
+                                          (b, length))
+        q, k, v = _pad_rows(q, lead, q_tail), _pad_rows(k, 0, kv_tail), _pad_rows(v, 0, kv_tail)
+    kernel = lambda q, k, v, q_seg, kv_seg: _pallas_module().flash_attention(  # noqa: E731
+        q, k, v, q_seg, kv_seg, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
+    out = _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids)
+    return out[:, lead:lead + q_len]
+
+
+def _mesh_axes(logical: str, dim: int, mesh) -> str | tuple[str, ...] | None:
+    """Mesh axes the active flax logical rules give `logical`, if they divide `dim` (else None)."""
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    names = tuple(a for a in names if a in mesh.shape)
+    if not names or dim % math.prod(mesh.shape[a] for a in names):
+        return None
+    return names[0] if len(names) == 1 else names
+
+
+def _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids):
+    """Run `kernel(q, k, v, q_seg, kv_seg)` on each device's shard when a mesh is set (`jax.set_mesh`).
+
+    A Pallas call has no SPMD partitioning rule, so under a mesh XLA would gather every operand and
+    compute all of it on each device. Instead it runs in `shard_map`: batch split like
+    `activation_batch`, heads like `activation_heads` / `activation_kv_heads` (flax logical rules in
+    effect), whole sequences per device. kv heads are split only together with the query heads, so
+    each device's query heads find their kv group locally.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v, q_segment_ids, kv_segment_ids)
+    batch = _mesh_axes("activation_batch", q.shape[0], mesh)
+    heads = _mesh_axes("activation_heads", q.shape[2], mesh)
+    if heads is None or heads != _mesh_axes("activation_kv_heads", k.shape[2], mesh):
+        heads = None
+    qkv = PartitionSpec(batch, None, heads, None)
+    seg = None if q_segment_ids is None else PartitionSpec(batch, None)
+    return jax.shard_map(kernel, in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv, check_vma=False)(
+        q, k, v, q_segment_ids, kv_segment_ids)
+
+
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool = True, q_offset=0,
-              scale: float | None = None, implementation: str = "xla"):
+              scale: float | None = None, implementation: str = "xla", block_q: int | None = None,
+              block_k: int | None = None):
     """Attention of q `[batch, q_len, heads, head_dim]` over k, v `[batch, kv_len, kv_heads, head_dim]`.
 
     Segment ids are int `[batch, q_len]` / `[batch, kv_len]` (0 = padding / empty cache slot);
     `q_offset` (int or traced scalar) is the slot of query 0 for the causal rule. heads must be a
     multiple of kv_heads; k/v are never repeated. Returns `[batch, q_len, heads, head_dim]` in q's
     dtype; a query that sees no key returns zeros.
+
+    `implementation`:
+    - "xla": einsum + mask reference, any shape.
+    - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`; GPU only (a ValueError
+      elsewhere); cuDNN itself takes bf16 / fp16 inputs.
+    - "pallas": the project's flash kernel, with `block_q` / `block_k` sequence tiles (None = the
+      kernel's defaults); in Pallas interpret mode when the default device is neither GPU nor TPU.
+      Training / prefill (q_len == kv_len, q_offset 0) maps onto it directly; any other *static*
+      (Python int) `q_offset` — a prefill written into a longer KV cache, a chunked prefill — is
+      padded onto it exactly (see `_pallas_attention`). It falls back to "xla" only for a *traced*
+      `q_offset`, i.e. the one-token decode steps of `lax.while_loop` generation: the kernel needs
+      the offset at trace time to lay out its grid, and a single query row has nothing to tile.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}: expected one of {IMPLEMENTATIONS}")
@@ -87,15 +192,16 @@ def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool 
     kv_len, kv_heads = k.shape[1], k.shape[2]
     if heads % kv_heads:
         raise ValueError(f"attention: {heads} query heads is not a multiple of {kv_heads} kv heads")
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("attention: give both q_segment_ids and kv_segment_ids, or neither")
     if scale is None:
         scale = head_dim ** -0.5
-    static_zero_offset = isinstance(q_offset, int) and q_offset == 0
 
-    if implementation == "pallas" and q_len == kv_len and static_zero_offset:
-        ones = jnp.ones((b, q_len), jnp.int32)
-        q_seg = ones if q_segment_ids is None else q_segment_ids
-        kv_seg = ones if kv_segment_ids is None else kv_segment_ids
-        return _pallas_module().flash_attention(q, k, v, q_seg, kv_seg, causal=causal, scale=scale)
+    if _is_static_offset(q_offset) and q_offset < 0:
+        raise ValueError(f"attention: q_offset={q_offset} must be >= 0")
+    if implementation == "pallas" and _is_static_offset(q_offset):
+        return _pallas_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, int(q_offset), scale,
+                                 block_q, block_k)
 
     if implementation == "cudnn":
         return _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset, scale)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from vlm_jax.models.attention import attention
 from vlm_jax.models.config import VisionConfig
-from vlm_jax.models.layers import first_layers, layer_norm, normal_init, stacked, zeros_init
+from vlm_jax.models.layers import DenseGeneral, first_layers, layer_norm, normal_init, stacked, zeros_init
 
 
 @flax.struct.dataclass
@@ -42,16 +42,17 @@ class CLIPAttention(nn.Module):
     def __call__(self, x):
         c = self.config
         dtype = jnp.dtype(c.dtype)
-        proj = partial(nn.DenseGeneral, features=(c.num_attention_heads, c.head_dim), dtype=dtype,
+        proj = partial(DenseGeneral, features=(c.num_attention_heads, c.head_dim), use_bias=True, dtype=dtype,
                        param_dtype=jnp.dtype(c.param_dtype),
                        kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_heads", "head_dim")),
                        bias_init=zeros_init(("vision_heads", "head_dim")))
         q, k, v = proj(name="q_proj")(x), proj(name="k_proj")(x), proj(name="v_proj")(x)
-        out = attention(q, k, v, causal=False, implementation=c.attention_impl)
-        return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=jnp.dtype(c.param_dtype),
-                               kernel_init=normal_init(c.initializer_range,
-                                                       ("vision_heads", "head_dim", "vision_embed")),
-                               bias_init=zeros_init(("vision_embed",)), name="out_proj")(out)
+        out = attention(q, k, v, causal=False, implementation=c.attention_impl, block_q=c.attention_block_q,
+                        block_k=c.attention_block_k)
+        return DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=True, dtype=dtype,
+                            param_dtype=jnp.dtype(c.param_dtype),
+                            kernel_init=normal_init(c.initializer_range, ("vision_heads", "head_dim", "vision_embed")),
+                            bias_init=zeros_init(("vision_embed",)), name="out_proj")(out)
 
 
 class CLIPMLP(nn.Module):

@@ -5,8 +5,9 @@ Field names follow Hugging Face's `CLIPVisionConfig`, `LlamaConfig` and `LlavaCo
 (as stored on the hub) resolves to the same values it does in transformers.
 
 Besides the architecture, each sub-config carries run-time choices that do not change the weights:
-`dtype` (compute), `param_dtype` (storage), `attention_impl` ("xla" | "cudnn" | "pallas") and
-`remat_policy` (see `vlm_jax.models.layers.REMAT_POLICIES`).
+`dtype` (compute), `param_dtype` (storage), `attention_impl` ("xla" | "cudnn" | "pallas"),
+`attention_block_q` / `attention_block_k` (sequence tiles of the "pallas" kernel; None = the kernel's
+per-backend defaults) and `remat_policy` (see `vlm_jax.models.layers.REMAT_POLICIES`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 FEATURE_STRATEGIES = ("default", "full")
 
-RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat_policy")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "attention_block_q", "attention_block_k",
+                  "remat_policy")
 
 
 def _check_choice(cls_name: str, field: str, value: Any, choices: tuple) -> None:
@@ -33,6 +35,10 @@ def _check_runtime(cfg: Any) -> None:
     _check_choice(name, "param_dtype", cfg.param_dtype, DTYPES)
     _check_choice(name, "attention_impl", cfg.attention_impl, ATTENTION_IMPLS)
     _check_choice(name, "remat_policy", cfg.remat_policy, REMAT_POLICY_NAMES)
+    for field in ("attention_block_q", "attention_block_k"):
+        block = getattr(cfg, field)
+        if block is not None and (not isinstance(block, int) or block < 16 or block & (block - 1)):
+            raise ValueError(f"{name}.{field}={block!r}: expected None or a power of two >= 16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +74,8 @@ class VisionConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_impl: str = "xla"
+    attention_block_q: int | None = None
+    attention_block_k: int | None = None
     remat_policy: str = "none"
 
     def __post_init__(self):
@@ -142,6 +150,8 @@ class TextConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_impl: str = "xla"
+    attention_block_q: int | None = None
+    attention_block_k: int | None = None
     remat_policy: str = "none"
 
     def __post_init__(self):
@@ -253,8 +263,8 @@ class LlavaConfig:
         return self.vision_config.num_patches + extra
 
     def with_runtime(self, **runtime) -> "LlavaConfig":
-        """Same model with run-time fields (`dtype`, `param_dtype`, `attention_impl`, `remat_policy`)
-        replaced in both towers."""
+        """Same model with run-time fields (`dtype`, `param_dtype`, `attention_impl`,
+        `attention_block_q`, `attention_block_k`, `remat_policy`) replaced in both towers."""
         unknown = set(runtime) - set(RUNTIME_FIELDS)
         if unknown:
             raise ValueError(f"LlavaConfig.with_runtime: unknown fields {sorted(unknown)}; expected {RUNTIME_FIELDS}")
@@ -296,7 +306,7 @@ class LlavaConfig:
     @classmethod
     def from_hf(cls, d: Mapping[str, Any], **runtime) -> "LlavaConfig":
         """From an HF `LlavaConfig` dict (`LlavaConfig.to_dict()` or a hub `config.json`).
-        `runtime` sets `dtype`, `param_dtype`, `attention_impl`, `remat_policy` in both towers."""
+        `runtime` sets run-time fields (`RUNTIME_FIELDS`: dtype, attention_impl, ...) in both towers."""
         act = d.get("projector_hidden_act", "gelu")
         if act != "gelu":
             raise ValueError(f"LlavaConfig.projector_hidden_act={act!r} is not supported (only 'gelu')")
@@ -316,6 +326,26 @@ class LlavaConfig:
             pad_token_id=d.get("pad_token_id"),
         )
         return cfg.with_runtime(**runtime) if runtime else cfg
+
+
+def from_config_file(path: str) -> LlavaConfig:
+    """The LlavaConfig of an ml_collections config file (`get_config()` returning `LlavaConfig.to_dict()`
+    fields, as configs/llava_1_5_7b.py). Errors name the file."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"vlm_jax_model_config_{Path(path).stem}", path)
+    if spec is None or not Path(path).is_file():
+        raise ValueError(f"model config file {path}: not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"model config file {path}: no get_config()")
+    config = module.get_config()
+    try:
+        return LlavaConfig.from_dict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model config file {path}: {e}") from e
 
 
 def preset(name: str) -> LlavaConfig:

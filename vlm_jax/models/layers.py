@@ -2,7 +2,7 @@
 norms, and the scan-over-layers + remat wrapper."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,37 @@ def layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
     """LayerNorm with float32 statistics (two-pass variance, as torch), params named (`norm`,)."""
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
                         scale_init=ones_init(("norm",)), bias_init=zeros_init(("norm",)), name=name)
+
+
+class DenseGeneral(nn.Module):
+    """`x [..., *in] @ kernel [*in, *features] (+ bias [*features])` over the trailing `axis` dims.
+
+    Like `nn.DenseGeneral` (same param names and shapes), but the initialisers see the kernel's real
+    shape: flax's version initialises a flattened 2-D kernel, whose logical names (one per real axis)
+    cannot be applied while a mesh is set (`jax.set_mesh`), where flax re-runs the initialiser
+    abstractly on every apply to check shapes.
+    """
+
+    features: int | Sequence[int]
+    kernel_init: Callable
+    axis: int | Sequence[int] = -1
+    use_bias: bool = False
+    bias_init: Callable | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+        axes = tuple(sorted(a % x.ndim for a in axes))
+        kernel = self.param("kernel", self.kernel_init, tuple(x.shape[a] for a in axes) + features,
+                            self.param_dtype)
+        out = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                  ((axes, tuple(range(len(axes)))), ((), ())))
+        if self.use_bias:
+            out = out + self.param("bias", self.bias_init, features, self.param_dtype).astype(self.dtype)
+        return out
 
 
 class RMSNorm(nn.Module):

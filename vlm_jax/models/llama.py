@@ -16,7 +16,7 @@ import numpy as np
 
 from vlm_jax.models.attention import attention
 from vlm_jax.models.config import TextConfig
-from vlm_jax.models.layers import RMSNorm, normal_init, stacked
+from vlm_jax.models.layers import DenseGeneral, RMSNorm, normal_init, stacked
 
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
@@ -68,7 +68,7 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, cos, sin, segment_ids, kv_segment_ids, layer_cache, cache_index):
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        proj = partial(nn.DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
+        proj = partial(DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
         q = proj((c.num_attention_heads, c.head_dim), name="q_proj",
                  kernel_init=normal_init(c.initializer_range, ("embed", "heads", "head_dim")))(x)
         k = proj((c.num_key_value_heads, c.head_dim), name="k_proj",
@@ -81,16 +81,22 @@ class LlamaAttention(nn.Module):
                                        ("activation_batch", "activation_length", "activation_kv_heads", None))
         if layer_cache is None:
             out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, causal=True,
-                            implementation=c.attention_impl)
+                            implementation=c.attention_impl, block_q=c.attention_block_q,
+                            block_k=c.attention_block_k)
             new_cache = None
         else:
-            cache_k, cache_v = layer_cache
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
-            out = attention(q, cache_k.astype(dtype), cache_v.astype(dtype), q_segment_ids=segment_ids,
+            # The whole stacked cache rides in the scan carry and is updated in place at [layer, :, cache_index]
+            # (scanning it as xs / ys would copy every layer's cache on every decode step).
+            cache_k, cache_v, layer = layer_cache
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], (layer, 0, cache_index, 0, 0))
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], (layer, 0, cache_index, 0, 0))
+            layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
+            layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+            out = attention(q, layer_k.astype(dtype), layer_v.astype(dtype), q_segment_ids=segment_ids,
                             kv_segment_ids=kv_segment_ids, causal=True, q_offset=cache_index,
-                            implementation=c.attention_impl)
-            new_cache = (cache_k, cache_v)
+                            implementation=c.attention_impl, block_q=c.attention_block_q,
+                            block_k=c.attention_block_k)
+            new_cache = (cache_k, cache_v, layer + 1)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)
         return out, new_cache
@@ -112,13 +118,15 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Scan body `(x, layer_cache, cos, sin, segment_ids, kv_segment_ids, cache_index) -> (x, layer_cache)`;
-    `layer_cache` is `(k, v)` each `[batch, max_len, kv_heads, head_dim]`, or None."""
+    """Scan body `((x, cache), cos, sin, segment_ids, kv_segment_ids, cache_index) -> ((x, cache), None)`;
+    `cache` is `(k, v, layer)`: the stacked `[layers, batch, max_len, kv_heads, head_dim]` buffers and this
+    layer's index (the layer writes its slot and passes `layer + 1` on), or None."""
 
     config: TextConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, cos, sin, segment_ids, kv_segment_ids, cache_index):
+    def __call__(self, carry, cos, sin, segment_ids, kv_segment_ids, cache_index):
+        x, layer_cache = carry
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         h = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x)
@@ -127,7 +135,7 @@ class LlamaDecoderLayer(nn.Module):
         x = x + h
         x = x + LlamaMLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(x))
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-        return x, layer_cache
+        return (x, layer_cache), None
 
 
 class TokenEmbedding(nn.Module):
@@ -171,7 +179,7 @@ class Llama(nn.Module):
         c = self.config
         self.embed_tokens = TokenEmbedding(c)
         self.layers = stacked(LlamaDecoderLayer, length=c.num_hidden_layers, remat_policy=c.remat_policy,
-                              in_axes=(0,) + (nn.broadcast,) * 5)(c)
+                              in_axes=(nn.broadcast,) * 5)(c)
         self.norm = RMSNorm(c.rms_norm_eps, jnp.dtype(c.dtype), jnp.dtype(c.param_dtype))
         if not c.tie_word_embeddings:
             self.lm_head = LMHead(c)
@@ -180,10 +188,11 @@ class Llama(nn.Module):
         """Token embeddings `[b, s, D]` in the compute dtype."""
         return self.embed_tokens(input_ids)
 
-    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None):
+    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None, last_logits_only=False):
         """embeddings `[b, s, D]`, positions / segment_ids int `[b, s]` (segment 0 = padding).
         With `cache` (from `init_cache`) the chunk is written at `cache_index` (int scalar, may be
-        traced) and attends to every filled slot before it; returns the updated cache."""
+        traced) and attends to every filled slot before it; returns the updated cache.
+        `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill)."""
         c = self.config
         if self.is_initializing():  # create the embedding table even though the caller embeds
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))
@@ -197,8 +206,10 @@ class Llama(nn.Module):
             if cache_index is None:
                 raise ValueError("Llama: cache given without cache_index")
             kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
-            layer_caches = (cache["k"], cache["v"])
-        x, layer_caches = self.layers(x, layer_caches, cos, sin, segment_ids, kv_segment_ids, cache_index)
+            layer_caches = (cache["k"], cache["v"], jnp.int32(0))
+        (x, layer_caches), _ = self.layers((x, layer_caches), cos, sin, segment_ids, kv_segment_ids, cache_index)
+        if last_logits_only:
+            x = x[:, -1:]
         x = self.norm(x)
         logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))

@@ -76,8 +76,8 @@ def check_image_tokens(input_ids, image_mask, image_token_id: int, num_image_tok
 
 class Llava(nn.Module):
     """LlavaForConditionalGeneration. `__call__(input_ids [b, s], pixel_values [b, n_img, H, W, 3] | None,
-    image_mask [b, n_img] | None, positions [b, s], segment_ids [b, s], cache=None, cache_index=None)
-    -> (logits [b, s, vocab] float32, cache)`."""
+    image_mask [b, n_img] | None, positions [b, s], segment_ids [b, s], cache=None, cache_index=None,
+    last_logits_only=False) -> (logits [b, s or 1, vocab] float32, cache)`."""
 
     config: LlavaConfig
 
@@ -115,9 +115,11 @@ class Llava(nn.Module):
         feats = feats.reshape((b, n_img) + feats.shape[1:])
         return splice_image_features(embeddings, is_image, feats, image_mask)
 
-    def __call__(self, input_ids, pixel_values, image_mask, positions, segment_ids, cache=None, cache_index=None):
+    def __call__(self, input_ids, pixel_values, image_mask, positions, segment_ids, cache=None, cache_index=None,
+                 last_logits_only=False):
         embeddings = self.embed(input_ids, pixel_values, image_mask)
-        return self.language_model(embeddings, positions, segment_ids, cache=cache, cache_index=cache_index)
+        return self.language_model(embeddings, positions, segment_ids, cache=cache, cache_index=cache_index,
+                                   last_logits_only=last_logits_only)
 
 
 def init_variables(config: LlavaConfig, rng: jax.Array) -> dict:

@@ -1,0 +1,10 @@
+"""ScienceQA-IMG test (image questions of the test split), demonstrations from the train split's image questions."""
+from vlm_jax.evaluate.run_config import base_config
+
+ROOT = "data/eval/scienceqa"
+
+
+def get_config():
+    split = {"loader": "scienceqa", "problems_path": f"{ROOT}/problems.json",
+             "pid_splits_path": f"{ROOT}/pid_splits.json", "image_root": f"{ROOT}/images"}
+    return base_config("scienceqa", eval_split={**split, "split": "test"}, demo_split={**split, "split": "train"})

@@ -1,0 +1,112 @@
+"""KV-cache decoding equals the full forward pass, token by token (fp32, max-abs ≤ 1e-4).
+
+Weights are the tiny random transformers models' (hf_tiny), so the full forward is itself the HF-verified
+one (tests/test_models_hf.py). A batch of two rows, the second left-padded (segment 0), is prefilled into a
+cache longer than needed (empty slots stay segment 0), then extended one token at a time with a traced
+`cache_index`, as `vlm_jax.generation` does. The "pallas" variant also writes a chunk at a static offset,
+which maps onto the flash kernel (decode steps fall back to "xla")."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hf_tiny
+from vlm_jax.models import hf_weights, llama, llava
+
+ATOL = 1e-4
+PAD = 3  # left padding of row 1
+
+
+def max_err(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+
+
+def left_padded(rows: list[list[int]]):
+    """input_ids, positions, segment_ids `[b, s]` with rows right-aligned (0 = padding)."""
+    s = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), s), np.int32)
+    seg = np.zeros((len(rows), s), np.int32)
+    pos = np.zeros((len(rows), s), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, s - len(r):], seg[i, s - len(r):], pos[i, s - len(r):] = r, 1, np.arange(len(r))
+    return ids, pos, seg
+
+
+def decode_matches_full(apply, cfg, ids, pos, seg, full, prefill_len: int, chunk: int, prefill_extra=()):
+    """Prefill `prefill_len` tokens (cache_index 0), then a chunk of `chunk` tokens at the static offset
+    `prefill_len` (skipped when 0), then one token per traced step; each call's logits at real tokens
+    must equal `full`'s. `apply(ids, pos, seg, cache, cache_index, *extra)` runs the model."""
+    b, s = ids.shape
+    cache = llama.init_cache(cfg, b, s + 5)
+    real = seg > 0
+
+    def check(logits, start):
+        got = np.asarray(logits)
+        want = np.asarray(full)[:, start:start + got.shape[1]]
+        mask = real[:, start:start + got.shape[1]]
+        assert max_err(got[mask], want[mask]) <= ATOL, start
+
+    logits, cache = jax.jit(lambda c: apply(ids[:, :prefill_len], pos[:, :prefill_len], seg[:, :prefill_len],
+                                            c, 0, *prefill_extra))(cache)
+    check(logits, 0)
+    start = prefill_len
+    if chunk:
+        sl = slice(start, start + chunk)
+        logits, cache = jax.jit(lambda c: apply(ids[:, sl], pos[:, sl], seg[:, sl], c, start))(cache)
+        check(logits, start)
+        start += chunk
+    step = jax.jit(lambda c, i, x, p, g: apply(x, p, g, c, i))
+    for t in range(start, s):
+        logits, cache = step(cache, jnp.int32(t), ids[:, t:t + 1], pos[:, t:t + 1], seg[:, t:t + 1])
+        check(logits, t)
+    np.testing.assert_array_equal(np.asarray(cache["segment_ids"]), np.pad(seg, ((0, 0), (0, 5))))
+
+
+@pytest.mark.parametrize("impl, chunk", [("xla", 0), ("pallas", 3)])
+def test_llama_cache_decoding_matches_full_forward(impl, chunk):
+    base = hf_tiny.text_config()
+    params = hf_weights.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llama(False)), "llama")
+    rng = np.random.default_rng(0)
+    ids, pos, seg = left_padded([list(rng.integers(3, base.vocab_size, 14)),
+                                 list(rng.integers(3, base.vocab_size, 14 - PAD))])
+    full_model = llama.Llama(base)
+
+    def full_forward(p):
+        return full_model.apply({"params": p}, full_model.apply({"params": p}, ids, method=llama.Llama.embed),
+                                pos, seg)[0]
+
+    full = jax.jit(full_forward)(params)
+    cfg = dataclasses.replace(base, attention_impl=impl, attention_block_q=16, attention_block_k=16)
+    model = llama.Llama(cfg)
+
+    def apply(x, p, g, cache, index):
+        emb = model.apply({"params": params}, x, method=llama.Llama.embed)
+        return model.apply({"params": params}, emb, p, g, cache=cache, cache_index=index)
+
+    decode_matches_full(apply, cfg, ids, pos, seg, full, prefill_len=6, chunk=chunk)
+
+
+@pytest.mark.parametrize("impl, chunk", [("xla", 0), ("pallas", 2)])
+def test_llava_cache_decoding_after_image_prefill_matches_full_forward(impl, chunk):
+    """Row 0 holds three images (two adjacent), row 1 one image (in slot 2 of 3); all in the prefill."""
+    base = hf_tiny.llava_config()
+    params = hf_weights.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llava()), "llava-hf")
+    t, img = base.num_image_tokens, base.image_token_id
+    ids, pos, seg = left_padded([[1, 5] + [img] * t + [6] + [img] * (2 * t) + [7, 8, 9, 10, 11, 12, 13],
+                                 [1, 9] + [img] * t + [14, 15, 16, 17, 18, 19, 20]])
+    prefill_len = ids.shape[1] - 6
+    pixels = np.asarray(hf_tiny.to_nhwc(hf_tiny.pixels_nchw(6, base.vision_config.image_size, seed=7)))
+    pixels = pixels.reshape(2, 3, *pixels.shape[1:])
+    image_mask = np.array([[True, True, True], [False, False, True]])
+    llava.check_image_tokens(ids, image_mask, img, t)
+    full = jax.jit(lambda p: llava.Llava(base).apply({"params": p}, ids, pixels, image_mask, pos, seg)[0])(params)
+    cfg = base.with_runtime(attention_impl=impl, attention_block_q=16, attention_block_k=16)
+    model = llava.Llava(cfg)
+
+    def apply(x, p, g, cache, index, pixel_values=None, mask=None):
+        return model.apply({"params": params}, x, pixel_values, mask, p, g, cache=cache, cache_index=index)
+
+    decode_matches_full(apply, cfg.text_config, ids, pos, seg, full, prefill_len=prefill_len, chunk=chunk,
+                        prefill_extra=(pixels, image_mask))

@@ -1,0 +1,42 @@
+"""Prompt text → token ids the way LLaVA's `tokenizer_image_token` does it, with image blocks expanded.
+
+LLaVA splits the prompt at each `<image>`, tokenizes every chunk on its own (so each starts with
+SentencePiece's prefix space) with BOS only at the very start, and tokenizes the `</s>` closing each
+demonstration answer as the EOS token. Here each `<image>` becomes `num_image_tokens` copies of the model's
+`image_token_id` (the expanded form the model takes) and each `</s>` the tokenizer's `eos_id`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlm_jax.convert.side_files import TOKENIZER_FILES
+from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from vlm_jax.evaluate.prompts import IMAGE_PLACEHOLDER, SEP2
+
+BYTE_TOKENIZER = "bytes"
+
+
+def load_tokenizer(spec: str, ckpt: str | Path) -> Tokenizer:
+    """The tokenizer named by a config: "" → the checkpoint folder's own Hugging Face tokenizer files,
+    "bytes" → `ByteTokenizer` (tests, demos), anything else → a Hugging Face tokenizer folder."""
+    if spec == BYTE_TOKENIZER:
+        return ByteTokenizer()
+    path = Path(spec or ckpt)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); set config.tokenizer "
+                                f"to a tokenizer folder")
+    return HFTokenizer(str(path))
+
+
+def prompt_token_ids(text: str, tokenizer: Tokenizer, image_token_id: int, num_image_tokens: int) -> list[int]:
+    """Token ids of a prompt: [BOS] chunk0 [IMG]*num_image_tokens chunk1 ... with each `</s>` as `eos_id`."""
+    ids = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    for k, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if k:
+            ids.extend([image_token_id] * num_image_tokens)
+        for j, piece in enumerate(chunk.split(SEP2)):
+            if j:
+                ids.append(tokenizer.eos_id)
+            if piece:
+                ids.extend(tokenizer.encode(piece))
+    return ids

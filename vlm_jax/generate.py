@@ -1,0 +1,159 @@
+"""`python -m vlm_jax.generate`: continue a prompt with images from a vlm_jax params checkpoint.
+
+    python -m vlm_jax.generate --ckpt CKPT --image a.png --image b.png \
+        --prompt "USER: <image>\n<image>\nWhat differs? ASSISTANT:" --max-new-tokens 32 [--json]
+
+`<image>` marks where each image goes (in order); without any, the images are put first, each followed by
+a newline, as LLaVA does. `--input-ids 1,2,3` drives a checkpoint without a tokenizer: each image token id
+(`config.image_token_id`) marks one image, or a run of `num_image_tokens` of them one already-expanded image.
+Greedy unless `--temperature > 0`; stops at EOS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
+from vlm_jax.convert.side_files import TOKENIZER_FILES
+from vlm_jax.data.image import preprocess_image, processor_settings_from_hf
+from vlm_jax.generation import generate, left_pad
+from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.llava import Llava
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vlm_jax.generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, required=True, help="vlm_jax params checkpoint folder")
+    parser.add_argument("--image", type=Path, action="append", default=[], help="image file (repeatable)")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt", help="text with <image> placeholders (needs the checkpoint's tokenizer)")
+    group.add_argument("--input-ids", help="comma-separated token ids (image token id marks each image)")
+    parser.add_argument("--max-new-tokens", type=int, required=True)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-aspect-ratio", choices=["pad", "none"], default="pad",
+                        help="pad: pad to a square with the mean colour first (LLaVA-1.5)")
+    parser.add_argument("--json", action="store_true", help='print {"token_ids": [...], "text": ...}')
+    return parser.parse_args(argv)
+
+
+def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str) -> np.ndarray | None:
+    """Images → `[n, H, W, 3]` float32 with the checkpoint's preprocessor_config.json when it has one."""
+    if not paths:
+        return None
+    pre = ckpt / "preprocessor_config.json"
+    settings = (processor_settings_from_hf(json.loads(pre.read_text())) if pre.is_file()
+                else {"image_size": config.vision_config.image_size})
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                out.append(preprocess_image(img, aspect=aspect, **settings))
+        except OSError as e:  # missing file, unreadable or not an image
+            raise ValueError(f"--image {path}: cannot read the image ({e})") from e
+    return np.stack(out)
+
+
+def expand_image_tokens(ids: list[int], image_token_id: int, num_image_tokens: int) -> tuple[list[int], int]:
+    """Expands each lone image token id to `num_image_tokens` copies; runs that are already whole multiples
+    of `num_image_tokens` stay. Returns (expanded ids, number of images)."""
+    out, n_images, i = [], 0, 0
+    while i < len(ids):
+        if ids[i] != image_token_id:
+            out.append(ids[i])
+            i += 1
+            continue
+        j = i
+        while j < len(ids) and ids[j] == image_token_id:
+            j += 1
+        run = j - i
+        if run == 1:
+            n_images += 1
+        elif run % num_image_tokens == 0:
+            n_images += run // num_image_tokens
+        else:
+            raise ValueError(f"--input-ids: a run of {run} image tokens ({image_token_id}) at position {i} is "
+                             f"neither 1 per image nor a multiple of num_image_tokens={num_image_tokens}")
+        out.extend([image_token_id] * (num_image_tokens * (1 if run == 1 else run // num_image_tokens)))
+        i = j
+    return out, n_images
+
+
+def prompt_to_ids(prompt: str, tokenizer, n_images: int, image_token_id: int, num_image_tokens: int) -> list[int]:
+    """BOS + text pieces tokenized separately, an image block at each `<image>` (prepended when none)."""
+    if IMAGE_PLACEHOLDER not in prompt and n_images:
+        prompt = (IMAGE_PLACEHOLDER + "\n") * n_images + prompt
+    pieces = prompt.split(IMAGE_PLACEHOLDER)
+    if len(pieces) - 1 != n_images:
+        raise ValueError(f"--prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} --image")
+    ids = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    for k, piece in enumerate(pieces):
+        if k:
+            ids.extend([image_token_id] * num_image_tokens)
+        ids.extend(tokenizer.encode(piece) if piece else [])
+    return ids
+
+
+def _tokenizer(ckpt: Path):
+    if not any((ckpt / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    from vlm_jax.data.tokenizer import HFTokenizer
+
+    return HFTokenizer(str(ckpt))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Generates for one prompt; returns {"token_ids": new ids (EOS included), "text": decoded or None}."""
+    if not args.ckpt.is_dir():
+        raise ValueError(f"--ckpt {args.ckpt}: no such folder")
+    config = read_config(args.ckpt)
+    if not (args.ckpt / PARAMS_DIR).is_dir():
+        raise ValueError(f"{args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint)")
+    tokenizer = _tokenizer(args.ckpt)
+    n_tokens = config.num_image_tokens
+    if args.input_ids is not None:
+        raw = [int(t) for t in args.input_ids.replace(" ", "").split(",") if t]
+        ids, n_images = expand_image_tokens(raw, config.image_token_id, n_tokens)
+        if n_images != len(args.image):
+            raise ValueError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
+    else:
+        if tokenizer is None:
+            raise ValueError(f"{args.ckpt} has no tokenizer files; use --input-ids")
+        ids = prompt_to_ids(args.prompt, tokenizer, len(args.image), config.image_token_id, n_tokens)
+    pixels = load_images(args.image, args.ckpt, config, args.image_aspect_ratio)
+    eos = tokenizer.eos_id if tokenizer is not None else config.text_config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    input_ids, segment_ids = left_pad([ids], pad_token_id=pad)
+    out = generate(Llava(config), restore_params(args.ckpt / PARAMS_DIR), input_ids, segment_ids,
+                   None if pixels is None else pixels[None], None if pixels is None else np.ones((1, len(pixels)), bool),
+                   max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    new = out.rows()[0]
+    return {"token_ids": new, "text": None if tokenizer is None else tokenizer.decode(new)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(result["text"] if result["text"] is not None else " ".join(map(str, result["token_ids"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Batched KV-cache generation for `Llava`: one jit-compiled prefill, then a `lax.while_loop` of one-token
+decode steps over the cache, greedy or temperature / top-p sampling, stopping per row at EOS.
+
+Shapes are bucketed so a run compiles a handful of programs: prompts are left-padded to a length bucket
+(`bucket_length`), every row may have its own number of images (`image_mask`), and the compiled function
+depends only on (batch, prompt bucket, image slots, max_new_tokens, mesh).
+
+Data parallelism: with `mesh=` the batch is padded to a multiple of the mesh's device count and split over
+all of its devices (`jit` with a `NamedSharding` over every mesh axis; params replicated unless they already
+live on the mesh). Sampling draws each row from its own key (`fold_in(seed, row)`), so results never depend
+on the device count or on padding rows. Multi-host: each process takes `process_slice` of the work items,
+generates on a mesh of its local devices (`local_data_mesh`), and `gather_rows` all-gathers the rows back
+in global order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vlm_jax.models.llama import init_cache
+from vlm_jax.models.llava import Llava, check_image_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOutput:
+    """tokens int32 `[batch, max_new_tokens]` (the new tokens, EOS included, then `pad_token_id`);
+    num_tokens int32 `[batch]` (how many of a row's tokens are real)."""
+
+    tokens: np.ndarray
+    num_tokens: np.ndarray
+
+    def rows(self) -> list[list[int]]:
+        """The new tokens of each row as Python lists (EOS included when generated)."""
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.num_tokens)]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], length: int | None = None, pad_token_id: int = 0):
+    """Left-pads token lists to `length` (default: the longest) → (input_ids int32 `[b, length]`,
+    segment_ids int32 `[b, length]`: 1 on real tokens, 0 on padding)."""
+    length = max(len(s) for s in sequences) if length is None else length
+    ids = np.full((len(sequences), length), pad_token_id, np.int32)
+    seg = np.zeros((len(sequences), length), np.int32)
+    for row, s in enumerate(sequences):
+        if len(s) > length:
+            raise ValueError(f"left_pad: row {row} has {len(s)} tokens, more than length {length}")
+        if len(s):
+            ids[row, length - len(s):] = s
+            seg[row, length - len(s):] = 1
+    return ids, seg
+
+
+def bucket_length(n: int, min_length: int = 16, steps_per_octave: int = 4) -> int:
+    """The prompt-length bucket for `n` tokens: the smallest `2^k * (1 + j / steps_per_octave)` (multiple
+    of 8, at least `min_length`) that holds `n`. Wastes at most 1/steps_per_octave of the length, and
+    needs `steps_per_octave` compiled programs per doubling of the prompt length."""
+    length = min_length
+    while length < n:
+        octave = 1 << max(length.bit_length() - 1, 0)
+        length = max(length + max(octave // steps_per_octave, 8), min_length)
+    return -(-length // 8) * 8
+
+
+def sample_tokens(logits, rng, temperature, top_p):
+    """Next tokens `[b]` from float32 logits `[b, vocab]`: argmax when `temperature <= 0`, else row r draws
+    with key `fold_in(rng, r)` from softmax(logits / temperature) restricted to the nucleus: the smallest
+    set of most likely tokens whose probability reaches `top_p` (the top token is always kept)."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each sorted token
+    kept = jnp.where(before < top_p, sorted_logits, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)  # the smallest kept logit
+    nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(logits.shape[0]))
+    sampled = jax.vmap(jax.random.categorical)(keys, nucleus)
+    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+
+
+def _constrain(x, sharding: NamedSharding | None, batch_axis: int = 0):
+    """Shards dim `batch_axis` of `x` like the batch (no-op without a mesh)."""
+    if sharding is None:
+        return x
+    spec = [None] * x.ndim
+    spec[batch_axis] = sharding.spec[0]
+    return jax.lax.with_sharding_constraint(x, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
+
+
+@partial(jax.jit, static_argnames=("model", "max_new_tokens", "batch_sharding"))
+def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
+              eos_token_id, pad_token_id, *, max_new_tokens: int, batch_sharding: NamedSharding | None):
+    batch, prompt_len = input_ids.shape
+    real = segment_ids > 0
+    positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
+    prompt_lengths = jnp.sum(real, axis=1).astype(jnp.int32)
+    cache = init_cache(model.config.text_config, batch, prompt_len + max_new_tokens)
+    cache = {"k": _constrain(cache["k"], batch_sharding, 1), "v": _constrain(cache["v"], batch_sharding, 1),
+             "segment_ids": _constrain(cache["segment_ids"], batch_sharding)}
+    variables = {"params": params}
+    logits, cache = model.apply(variables, input_ids, pixel_values, image_mask, positions, segment_ids,
+                                cache=cache, cache_index=0, last_logits_only=True)
+    rng, step_rng = jax.random.split(rng)
+    first = sample_tokens(logits[:, -1], step_rng, temperature, top_p)
+    tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
+    done = first == eos_token_id
+
+    def cond(state):
+        step, _, _, done, _ = state
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, tokens, done, rng = state
+        last = jax.lax.dynamic_slice_in_dim(tokens, step - 1, 1, axis=1)
+        pos = (prompt_lengths + step - 1)[:, None]
+        logits, cache = model.apply(variables, last, None, None, pos, jnp.ones_like(last), cache=cache,
+                                    cache_index=prompt_len + step - 1)
+        rng, step_rng = jax.random.split(rng)
+        new = sample_tokens(logits[:, -1], step_rng, temperature, top_p)
+        new = jnp.where(done, pad_token_id, new)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], step, axis=1)
+        return step + 1, cache, tokens, done | (new == eos_token_id), rng
+
+    _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, tokens, done, rng))
+    is_eos = tokens == eos_token_id
+    num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
+    return tokens, num_tokens.astype(jnp.int32)
+
+
+def _pad_axis(x: np.ndarray, axis: int, before: int, after: int, value) -> np.ndarray:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return np.pad(x, widths, constant_values=value)
+
+
+def place_params(params, mesh: Mesh):
+    """Params replicated over `mesh`, except leaves already sharded on that mesh (e.g. FSDP), kept as is.
+    `generate(mesh=...)` does this on every call; do it once up front to avoid a copy per call."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(x):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(place, params)
+
+
+def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, *, max_new_tokens: int,
+             eos_token_id: int, pad_token_id: int = 0, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0, mesh: Mesh | None = None, bucket_prompts: bool = True) -> GenerationOutput:
+    """Continues each left-padded prompt row by up to `max_new_tokens` tokens.
+
+    input_ids / segment_ids int32 `[b, s]` (from `left_pad`; image positions hold `image_token_id` repeated
+    `num_image_tokens` times per image), pixel_values float32 `[b, n_img, H, W, 3]`, image_mask bool
+    `[b, n_img]` (or both None for text only). Greedy when `temperature == 0`. A row stops after it emits
+    `eos_token_id`; the loop stops when every row has. With `bucket_prompts` the prompt is left-padded further
+    to `bucket_length(s)` (fewer compiles, same tokens). With `mesh`, rows are split over all its devices
+    (batch padded to a multiple of `mesh.size` with empty rows, dropped again); results keep the input order;
+    params are replicated over the mesh unless already there (see `place_params`).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    input_ids, segment_ids = np.asarray(input_ids, np.int32), np.asarray(segment_ids, np.int32)
+    if input_ids.ndim != 2 or input_ids.shape != segment_ids.shape:
+        raise ValueError(f"generate: input_ids {input_ids.shape} and segment_ids {segment_ids.shape} must both "
+                         "be [batch, seq]")
+    c = model.config
+    batch, length = input_ids.shape
+    if pixel_values is None:
+        image_mask = np.zeros((batch, 0), bool)
+    else:
+        pixel_values, image_mask = np.asarray(pixel_values, np.float32), np.asarray(image_mask, bool)
+        if pixel_values.shape[:2] != image_mask.shape:
+            raise ValueError(f"generate: pixel_values {pixel_values.shape} do not match image_mask {image_mask.shape} "
+                             "([batch, n_img, H, W, 3] and [batch, n_img])")
+    check_image_tokens(input_ids, image_mask, c.image_token_id, c.num_image_tokens, where="generate")
+
+    extra_len = (bucket_length(length) if bucket_prompts else length) - length
+    extra_rows = -batch % (1 if mesh is None else mesh.size)
+    input_ids = _pad_axis(_pad_axis(input_ids, 1, extra_len, 0, pad_token_id), 0, 0, extra_rows, pad_token_id)
+    segment_ids = _pad_axis(_pad_axis(segment_ids, 1, extra_len, 0, 0), 0, 0, extra_rows, 0)
+    arrays = [input_ids, segment_ids]
+    if pixel_values is not None:
+        arrays += [_pad_axis(pixel_values, 0, 0, extra_rows, 0.0), _pad_axis(image_mask, 0, 0, extra_rows, False)]
+    batch_sharding = None
+    if mesh is not None:
+        batch_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+        arrays = [jax.device_put(a, batch_sharding) for a in arrays]
+        params = place_params(params, mesh)
+    else:
+        arrays = [jnp.asarray(a) for a in arrays]
+    if pixel_values is None:
+        arrays += [None, None]
+    tokens, num_tokens = _generate(
+        model, params, *arrays, jax.random.PRNGKey(seed), jnp.float32(temperature), jnp.float32(top_p),
+        jnp.int32(eos_token_id), jnp.int32(pad_token_id), max_new_tokens=max_new_tokens,
+        batch_sharding=batch_sharding)
+    return GenerationOutput(np.asarray(tokens)[:batch], np.asarray(num_tokens)[:batch])
+
+
+def local_data_mesh(devices: Sequence | None = None) -> Mesh:
+    """A 1-D `("data",)` mesh over this process's devices (default `jax.local_devices()`), for `generate`."""
+    return Mesh(np.asarray(list(jax.local_devices() if devices is None else devices)), ("data",))
+
+
+def process_slice(num_items: int, process_index: int | None = None, process_count: int | None = None) -> range:
+    """The contiguous block of work-item indices this process handles: blocks of `ceil(n / count)` items,
+    the last ones shorter or empty, so every item is taken by exactly one process."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    per = -(-num_items // count)
+    return range(min(index * per, num_items), min((index + 1) * per, num_items))
+
+
+def _pack_rows(rows: Sequence[Sequence[int]], indices: Sequence[int], per_process: int, width: int) -> np.ndarray:
+    """Rows as int32 `[per_process, 2 + width]`: global index (-1 = filler), length, then the tokens."""
+    packed = np.full((per_process, 2 + width), -1, np.int32)
+    for slot, (index, row) in enumerate(zip(indices, rows)):
+        if len(row) > width:
+            raise ValueError(f"gather_rows: row {index} has {len(row)} tokens, more than width {width}")
+        packed[slot, 0], packed[slot, 1] = index, len(row)
+        packed[slot, 2:2 + len(row)] = row
+    return packed
+
+
+def gather_rows(rows: Sequence[Sequence[int]], indices: Sequence[int], num_items: int, width: int, *,
+                process_count: int | None = None,
+                allgather: Callable[[np.ndarray], np.ndarray] | None = None) -> list[list[int]]:
+    """All processes' token rows in global order: this process holds `rows` for global `indices` (its
+    `process_slice`), each at most `width` tokens; every process gets back all `num_items` rows.
+    `allgather` (default `multihost_utils.process_allgather`) maps the local int32 `[ceil(n / count), 2 + width]`
+    array to `[count, ...]`. Raises ValueError when an index is missing or duplicated across processes."""
+    count = jax.process_count() if process_count is None else process_count
+    per = -(-num_items // count)
+    if len(rows) != len(indices) or len(rows) > per:
+        raise ValueError(f"gather_rows: {len(rows)} rows for {len(indices)} indices; at most {per} per process")
+    if allgather is None:
+        from jax.experimental import multihost_utils
+
+        allgather = multihost_utils.process_allgather
+    gathered = np.asarray(allgather(_pack_rows(rows, indices, per, width))).reshape(-1, 2 + width)
+    gathered = gathered[gathered[:, 0] >= 0]
+    got = np.sort(gathered[:, 0])
+    if len(got) != num_items or np.any(got != np.arange(num_items)):
+        missing = sorted(set(range(num_items)) - set(got.tolist()))
+        dupes = sorted({int(i) for i in got[1:][got[1:] == got[:-1]]})
+        raise ValueError(f"gather_rows: expected indices 0..{num_items - 1} once each; missing {missing[:10]}, "
+                         f"duplicated {dupes[:10]}")
+    gathered = gathered[np.argsort(gathered[:, 0], kind="stable")]
+    return [r[2:2 + r[1]].tolist() for r in gathered]

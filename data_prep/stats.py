@@ -29,6 +29,7 @@ from PIL import Image
 from data_prep.corpus_reader import SourceDocument, iter_source_documents
 from data_prep.formats import FORMATS
 from data_prep.similarity import ClipFeaturizer, document_similarity, grey, load_vision_tower, random_vision_tower
+from data_prep.stats_plots import write_histograms
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
 
 PAPER_GROUPS = tuple(range(4, 12))  # image counts per document in the paper's similarity table
@@ -218,8 +219,6 @@ def compute_stats(data: Sequence[str], out: str, *, tokenizer: Tokenizer, featur
         "documents_file": rows_path,
     }
     plots_dir = plots_dir or os.path.splitext(out)[0] + "_plots"
-    from data_prep.stats_plots import write_histograms
-
     report["plots"] = write_histograms(acc.values, report["similarity_by_image_count"], plots_dir)
     with open(out, "w") as f:
         json.dump(report, f, indent=2)

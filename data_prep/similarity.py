@@ -1,0 +1,146 @@
+"""In-sample image similarity, as the Multimodal-Textbook seeds measure it.
+
+For every pair (i < j) of images in a document:
+  clip = (cos(f_i, f_j) + 1) / 2        f = CLIP image features (projected if the tower has a projection,
+                                        else the post-layernorm CLS), cos in [-1, 1] mapped to [0, 1]
+  ssim = SSIM(grey_i, resize(grey_j))   8-bit grey images (ITU-R 601 luma), the second resized (bilinear)
+                                        to the first one's size, scikit-image `structural_similarity`
+  pair = (clip + ssim) / 2
+and the document's similarity is the mean over its pairs. CLIP features come from the project's Flax
+`CLIPVisionTower` (`ClipFeaturizer`: batched, jitted, fixed batch shape so it compiles once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from vlm_jax.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_image
+from vlm_jax.models.clip import CLIPVisionTower
+from vlm_jax.models.config import VisionConfig
+
+
+def grey(img: Image.Image) -> np.ndarray:
+    """8-bit grey image `uint8 [H, W]` (PIL "L": 0.299 R + 0.587 G + 0.114 B, as OpenCV's BGR2GRAY)."""
+    return np.asarray(img.convert("L"))
+
+
+def ssim_pair(grey_a: np.ndarray, grey_b: np.ndarray) -> float:
+    """SSIM of two grey `uint8 [H, W]` images; `grey_b` is first resized (bilinear) to `grey_a`'s size.
+
+    scikit-image's default 7x7 window; for images under 7 px on a side the window shrinks to the
+    largest odd size that fits (scikit-image refuses windows larger than the image).
+    """
+    height, width = grey_a.shape
+    if grey_b.shape != grey_a.shape:
+        grey_b = np.asarray(Image.fromarray(grey_b).resize((width, height), Image.BILINEAR))
+    win = min(7, min(height, width) - (1 - min(height, width) % 2))
+    if win < 3:
+        raise ValueError(f"image of {width}x{height} px is too small for SSIM (needs >= 3 px per side)")
+    return float(structural_similarity(grey_a, grey_b, win_size=win, data_range=255))
+
+
+def clip_pair(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
+    """CLIP cosine similarity of two feature vectors `[d]`, mapped from [-1, 1] to [0, 1]."""
+    a, b = np.asarray(feat_a, np.float64), np.asarray(feat_b, np.float64)
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return (cos + 1.0) / 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentSimilarity:
+    """A document's in-sample similarity: means over its `pairs` image pairs (None with < 2 images)."""
+
+    pairs: int
+    similarity: float | None
+    clip: float | None
+    ssim: float | None
+
+
+def document_similarity(features: np.ndarray, greys: Sequence[np.ndarray]) -> DocumentSimilarity:
+    """Mean over all pairs i < j of (clip_pair + ssim_pair) / 2; `features` `[n, d]`, `greys` n images."""
+    if len(features) != len(greys):
+        raise ValueError(f"{len(features)} feature rows for {len(greys)} images")
+    pairs = list(itertools.combinations(range(len(greys)), 2))
+    if not pairs:
+        return DocumentSimilarity(0, None, None, None)
+    clips = np.array([clip_pair(features[i], features[j]) for i, j in pairs])
+    ssims = np.array([ssim_pair(greys[i], greys[j]) for i, j in pairs])
+    return DocumentSimilarity(len(pairs), float(np.mean((clips + ssims) / 2)), float(clips.mean()), float(ssims.mean()))
+
+
+def load_vision_tower(ckpt_dir: str | Path) -> tuple[VisionConfig, dict]:
+    """The vision tower config and params `{...}` of a vlm_jax params checkpoint (config.json + params/).
+
+    Only the `vision_tower` leaves are read (partial restore), so a 7B checkpoint costs ~0.6 GB here.
+    """
+    from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf
+    from vlm_jax.convert.param_map import iter_leaves
+
+    config = read_config(ckpt_dir)
+    params_dir = Path(ckpt_dir) / PARAMS_DIR
+    metadata = params_metadata(params_dir)
+    if "vision_tower" not in metadata:
+        raise ValueError(f"{params_dir} has no 'vision_tower' params (top-level keys: {sorted(metadata)})")
+    params: dict = {}
+    for path, _ in iter_leaves(metadata["vision_tower"], ("vision_tower",)):
+        node = params
+        for key in path[1:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = restore_numpy_leaf(params_dir, path, metadata)
+    return config.vision_config, params
+
+
+def random_vision_tower(config: VisionConfig, seed: int = 0) -> dict:
+    """Random N(0, 0.02²) tower params (norm scales 1), drawn in numpy without compiling an init: the
+    features carry no meaning (demos, tests, and the no-checkpoint case, which the report flags)."""
+    from vlm_jax.demo import random_params
+
+    return random_params(config, seed)
+
+
+class ClipFeaturizer:
+    """PIL images -> CLIP features `float32 [n, d]` with the project's Flax CLIP, `batch_size` per call.
+
+    Images are CLIP-preprocessed (shortest-side resize + center crop, no square padding: plain
+    `CLIPImageProcessor`, as a CLIP similarity uses). Batches are padded to `batch_size` so the jitted
+    forward compiles once. Features: `image_embeds` when the tower has a projection, else `pooled`.
+    """
+
+    def __init__(self, config: VisionConfig, params: dict, batch_size: int = 16, source: str = ""):
+        self.config, self.batch_size, self.source = config, int(batch_size), source
+        model = CLIPVisionTower(config)
+        use_projection = config.has_projection
+
+        def forward(params, pixels):
+            out = model.apply({"params": params}, pixels)
+            return (out.image_embeds if use_projection else out.pooled).astype(jnp.float32)
+
+        self._forward = jax.jit(forward)
+        self._params = params
+        self.feature = "image_embeds (projected)" if use_projection else "pooled (post-layernorm CLS)"
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """CLIP input `float32 [S, S, 3]` for one image."""
+        return preprocess_image(img, self.config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, aspect="none")
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Features `float32 [len(images), d]`."""
+        size = self.config.image_size
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = [self.preprocess(img) for img in images[start : start + self.batch_size]]
+            pixels = np.zeros((self.batch_size, size, size, 3), np.float32)
+            pixels[: len(chunk)] = np.stack(chunk)
+            out.append(np.asarray(self._forward(self._params, jnp.asarray(pixels)))[: len(chunk)])
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(out)

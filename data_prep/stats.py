@@ -1,0 +1,293 @@
+"""Corpus statistics and in-sample image similarity of interleaved documents.
+
+    python -m data_prep.stats --data SHARDS_OR_JSON [--clip-ckpt CKPT] [--tokenizer DIR] --out report.json
+
+For every document: readable and corrupt images, text pieces, tokens as the model sees them (the
+seed's tokenization rule: BOS, text, `num_image_tokens` per kept image (at most `max_images`), EOS)
+and the in-sample image similarity (`data_prep.similarity`). Aggregates: totals, distribution
+summaries, and the similarity grouped by image count (4-11 images per document, the paper's table).
+Per-document rows stream to `<out>.documents.jsonl`; only a few numbers per document stay in memory
+(for percentiles and histograms). Histogram PNGs go to `--plots` (default `<out>_plots/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import collections
+import dataclasses
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from data_prep.corpus_reader import SourceDocument, iter_source_documents
+from data_prep.formats import FORMATS
+from data_prep.similarity import ClipFeaturizer, document_similarity, grey, load_vision_tower, random_vision_tower
+from data_prep.stats_plots import write_histograms
+from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
+
+PAPER_GROUPS = tuple(range(4, 12))  # image counts per document in the paper's similarity table
+DISTRIBUTIONS = ("images", "text_pieces", "tokens", "similarity")
+
+
+def decode_images(doc: dict[str, Any]) -> tuple[list[str | None], list[Image.Image], int]:
+    """Decodes a record's images; corrupt/empty ones are dropped with their placeholder and counted.
+
+    Returns (texts with None at the kept image positions, decoded RGB images in order, corrupt count).
+    """
+    texts, images, corrupt = [], [], 0
+    for text, data in zip(doc["texts"], doc["images"]):
+        if text is not None:
+            texts.append(text)
+            continue
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                images.append(img.convert("RGB"))
+        except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image: count it.
+            corrupt += 1
+            continue
+        texts.append(None)
+    return texts, images, corrupt
+
+
+def count_tokens(texts: Sequence[str | None], tokenizer: Tokenizer, num_image_tokens: int, max_images: int) -> dict[str, int]:
+    """Tokens of a document as the model sees it (no length budget): BOS + text + image blocks + EOS.
+
+    Same pieces as `vlm_jax.data.tokenizer.tokenize_interleaved`; images beyond `max_images` are
+    dropped with their placeholder, as the seed does.
+    """
+    pieces = seed_text_pieces(texts, max_images)
+    text_tokens = sum(len(tokenizer.encode(p)) for p in pieces if p)
+    kept = len(pieces) - 1
+    special = (tokenizer.bos_id is not None) + 1
+    image_tokens = kept * num_image_tokens
+    return {"tokens": text_tokens + image_tokens + special, "text_tokens": text_tokens,
+            "image_tokens": image_tokens, "images_in_sequence": kept}
+
+
+@dataclasses.dataclass
+class Accumulator:
+    """Running totals, per-image-count similarity sums and per-document values for distributions."""
+
+    documents: int = 0
+    documents_skipped: int = 0
+    images: int = 0
+    images_corrupt: int = 0
+    pairs: int = 0
+    tokens: int = 0
+    skip_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    groups: dict = dataclasses.field(default_factory=dict)  # image count -> {"documents", "similarity", "clip", "ssim"} sums
+    values: dict = dataclasses.field(default_factory=lambda: {k: array.array("d") for k in DISTRIBUTIONS})
+
+    def add_skips(self, skips: Iterable[tuple[str, str]]) -> None:
+        for reason, _ in skips:
+            self.skip_reasons[reason] += 1
+            if reason == "undecodable_image":
+                self.images_corrupt += 1
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.documents += 1
+        self.images += row["images"]
+        self.images_corrupt += row["images_corrupt"]
+        self.pairs += row["pairs"]
+        self.tokens += row["tokens"]
+        for key in ("images", "text_pieces", "tokens"):
+            self.values[key].append(row[key])
+        if row["similarity"] is not None:
+            self.values["similarity"].append(row["similarity"])
+            group = self.groups.setdefault(row["images"], {"documents": 0, "similarity": 0.0, "clip": 0.0, "ssim": 0.0})
+            group["documents"] += 1
+            for key in ("similarity", "clip", "ssim"):
+                group[key] += row[key]
+
+    def report(self) -> dict[str, Any]:
+        """The aggregate part of report.json."""
+        def summary(values: array.array) -> dict[str, float] | None:
+            if not values:
+                return None
+            v = np.frombuffer(values, np.float64)
+            p = np.percentile(v, [5, 50, 95])
+            return {"mean": float(v.mean()), "min": float(v.min()), "p5": float(p[0]), "median": float(p[1]),
+                    "p95": float(p[2]), "max": float(v.max())}
+
+        def group_means(count: int) -> dict[str, Any]:
+            g = self.groups.get(count)
+            if g is None:
+                return {"documents": 0, "similarity": None, "clip": None, "ssim": None}
+            n = g["documents"]
+            return {"documents": n, **{k: g[k] / n for k in ("similarity", "clip", "ssim")}}
+
+        return {
+            "documents": self.documents,
+            "documents_skipped": self.documents_skipped,
+            "skipped": dict(self.skip_reasons),
+            "images": self.images,
+            "images_corrupt": self.images_corrupt,
+            "image_pairs": self.pairs,
+            "tokens": self.tokens,
+            "per_document": {k: summary(self.values[k]) for k in DISTRIBUTIONS},
+            "similarity_by_image_count": {str(c): group_means(c) for c in PAPER_GROUPS},
+            "similarity_all_image_counts": {str(c): group_means(c) for c in sorted(self.groups)},
+        }
+
+
+def _chunks_by_images(docs: Iterable[SourceDocument], min_images: int) -> Iterator[list]:
+    """Groups decoded documents so each group has >= `min_images` images (CLIP batches stay full)."""
+    chunk, n = [], 0
+    for source in docs:
+        if source.doc is None:
+            chunk.append((source, None))
+            continue
+        decoded = decode_images(source.doc)
+        chunk.append((source, decoded))
+        n += len(decoded[1])
+        if n >= min_images:
+            yield chunk
+            chunk, n = [], 0
+    if chunk:
+        yield chunk
+
+
+def iter_document_stats(docs: Iterable[SourceDocument], tokenizer: Tokenizer, featurizer: ClipFeaturizer, *,
+                        num_image_tokens: int, max_images: int = 12) -> Iterator[tuple[SourceDocument, dict | None]]:
+    """(source, row) per document; row is None for a document that could not be read at all.
+
+    Row keys: id, location, images (readable), images_corrupt, text_pieces, tokens, text_tokens,
+    image_tokens, images_in_sequence, pairs, similarity, clip, ssim (None with < 2 images),
+    video_ids (textbook keyframes' videos).
+    """
+    for chunk in _chunks_by_images(docs, featurizer.batch_size):
+        all_images = [img for _, decoded in chunk if decoded is not None for img in decoded[1]]
+        features = featurizer(all_images)
+        offset = 0
+        for source, decoded in chunk:
+            if decoded is None:
+                yield source, None
+                continue
+            texts, images, corrupt = decoded
+            feats = features[offset : offset + len(images)]
+            offset += len(images)
+            sim = document_similarity(feats, [grey(img) for img in images])
+            meta = [m for m in source.doc["image_meta"] if m]
+            row = {
+                "id": source.doc["id"],
+                "location": source.location,
+                "images": len(images),
+                "images_corrupt": corrupt,
+                "text_pieces": sum(1 for t in texts if t),
+                **count_tokens(texts, tokenizer, num_image_tokens, max_images),
+                **dataclasses.asdict(sim),
+                "video_ids": sorted({m["video_id"] for m in meta if "video_id" in m}),
+            }
+            yield source, row
+
+
+def compute_stats(data: Sequence[str], out: str, *, tokenizer: Tokenizer, featurizer: ClipFeaturizer,
+                  num_image_tokens: int, max_images: int = 12, fmt: str = "textbook", images_root: str | None = None,
+                  text_field: str = "texts", plots_dir: str | None = None, max_documents: int | None = None,
+                  notes: dict | None = None) -> dict[str, Any]:
+    """Streams `data`, writes `out` (report JSON), `<out>.documents.jsonl` and histogram PNGs; returns the report."""
+    acc = Accumulator()
+    rows_path = os.path.splitext(out)[0] + ".documents.jsonl"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    docs = iter_source_documents(data, fmt, images_root, text_field)
+    if max_documents is not None:
+        docs = (d for _, d in zip(range(max_documents), docs))
+    with open(rows_path, "w") as rows_file:
+        for source, row in iter_document_stats(docs, tokenizer, featurizer, num_image_tokens=num_image_tokens,
+                                               max_images=max_images):
+            acc.add_skips(source.skips)
+            if row is None:
+                acc.documents_skipped += 1
+                continue
+            acc.add(row)
+            rows_file.write(json.dumps(row) + "\n")
+    report = {
+        "data": list(data),
+        "clip": {"source": featurizer.source, "feature": featurizer.feature, "image_size": featurizer.config.image_size},
+        "tokenizer": type(tokenizer).__name__ + (f" ({tokenizer.path})" if hasattr(tokenizer, "path") else ""),
+        "num_image_tokens": num_image_tokens,
+        "max_images": max_images,
+        **(notes or {}),
+        **acc.report(),
+        "documents_file": rows_path,
+    }
+    plots_dir = plots_dir or os.path.splitext(out)[0] + "_plots"
+    report["plots"] = write_histograms(acc.values, report["similarity_by_image_count"], plots_dir)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def make_featurizer(clip_ckpt: str | None, batch_size: int, seed: int = 0) -> ClipFeaturizer:
+    """CLIP from a converted vlm_jax checkpoint, or (without one) a small randomly initialised CLIP.
+
+    Without a checkpoint the CLIP half of the similarity has no meaning (random features); the
+    report's `clip.source` says so. The tiny tower keeps that case fast on CPU.
+    """
+    if clip_ckpt:
+        config, params = load_vision_tower(clip_ckpt)
+        return ClipFeaturizer(config, params, batch_size, source=f"checkpoint {os.path.abspath(clip_ckpt)}")
+    from vlm_jax.models.config import preset
+
+    config = preset("tiny").vision_config
+    return ClipFeaturizer(config, random_vision_tower(config, seed), batch_size,
+                          source=f"RANDOM-INIT tiny CLIP (preset 'tiny', seed {seed}; no --clip-ckpt given): the CLIP "
+                                 "half of the similarity is NOT meaningful, the SSIM half is")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.stats", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, nargs="+", help="shards (file/glob/dir/manifest.json) or seed JSON/JSONL")
+    parser.add_argument("--out", required=True, help="report JSON path")
+    parser.add_argument("--clip-ckpt", default=None, help="vlm_jax params checkpoint (python -m vlm_jax.convert)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="HF tokenizer folder, or 'byte' (default: --clip-ckpt's tokenizer if it has one, else byte)")
+    parser.add_argument("--num-image-tokens", type=int, default=None, help="default: the checkpoint's, else 576")
+    parser.add_argument("--max-images", type=int, default=12, help="images per document the model keeps (seed: 12)")
+    parser.add_argument("--format", default="textbook", choices=FORMATS, help="JSON input format")
+    parser.add_argument("--images", default=None, help="image root for JSON input")
+    parser.add_argument("--text-field", default="texts", choices=("texts", "text_ocr_list"))
+    parser.add_argument("--batch-size", type=int, default=16, help="CLIP batch size")
+    parser.add_argument("--max-documents", type=int, default=None, help="stop after this many documents")
+    parser.add_argument("--plots", default=None, help="histogram folder (default: <out>_plots)")
+    args = parser.parse_args(argv)
+
+    from vlm_jax.data.loader import make_tokenizer
+
+    tokenizer_spec = args.tokenizer
+    num_image_tokens = args.num_image_tokens
+    if args.clip_ckpt:
+        from vlm_jax.convert.orbax_params import read_config
+
+        if tokenizer_spec is None and os.path.isfile(os.path.join(args.clip_ckpt, "tokenizer_config.json")):
+            tokenizer_spec = args.clip_ckpt
+        num_image_tokens = num_image_tokens or read_config(args.clip_ckpt).num_image_tokens
+    tokenizer_spec = tokenizer_spec or "byte"
+    num_image_tokens = num_image_tokens or 576
+    featurizer = make_featurizer(args.clip_ckpt, args.batch_size)
+    notes = {}
+    if tokenizer_spec == "byte":
+        notes["tokenizer_note"] = "byte tokenizer (no --tokenizer and no tokenizer in --clip-ckpt): text token counts are UTF-8 bytes"
+    for line in (f"[stats] CLIP: {featurizer.source}; features: {featurizer.feature}", notes.get("tokenizer_note")):
+        if line:
+            print(line if line.startswith("[stats]") else f"[stats] {line}", file=sys.stderr)
+    report = compute_stats(args.data, args.out, tokenizer=make_tokenizer(tokenizer_spec), featurizer=featurizer,
+                           num_image_tokens=num_image_tokens, max_images=args.max_images, fmt=args.format,
+                           images_root=args.images, text_field=args.text_field, plots_dir=args.plots,
+                           max_documents=args.max_documents, notes=notes)
+    print(f"[stats] {report['documents']} documents ({report['documents_skipped']} unreadable), "
+          f"{report['images']} images ({report['images_corrupt']} corrupt), {report['image_pairs']} pairs, "
+          f"{report['tokens']} tokens -> {args.out}, {report['documents_file']}, plots in "
+          f"{os.path.dirname(report['plots'][0]) if report['plots'] else '-'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

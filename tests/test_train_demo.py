@@ -30,6 +30,27 @@ def test_short_demo_learns(tmp_path):
     assert summary["heldout_end"]["accuracy"] >= summary["heldout_start"]["accuracy"]
     assert os.listdir(tmp_path / "tensorboard")  # TensorBoard event files
     assert (tmp_path / "final" / "config.json").exists()
+    _export_training_workdir_equals_final(tmp_path)
+
+
+def _export_training_workdir_equals_final(workdir):
+    """`orbax-to-hf` takes the run's workdir (latest step, or --step) and writes what the final params give."""
+    import pytest
+    from safetensors.numpy import load_file
+
+    from vlm_jax.convert.orbax_to_hf import export
+    from vlm_jax.convert.safetensors_io import CheckpointError
+
+    export(workdir, workdir / "hf_latest")
+    export(workdir / "final", workdir / "hf_final")
+    latest, final = (load_file(str(workdir / d / "model.safetensors")) for d in ("hf_latest", "hf_final"))
+    assert latest.keys() == final.keys() and len(latest) > 10
+    for name in final:
+        assert (latest[name] == final[name]).all(), name
+    with pytest.raises(CheckpointError, match="no checkpoint for step 7"):
+        export(workdir, workdir / "hf_bad", step=7)
+    with pytest.raises(CheckpointError, match="training workdirs only"):
+        export(workdir / "final", workdir / "hf_bad", step=60)
 
 
 def test_nan_loss_stops_naming_the_step(tmp_path):

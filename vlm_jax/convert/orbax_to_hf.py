@@ -13,6 +13,7 @@ image token id (the shape llava-hf uses, 32064 for Vicuna) and lists the padded 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from vlm_jax.convert.hf_to_orbax import DTYPES
 from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf
 from vlm_jax.convert.safetensors_io import CheckpointError, parse_size, write_sharded
 from vlm_jax.convert.side_files import copy_side_files
+from vlm_jax.models.config import LlavaConfig
 
 _HUB_NAMES = [
     (hf_layouts.LM_HEAD, "language_model.lm_head.weight"),
@@ -48,8 +50,13 @@ def padded_vocab(vocab_size: int, image_token_id: int) -> int:
     return -(-(image_token_id + 1) // 64) * 64
 
 
-def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np.dtype | None):
-    """Yields (hub name, torch-layout array) leaf by leaf from the orbax params."""
+def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np.dtype | None,
+                prefix: tuple[str, ...] = ()):
+    """Yields (hub name, torch-layout array) leaf by leaf from the orbax params (at `prefix` inside the
+    stored tree: `("params",)` for a training state)."""
+    full_metadata = metadata
+    for key in prefix:
+        metadata = metadata[key]
     expected = hf_configs.expected_shapes(hf)
     by_leaf: dict[tuple, list] = {}
     for name, hf_shape in expected.items():
@@ -58,7 +65,7 @@ def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np
     for path, _ in param_map.iter_leaves(metadata):
         if path not in by_leaf:
             raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has no Hugging Face tensor")
-        leaf = restore_numpy_leaf(params_dir, path, metadata)
+        leaf = restore_numpy_leaf(params_dir, prefix + path, full_metadata)
         for layer, name, slot, hf_shape in sorted(by_leaf.pop(path)):
             value = leaf[layer] if slot.layer is not None else leaf
             if value.shape != slot.shape:
@@ -71,13 +78,51 @@ def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np
         del leaf
 
 
-def params_dir_of(ckpt: Path, step: int | None) -> Path:
-    """The orbax params folder of a params checkpoint (`ckpt/params`)."""
-    if step is not None:
-        raise CheckpointError(f"{ckpt}: --step applies to training checkpoints only")
-    if not (ckpt / PARAMS_DIR).is_dir():
-        raise CheckpointError(f"{ckpt}: no {PARAMS_DIR}/ folder (expected a vlm_jax params checkpoint)")
-    return ckpt / PARAMS_DIR
+@dataclasses.dataclass(frozen=True)
+class ParamsSource:
+    """Where a checkpoint's params live: the orbax folder, the key path of the params inside its tree,
+    the model config, and the folders whose tokenizer / preprocessor files go with it."""
+
+    params_dir: Path
+    prefix: tuple[str, ...]
+    config: LlavaConfig
+    side_file_dirs: list[Path]
+
+
+def training_steps(checkpoints: Path) -> list[int]:
+    """Completed steps of a training run's `checkpoints/` folder (orbax renames a step folder to its number
+    only once the save is complete; temporary folders are ignored)."""
+    return sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit() and (d / "state").is_dir())
+
+
+def params_source(ckpt: Path, step: int | None) -> ParamsSource:
+    """Resolves `--ckpt` (and `--step`): a params checkpoint (`config.json` + `params/`, e.g. `hf-to-orbax`
+    output or a run's `final/`) or a training workdir (`config.json` + `checkpoints/<step>/state`, default
+    the latest step)."""
+    if (ckpt / PARAMS_DIR).is_dir():
+        if step is not None:
+            raise CheckpointError(f"{ckpt}: --step applies to training workdirs only (this is a params checkpoint)")
+        return ParamsSource(ckpt / PARAMS_DIR, (), read_config(ckpt), [ckpt])
+    checkpoints = ckpt / "checkpoints"
+    if not checkpoints.is_dir():
+        raise CheckpointError(f"{ckpt}: neither a params checkpoint ({PARAMS_DIR}/ + config.json) nor a training "
+                              "workdir (checkpoints/ + config.json)")
+    steps = training_steps(checkpoints)
+    if not steps:
+        raise CheckpointError(f"{checkpoints}: no completed training checkpoint")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"{checkpoints}: no checkpoint for step {step} (have {steps})")
+    run_config = ckpt / "config.json"
+    if not run_config.is_file():
+        raise CheckpointError(f"{run_config} not found: the training run's config (it names the model)")
+    run = json.loads(run_config.read_text())
+    if "model" not in run:
+        raise CheckpointError(f"{run_config}: no 'model' entry (not written by vlm_jax.train)")
+    tokenizer = (run.get("train") or {}).get("data", {}).get("tokenizer")
+    side = [ckpt] + ([Path(tokenizer)] if isinstance(tokenizer, str) and Path(tokenizer).is_dir() else [])
+    return ParamsSource(checkpoints / str(step) / "state", ("params",), LlavaConfig.from_dict(run["model"]), side)
 
 
 def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None = None,
@@ -85,20 +130,27 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None 
     """`orbax-to-hf`: writes `out/{config.json, generation_config.json, model*.safetensors[, index]}` and the
     tokenizer / preprocessor files found next to the checkpoint. Returns the HF config dict written."""
     ckpt, out = Path(ckpt), Path(out)
-    config = read_config(ckpt)
-    params_dir = params_dir_of(ckpt, step)
+    source = params_source(ckpt, step)
+    config, params_dir = source.config, source.params_dir
     np_dtype = DTYPES[dtype] if dtype else None
     hf = config.to_hf()
     vocab = config.text_config.vocab_size
     rows = padded_vocab(vocab, config.image_token_id)
     metadata = params_metadata(params_dir)
+    for key in source.prefix:
+        if key not in metadata:
+            raise CheckpointError(f"{params_dir}: no '{key}' in the stored tree")
     out.mkdir(parents=True, exist_ok=True)
-    write_sharded(_hf_tensors(params_dir, metadata, hf, rows, np_dtype), out, parse_size(max_shard_size))
-    stored = np_dtype or np.dtype(metadata["language_model"]["embed_tokens"]["embedding"].dtype)
+    write_sharded(_hf_tensors(params_dir, metadata, hf, rows, np_dtype, source.prefix), out,
+                  parse_size(max_shard_size))
+    params_metadata_tree = metadata
+    for key in source.prefix:
+        params_metadata_tree = params_metadata_tree[key]
+    stored = np_dtype or np.dtype(params_metadata_tree["language_model"]["embed_tokens"]["embedding"].dtype)
     hf_out = {"architectures": ["LlavaForConditionalGeneration"], **hf, "dtype": stored.name}
     hf_out["text_config"] = {**hf["text_config"], "vocab_size": rows}
     (out / "config.json").write_text(json.dumps(hf_out, indent=2) + "\n")
-    copy_side_files([ckpt], out)
+    copy_side_files(source.side_file_dirs, out)
     _write_generation_config(out, config, vocab, rows)
     return hf_out
 

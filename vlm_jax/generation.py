@@ -67,10 +67,11 @@ def bucket_length(n: int, min_length: int = 16, steps_per_octave: int = 4) -> in
     return -(-length // 8) * 8
 
 
-def sample_tokens(logits, rng, temperature, top_p):
+def sample_tokens(logits, rng, temperature, top_p, row_offset=0):
     """Next tokens `[b]` from float32 logits `[b, vocab]`: argmax when `temperature <= 0`, else row r draws
-    with key `fold_in(rng, r)` from softmax(logits / temperature) restricted to the nucleus: the smallest
-    set of most likely tokens whose probability reaches `top_p` (the top token is always kept)."""
+    with key `fold_in(rng, row_offset + r)` from softmax(logits / temperature) restricted to the nucleus: the
+    smallest set of most likely tokens whose probability reaches `top_p` (the top token is always kept).
+    `row_offset` is the global index of row 0 when `logits` is one device's shard (pmap)."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / jnp.maximum(temperature, 1e-6)
     sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
@@ -79,7 +80,7 @@ def sample_tokens(logits, rng, temperature, top_p):
     kept = jnp.where(before < top_p, sorted_logits, jnp.inf)
     threshold = jnp.min(kept, axis=-1, keepdims=True)  # the smallest kept logit
     nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(logits.shape[0]))
+    keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(row_offset + jnp.arange(logits.shape[0]))
     sampled = jax.vmap(jax.random.categorical)(keys, nucleus)
     return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
 
@@ -95,7 +96,8 @@ def _constrain(x, sharding: NamedSharding | None, batch_axis: int = 0):
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "batch_sharding"))
 def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
-              eos_token_id, pad_token_id, *, max_new_tokens: int, batch_sharding: NamedSharding | None):
+              eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int,
+              batch_sharding: NamedSharding | None):
     batch, prompt_len = input_ids.shape
     real = segment_ids > 0
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
@@ -107,7 +109,7 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
     logits, cache = model.apply(variables, input_ids, pixel_values, image_mask, positions, segment_ids,
                                 cache=cache, cache_index=0, last_logits_only=True)
     rng, step_rng = jax.random.split(rng)
-    first = sample_tokens(logits[:, -1], step_rng, temperature, top_p)
+    first = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id
 
@@ -122,7 +124,7 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
         logits, cache = model.apply(variables, last, None, None, pos, jnp.ones_like(last), cache=cache,
                                     cache_index=prompt_len + step - 1)
         rng, step_rng = jax.random.split(rng)
-        new = sample_tokens(logits[:, -1], step_rng, temperature, top_p)
+        new = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
         new = jnp.where(done, pad_token_id, new)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], step, axis=1)
         return step + 1, cache, tokens, done | (new == eos_token_id), rng

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vlm_jax import checkpoint as ckpt_lib
@@ -298,6 +298,9 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required (e.g. --config configs/demo.py)")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
+        logging.set_verbosity(logging.WARNING)
     summary = train(config, _WORKDIR.value or config.workdir)
     _log(json.dumps(summary, indent=2))
 

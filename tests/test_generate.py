@@ -189,6 +189,9 @@ def test_data_parallel_8_devices_same_tokens_in_order(loaded):
     sampled = [generate(llava, params, ids, seg, pv, mask, temperature=3.0, seed=7, mesh=m, **kwargs).rows()
                for m in (None, local_data_mesh(), make_mesh(data=2, fsdp=4))]
     assert sampled[0] == sampled[1] == sampled[2] != single.rows()
+    text_only = [generate(llava, params, *left_pad([[1, 5, 6, 7], [1, 8], [1, 9, 10]]), None, None, temperature=3.0,
+                          seed=7, mesh=m, **kwargs).rows() for m in (None, local_data_mesh())]
+    assert text_only[0] == text_only[1]
     # 11 rows over 8 devices, reversed order: the reversed results
     rev = [ROWS[i % 5] for i in range(11)][::-1], [ROW_IMAGES[i % 5] for i in range(11)][::-1]
     many = generate(llava, params, *batch_arrays(pixels, *rev), mesh=local_data_mesh(), **kwargs)

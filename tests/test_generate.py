@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
@@ -178,10 +179,19 @@ def test_data_parallel_8_devices_same_tokens_in_order(loaded):
     for mesh in (local_data_mesh(), make_mesh(data=2, fsdp=4)):
         parallel = generate(llava, params, ids, seg, pv, mask, mesh=mesh, **kwargs)
         assert parallel.rows() == single.rows()
-    # sampled rows draw from per-row keys: the device count and padding rows do not change them
+    # params sharded FSDP-style on the mesh are gathered to every device first: same tokens
+    fsdp = make_mesh(data=2, fsdp=4)
+    sharded = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(fsdp, PartitionSpec(
+        "fsdp" if x.ndim and x.shape[0] % 4 == 0 else None))), params)
+    assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded))
+    assert generate(llava, sharded, ids, seg, pv, mask, mesh=fsdp, **kwargs).rows() == single.rows()
+    # sampled rows draw from per-row keys: the device count, the mesh shape and padding rows do not change them
     sampled = [generate(llava, params, ids, seg, pv, mask, temperature=3.0, seed=7, mesh=m, **kwargs).rows()
-               for m in (None, local_data_mesh())]
-    assert sampled[0] == sampled[1] != single.rows()
+               for m in (None, local_data_mesh(), make_mesh(data=2, fsdp=4))]
+    assert sampled[0] == sampled[1] == sampled[2] != single.rows()
+    text_only = [generate(llava, params, *left_pad([[1, 5, 6, 7], [1, 8], [1, 9, 10]]), None, None, temperature=3.0,
+                          seed=7, mesh=m, **kwargs).rows() for m in (None, local_data_mesh())]
+    assert text_only[0] == text_only[1]
     # 11 rows over 8 devices, reversed order: the reversed results
     rev = [ROWS[i % 5] for i in range(11)][::-1], [ROW_IMAGES[i % 5] for i in range(11)][::-1]
     many = generate(llava, params, *batch_arrays(pixels, *rev), mesh=local_data_mesh(), **kwargs)

@@ -1,5 +1,5 @@
-"""benchmarks/generate_dp_bench.py: its `jax.pmap` generation gives the same tokens as `generate` (jit over a data
-mesh), including sampled tokens (global per-row keys), rows padded to the device count and rows
+"""benchmarks/generate_dp_bench.py: its `jax.pmap` generation gives the same tokens as `generate` (jit of a
+shard_map over a data mesh), including sampled tokens (global per-row keys), rows padded to the device count and rows
 stopping at EOS on some devices only; the script prints one table row per method. No timings are asserted."""
 import importlib.util
 from pathlib import Path
@@ -33,7 +33,7 @@ def test_main_prints_identical_tokens_and_a_row_per_method(bench, capsys):
     assert [c.strip() for c in table[0]] == ["method", "devices", "batch", "new tokens", "seconds", "tokens/s",
                                              "speed vs pmap", "first call s"]
     rows = {cells[0].strip(): [c.strip() for c in cells] for cells in table[1:]}
-    assert set(rows) == {"pmap", "jit mesh"}
+    assert set(rows) == {"pmap", bench.OURS}
     for name, cells in rows.items():
         assert cells[1:4] == [str(jax.local_device_count()), "5", "15"], cells  # EOS off: 5 rows x 3 tokens
         assert float(cells[4]) > 0 and float(cells[5]) > 0 and cells[6].endswith("x"), cells

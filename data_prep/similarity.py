@@ -15,16 +15,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
 from vlm_jax.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_image
-from vlm_jax.models.clip import CLIPVisionTower
+from vlm_jax.models.clip import image_feature_fn
 from vlm_jax.models.config import VisionConfig
 
 
@@ -77,28 +74,6 @@ def document_similarity(features: np.ndarray, greys: Sequence[np.ndarray]) -> Do
     return DocumentSimilarity(len(pairs), float(np.mean((clips + ssims) / 2)), float(clips.mean()), float(ssims.mean()))
 
 
-def load_vision_tower(ckpt_dir: str | Path) -> tuple[VisionConfig, dict]:
-    """The vision tower config and params `{...}` of a vlm_jax params checkpoint (config.json + params/).
-
-    Only the `vision_tower` leaves are read (partial restore), so a 7B checkpoint costs ~0.6 GB here.
-    """
-    from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf
-    from vlm_jax.convert.param_map import iter_leaves
-
-    config = read_config(ckpt_dir)
-    params_dir = Path(ckpt_dir) / PARAMS_DIR
-    metadata = params_metadata(params_dir)
-    if "vision_tower" not in metadata:
-        raise ValueError(f"{params_dir} has no 'vision_tower' params (top-level keys: {sorted(metadata)})")
-    params: dict = {}
-    for path, _ in iter_leaves(metadata["vision_tower"], ("vision_tower",)):
-        node = params
-        for key in path[1:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = restore_numpy_leaf(params_dir, path, metadata)
-    return config.vision_config, params
-
-
 def random_vision_tower(config: VisionConfig, seed: int = 0) -> dict:
     """Random N(0, 0.02²) tower params (norm scales 1), drawn in numpy without compiling an init: the
     features carry no meaning (demos, tests, and the no-checkpoint case, which the report flags)."""
@@ -111,22 +86,14 @@ class ClipFeaturizer:
     """PIL images -> CLIP features `float32 [n, d]` with the project's Flax CLIP, `batch_size` per call.
 
     Images are CLIP-preprocessed (shortest-side resize + center crop, no square padding: plain
-    `CLIPImageProcessor`, as a CLIP similarity uses). Batches are padded to `batch_size` so the jitted
-    forward compiles once. Features: `image_embeds` when the tower has a projection, else `pooled`.
+    `CLIPImageProcessor`, as a CLIP similarity uses), then go through `clip.image_feature_fn` (one jitted
+    forward of fixed batch shape). Features: `image_embeds` when the tower has a projection, else `pooled`.
     """
 
     def __init__(self, config: VisionConfig, params: dict, batch_size: int = 16, source: str = ""):
         self.config, self.batch_size, self.source = config, int(batch_size), source
-        model = CLIPVisionTower(config)
-        use_projection = config.has_projection
-
-        def forward(params, pixels):
-            out = model.apply({"params": params}, pixels)
-            return (out.image_embeds if use_projection else out.pooled).astype(jnp.float32)
-
-        self._forward = jax.jit(forward)
-        self._params = params
-        self.feature = "image_embeds (projected)" if use_projection else "pooled (post-layernorm CLS)"
+        self._features = image_feature_fn(config, params, self.batch_size)
+        self.feature = "image_embeds (projected)" if config.has_projection else "pooled (post-layernorm CLS)"
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         """CLIP input `float32 [S, S, 3]` for one image."""
@@ -135,12 +102,6 @@ class ClipFeaturizer:
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Features `float32 [len(images), d]`."""
         size = self.config.image_size
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = [self.preprocess(img) for img in images[start : start + self.batch_size]]
-            pixels = np.zeros((self.batch_size, size, size, 3), np.float32)
-            pixels[: len(chunk)] = np.stack(chunk)
-            out.append(np.asarray(self._forward(self._params, jnp.asarray(pixels)))[: len(chunk)])
-        if not out:
-            return np.zeros((0, 0), np.float32)
-        return np.concatenate(out)
+        pixels = [self.preprocess(img) for img in images]
+        return self._features(np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.float32))
+

@@ -28,7 +28,8 @@ from PIL import Image
 
 from data_prep.corpus_reader import SourceDocument, iter_source_documents
 from data_prep.formats import FORMATS
-from data_prep.similarity import ClipFeaturizer, document_similarity, grey, load_vision_tower, random_vision_tower
+from data_prep.similarity import ClipFeaturizer, document_similarity, grey, random_vision_tower
+from vlm_jax.convert.orbax_params import load_vision_tower
 from data_prep.stats_plots import write_histograms
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
 

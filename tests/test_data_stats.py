@@ -17,7 +17,8 @@ from tokenizers import models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from data_prep import stats
-from data_prep.similarity import ClipFeaturizer, document_similarity, grey, load_vision_tower, random_vision_tower
+from data_prep.similarity import ClipFeaturizer, document_similarity, grey, random_vision_tower
+from vlm_jax.convert.orbax_params import load_vision_tower
 from data_testlib import image_bytes, write_shard
 from vlm_jax.convert.orbax_params import save_numpy_params
 from vlm_jax.data.image import preprocess_image

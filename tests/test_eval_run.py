@@ -17,7 +17,8 @@ from PIL import Image
 from vlm_jax.convert.orbax_params import save_numpy_params
 from vlm_jax.demo import random_params
 from vlm_jax.evaluate.__main__ import main as evaluate_main
-from vlm_jax.evaluate.clip_embed import checkpoint_embedder, load_vision_tower
+from vlm_jax.convert.orbax_params import load_vision_tower
+from vlm_jax.evaluate.clip_embed import checkpoint_embedder
 from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.rices import embed_images, rices_indices
 from vlm_jax.evaluate.run import run_evaluation

@@ -17,9 +17,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import type_handlers
 from orbax.checkpoint._src.serialization import type_handler_registry
 
-from vlm_jax.convert.param_map import get_path
+from vlm_jax.convert.param_map import get_path, iter_leaves
 from vlm_jax.convert.safetensors_io import CheckpointError
-from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.config import LlavaConfig, VisionConfig
 
 CONFIG_NAME = "config.json"
 # OCDBT buffers a data file's encoded chunks in memory until the file is written: with the default (one
@@ -87,3 +87,20 @@ def _nest(path, value):
     for key in reversed(path):
         value = {key: value}
     return value
+
+
+def load_vision_tower(ckpt_dir: str | Path) -> tuple[VisionConfig, dict]:
+    """(vision config, `vision_tower` params as host numpy arrays) of a params checkpoint, reading only those
+    leaves (partial restore: a 7B LLaVA checkpoint costs ~0.6 GB here). For RICES and corpus statistics."""
+    config = read_config(ckpt_dir).vision_config
+    params_dir = Path(ckpt_dir) / PARAMS_DIR
+    metadata = params_metadata(params_dir)
+    if "vision_tower" not in metadata:
+        raise CheckpointError(f"{params_dir}: no 'vision_tower' params (top-level keys: {sorted(metadata)})")
+    params: dict = {}
+    for path, _ in iter_leaves(metadata["vision_tower"]):
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = restore_numpy_leaf(params_dir, ("vision_tower",) + tuple(path), metadata)
+    return config, params

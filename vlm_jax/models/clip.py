@@ -12,6 +12,8 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vlm_jax.models.attention import attention
 from vlm_jax.models.config import VisionConfig
@@ -162,3 +164,35 @@ def init_variables(config: VisionConfig, rng: jax.Array) -> dict:
     """Boxed (`nn.LogicallyPartitioned`) variables `{"params": ...}` of a CLIPVisionTower."""
     pixels = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
     return CLIPVisionTower(config).init(rng, pixels)
+
+
+def image_feature_fn(config: VisionConfig, params: dict, batch_size: int, *, mesh=None):
+    """`features(pixels float32 [n, S, S, 3]) -> float32 [n, D]`: the tower's `image_embeds` when it has a
+    projection, else `pooled` (post-layernorm CLS) — OpenFlamingo's `encode_image`, used by RICES and the
+    in-sample similarity. Inputs go through one jitted forward of `batch_size` rows (the last chunk padded),
+    so it compiles once; with a `mesh`, `batch_size` is rounded up to a multiple of its size and the rows are
+    split over all its devices (params replicated)."""
+    model = CLIPVisionTower(config)
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.size) * mesh.size
+        params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+        rows = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+    else:
+        params, rows = jax.device_put(params), None
+
+    @jax.jit
+    def forward(params, pixels):
+        out = model.apply({"params": params}, pixels)
+        return (out.image_embeds if config.has_projection else out.pooled).astype(jnp.float32)
+
+    def features(pixels: np.ndarray) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(pixels), batch_size):
+            chunk = np.asarray(pixels[start:start + batch_size], np.float32)
+            padded = np.zeros((batch_size,) + chunk.shape[1:], np.float32)
+            padded[:len(chunk)] = chunk
+            chunks.append(np.asarray(forward(params, padded if rows is None else jax.device_put(padded, rows)))[:len(chunk)])
+        dim = config.projection_dim if config.has_projection else config.hidden_size
+        return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+
+    return features

@@ -612,13 +612,10 @@ def _lanes(x):
   return jnp.broadcast_to(x[..., None], (*x.shape, _TPU_LANES))
 
 
-def _tpu_forward(q, k, v, qseg, kvseg, kv_lo, kv_hi, st: _Static):
-  """q ``[b, h, s, d]``, k/v ``[b, kvh, s, d]`` -> out ``[b, h, s, d]``, lse2 ``[b, h, s]``."""
-  b, h, s, d = q.shape
-  group = h // k.shape[1]
-  bq, bk = st.config.block_q, st.config.block_k
-  qseg, kvseg = _tpu_seg_inputs(qseg, kvseg)
-  seg = qseg is not None
+def _tpu_q_major_specs(group: int, bq: int, bk: int, d: int, seg: bool):
+  """BlockSpecs of the q-major TPU grid ``(batch, head, q block, kv block)`` shared by the forward and
+  dq passes: (q / out spec, per-row [lse, delta] spec, in_specs for q, k, v, q segments, kv segments).
+  kv blocks outside a q block's visible range are clamped so no DMA fetches a fully masked block."""
 
   def kv_map(bi, hi, qi, j, lo_ref, hi_ref):
     return (bi, lax.div(hi, group), _clamp(j, lo_ref, hi_ref, bi, qi), 0)
@@ -628,12 +625,23 @@ def _tpu_forward(q, k, v, qseg, kvseg, kv_lo, kv_hi, st: _Static):
 
   q_spec = pl.BlockSpec((None, None, bq, d), lambda bi, hi, qi, j, *_: (bi, hi, qi, 0))
   row_spec = pl.BlockSpec((None, None, bq, _TPU_LANES), lambda bi, hi, qi, j, *_: (bi, hi, qi, 0))
+  in_specs = [q_spec, pl.BlockSpec((None, None, bk, d), kv_map), pl.BlockSpec((None, None, bk, d), kv_map),
+              pl.BlockSpec((None, bq, _TPU_LANES), lambda bi, hi, qi, j, *_: (bi, qi, 0)) if seg else None,
+              pl.BlockSpec((None, _TPU_SUBLANES, bk), kvseg_map) if seg else None]
+  return q_spec, row_spec, in_specs
+
+
+def _tpu_forward(q, k, v, qseg, kvseg, kv_lo, kv_hi, st: _Static):
+  """q ``[b, h, s, d]``, k/v ``[b, kvh, s, d]`` -> out ``[b, h, s, d]``, lse2 ``[b, h, s]``."""
+  b, h, s, d = q.shape
+  group = h // k.shape[1]
+  bq, bk = st.config.block_q, st.config.block_k
+  qseg, kvseg = _tpu_seg_inputs(qseg, kvseg)
+  seg = qseg is not None
+
+  q_spec, row_spec, in_specs = _tpu_q_major_specs(group, bq, bk, d, seg)
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2, grid=(b, h, s // bq, s // bk),
-      in_specs=[q_spec, pl.BlockSpec((None, None, bk, d), kv_map),
-                pl.BlockSpec((None, None, bk, d), kv_map),
-                pl.BlockSpec((None, bq, _TPU_LANES), lambda bi, hi, qi, j, *_: (bi, qi, 0)) if seg else None,
-                pl.BlockSpec((None, _TPU_SUBLANES, bk), kvseg_map) if seg else None],
+      num_scalar_prefetch=2, grid=(b, h, s // bq, s // bk), in_specs=in_specs,
       out_specs=[q_spec, row_spec],
       scratch_shapes=[pltpu.VMEM((bq, _TPU_LANES), jnp.float32),
                       pltpu.VMEM((bq, _TPU_LANES), jnp.float32),
@@ -661,21 +669,10 @@ def _tpu_backward(q, k, v, qseg, kvseg, do, lse2, delta, ranges_dq, ranges_dkv, 
 
   bq, bk = cfg.block_q_dq, cfg.block_k_dq
 
-  def kv_map(bi, hi, qi, j, lo_ref, hi_ref):
-    return (bi, lax.div(hi, group), _clamp(j, lo_ref, hi_ref, bi, qi), 0)
-
-  def kvseg_map(bi, hi, qi, j, lo_ref, hi_ref):
-    return (bi, 0, _clamp(j, lo_ref, hi_ref, bi, qi))
-
-  q_spec = pl.BlockSpec((None, None, bq, d), lambda bi, hi, qi, j, *_: (bi, hi, qi, 0))
-  row_spec = pl.BlockSpec((None, None, bq, _TPU_LANES), lambda bi, hi, qi, j, *_: (bi, hi, qi, 0))
+  q_spec, row_spec, in_specs = _tpu_q_major_specs(group, bq, bk, d, seg)
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=2, grid=(b, h, s // bq, s // bk),
-      in_specs=[q_spec, pl.BlockSpec((None, None, bk, d), kv_map),
-                pl.BlockSpec((None, None, bk, d), kv_map),
-                pl.BlockSpec((None, bq, _TPU_LANES), lambda bi, hi, qi, j, *_: (bi, qi, 0)) if seg else None,
-                pl.BlockSpec((None, _TPU_SUBLANES, bk), kvseg_map) if seg else None,
-                q_spec, row_spec, row_spec],
+      in_specs=in_specs + [q_spec, row_spec, row_spec],
       out_specs=q_spec, scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)])
   dq = pl.pallas_call(
       functools.partial(_tpu_dq_kernel, st=st), grid_spec=grid_spec,

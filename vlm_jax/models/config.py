@@ -20,9 +20,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 FEATURE_STRATEGIES = ("default", "full")
 
-RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "attention_block_q", "attention_block_k",
-                  "remat_policy")
-
 
 def _check_choice(cls_name: str, field: str, value: Any, choices: tuple) -> None:
     if value not in choices:
@@ -42,6 +39,21 @@ def _check_runtime(cfg: Any) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class RuntimeFields:
+    """The run-time choices both towers carry (they do not change the weights); see the module docstring."""
+
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: str = "xla"
+    attention_block_q: int | None = None
+    attention_block_k: int | None = None
+    remat_policy: str = "none"
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeFields))
+
+
+@dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """Llama-3 RoPE frequency scaling (HF `rope_parameters` with `rope_type="llama3"`)."""
 
@@ -56,7 +68,7 @@ class RopeScaling:
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(RuntimeFields):
     """CLIP ViT vision tower. Defaults = HF `CLIPVisionConfig()` (ViT-B/32 at 224 px)."""
 
     hidden_size: int = 768
@@ -71,12 +83,6 @@ class VisionConfig:
     projection_dim: int = 512
     has_projection: bool = False  # adds `visual_projection` (CLIPVisionModelWithProjection)
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    attention_impl: str = "xla"
-    attention_block_q: int | None = None
-    attention_block_k: int | None = None
-    remat_policy: str = "none"
 
     def __post_init__(self):
         _check_choice("VisionConfig", "hidden_act", self.hidden_act, ("quick_gelu",))
@@ -123,7 +129,7 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(RuntimeFields):
     """Llama decoder. Defaults = HF `LlamaConfig()` (Llama-7B shape).
 
     `num_key_value_heads` and `head_dim` default to `num_attention_heads` and
@@ -147,12 +153,6 @@ class TextConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    attention_impl: str = "xla"
-    attention_block_q: int | None = None
-    attention_block_k: int | None = None
-    remat_policy: str = "none"
 
     def __post_init__(self):
         if self.num_key_value_heads is None:

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.models.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
-from vlm_jax.models.param_count import param_count  # noqa: E402
+from vlm_jax.models.init import param_count  # noqa: E402
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh  # noqa: E402
 from vlm_jax.training.optimizer import make_optimizer, make_schedule  # noqa: E402
 from vlm_jax.training.state import abstract_train_state, init_train_state  # noqa: E402

@@ -1,5 +1,7 @@
 """Llama decoder (HF `LlamaForCausalLM`): embeddings → L × (RMSNorm → GQA attention with RoPE →
 residual; RMSNorm → SiLU-gated MLP → residual) → RMSNorm → LM head (float32 logits).
+With `TextConfig.sliding_window` set it is HF's `MistralForCausalLM` (the only difference: each query sees
+the last `sliding_window` slots, itself included).
 
 The KV cache is a dict `k, v: [layers, batch, max_len, kv_heads, head_dim]`,
 `segment_ids: [batch, max_len]` (0 = empty slot); a call writes its chunk at `cache_index` and
@@ -82,7 +84,7 @@ class LlamaAttention(nn.Module):
         if layer_cache is None:
             out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, causal=True,
                             implementation=c.attention_impl, block_q=c.attention_block_q,
-                            block_k=c.attention_block_k)
+                            block_k=c.attention_block_k, sliding_window=c.sliding_window)
             new_cache = None
         else:
             # The whole stacked cache rides in the scan carry and is updated in place at [layer, :, cache_index]
@@ -95,7 +97,7 @@ class LlamaAttention(nn.Module):
             out = attention(q, layer_k.astype(dtype), layer_v.astype(dtype), q_segment_ids=segment_ids,
                             kv_segment_ids=kv_segment_ids, causal=True, q_offset=cache_index,
                             implementation=c.attention_impl, block_q=c.attention_block_q,
-                            block_k=c.attention_block_k)
+                            block_k=c.attention_block_k, sliding_window=c.sliding_window)
             new_cache = (cache_k, cache_v, layer + 1)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)

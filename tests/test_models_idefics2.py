@@ -9,7 +9,7 @@ import torch
 import hf_tiny
 from vlm_jax.models import hf_weights, idefics2, llama, siglip
 from vlm_jax.models import config as config_lib
-from vlm_jax.models.param_count import param_count
+from vlm_jax.models.init import param_count
 
 ATOL = 1e-4
 FAKE = hf_tiny.IDEFICS2_FAKE_TOKEN

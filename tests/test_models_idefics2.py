@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import hf_tiny
-from vlm_jax.models import hf_weights, idefics2, llama, siglip
+from vlm_jax.models import hf_idefics2, idefics2, llama, siglip
 from vlm_jax.models import config as config_lib
 from vlm_jax.models.init import param_count
 
@@ -51,7 +51,7 @@ def batch(cfg):
 def load():
     hf = hf_tiny.hf_idefics2()
     cfg = hf_tiny.idefics2_config()
-    return hf, cfg, hf_weights.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "idefics2")
+    return hf, cfg, hf_idefics2.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf))
 
 
 def test_bucketed_position_ids_match_hf_embeddings_rule():

@@ -14,9 +14,7 @@ Layouts (key sets):
 - "clip-vision":  `CLIPVisionModel.state_dict()` in transformers 5 (no `vision_model.` prefix).
 - "clip-vision-with-projection": `CLIPVisionModelWithProjection.state_dict()` (`vision_model.…`,
                   `visual_projection.weight`); also the vision half of an openai `CLIPModel` checkpoint.
-- "llama":        `LlamaForCausalLM.state_dict()` (`model.…`, `lm_head.weight`); also `MistralForCausalLM`.
-- "idefics2":     `Idefics2ForConditionalGeneration.state_dict()` (`model.vision_model.…`, `model.connector.…`,
-                  `model.text_model.…`, `lm_head.weight`), the same names in transformers 4.40+ and 5.
+- "llama":        `LlamaForCausalLM.state_dict()` (`model.…`, `lm_head.weight`).
 Params are the plain tree under `variables["params"]` (apply with `{"params": params}`).
 """
 from __future__ import annotations
@@ -27,7 +25,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from vlm_jax.models.config import Idefics2Config, LlavaConfig, SiglipVisionConfig, TextConfig, VisionConfig
+from vlm_jax.models.config import LlavaConfig, TextConfig, VisionConfig
 
 # Buffers some checkpoints carry that are not weights.
 _BUFFER_KEYS = re.compile(r"(\.position_ids|rotary_emb\.inv_freq)$")
@@ -81,85 +79,6 @@ def _patch(path, key, p, c, d):
                          lambda k: k.reshape(p, p, c, d).transpose(3, 2, 0, 1))
 
 
-def _vit_layer_mappings(v, lay: tuple, per_layer) -> list[TensorMapping]:
-    """The stacked pre-LN ViT layers shared by CLIP and SigLIP (LN, biased q/k/v/out, fc1/fc2)."""
-    d, h, hd, m = v.hidden_size, v.num_attention_heads, v.head_dim, v.intermediate_size
-    out = []
-    for norm in ("layer_norm1", "layer_norm2"):
-        out += [_same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)),
-                _same(lay + (norm, "bias"), per_layer(f"{norm}.bias"), True, (d,))]
-    for proj in ("q_proj", "k_proj", "v_proj"):
-        out += [_heads_in(lay + ("self_attn", proj, "kernel"), per_layer(f"self_attn.{proj}.weight"), True, d, h, hd),
-                _heads_bias(lay + ("self_attn", proj, "bias"), per_layer(f"self_attn.{proj}.bias"), True, h, hd)]
-    return out + [
-        _heads_out(lay + ("self_attn", "out_proj", "kernel"), per_layer("self_attn.out_proj.weight"), True, h, hd, d),
-        _same(lay + ("self_attn", "out_proj", "bias"), per_layer("self_attn.out_proj.bias"), True, (d,)),
-        _linear(lay + ("mlp", "fc1", "kernel"), per_layer("mlp.fc1.weight"), True, d, m),
-        _same(lay + ("mlp", "fc1", "bias"), per_layer("mlp.fc1.bias"), True, (m,)),
-        _linear(lay + ("mlp", "fc2", "kernel"), per_layer("mlp.fc2.weight"), True, m, d),
-        _same(lay + ("mlp", "fc2", "bias"), per_layer("mlp.fc2.bias"), True, (d,)),
-    ]
-
-
-def _siglip_mappings(v: SiglipVisionConfig, ours: tuple, hf: str) -> list[TensorMapping]:
-    """Idefics2's SigLIP tower (`Idefics2VisionTransformer`, under `hf`)."""
-    d = v.hidden_size
-
-    def per_layer(name):
-        return tuple(f"{hf}encoder.layers.{i}.{name}" for i in range(v.num_hidden_layers))
-
-    out = [
-        _patch(ours + ("patch_embedding", "kernel"), f"{hf}embeddings.patch_embedding.weight", v.patch_size,
-               v.num_channels, d),
-        _same(ours + ("patch_embedding", "bias"), (f"{hf}embeddings.patch_embedding.bias",), False, (d,)),
-        _same(ours + ("position_embedding",), (f"{hf}embeddings.position_embedding.weight",), False,
-              (v.num_positions, d)),
-        _same(ours + ("post_layernorm", "scale"), (f"{hf}post_layernorm.weight",), False, (d,)),
-        _same(ours + ("post_layernorm", "bias"), (f"{hf}post_layernorm.bias",), False, (d,)),
-    ]
-    return out + _vit_layer_mappings(v, ours + ("layers",), per_layer)
-
-
-def _swiglu_mappings(ours: tuple, hf: str, stacked: bool, d_in: int, d_mid: int, d_out: int, n: int = 0,
-                     suffix: str = ""):
-    """gate/up/down projections of a SwiGLU MLP at `hf.` (or, stacked, `hf.{i}.suffix` for i < n)."""
-    if stacked:
-        keys = lambda name: tuple(f"{hf}.{i}.{suffix}{name}" for i in range(n))  # noqa: E731
-    else:
-        keys = lambda name: (f"{hf}.{name}",)  # noqa: E731
-    return [_linear(ours + ("gate_proj", "kernel"), keys("gate_proj.weight"), stacked, d_in, d_mid),
-            _linear(ours + ("up_proj", "kernel"), keys("up_proj.weight"), stacked, d_in, d_mid),
-            _linear(ours + ("down_proj", "kernel"), keys("down_proj.weight"), stacked, d_mid, d_out)]
-
-
-def _connector_mappings(c: Idefics2Config, ours: tuple, hf: str) -> list[TensorMapping]:
-    """Modality projection (SwiGLU) + perceiver resampler (`Idefics2Connector`, under `hf`)."""
-    p, t = c.perceiver_config, c.text_config
-    d, n, hd = t.hidden_size, p.resampler_depth, p.resampler_head_dim
-    res, lay = f"{hf}perceiver_resampler.", ours + ("perceiver_resampler", "layers")
-
-    def per_layer(name):
-        return tuple(f"{res}layers.{i}.{name}" for i in range(n))
-
-    out = _swiglu_mappings(ours + ("modality_projection",), f"{hf}modality_projection", False,
-                           c.vision_config.hidden_size, t.intermediate_size, d)
-    out += [_same(ours + ("perceiver_resampler", "latents"), (f"{res}latents",), False, (p.resampler_n_latents, d)),
-            _same(ours + ("perceiver_resampler", "norm", "scale"), (f"{res}norm.weight",), False, (d,))]
-    for norm in ("input_latents_norm", "input_context_norm", "post_attention_layernorm"):
-        out.append(_same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)))
-    out += [
-        _heads_in(lay + ("self_attn", "q_proj", "kernel"), per_layer("self_attn.q_proj.weight"), True,
-                  d, p.resampler_n_heads, hd),
-        _heads_in(lay + ("self_attn", "k_proj", "kernel"), per_layer("self_attn.k_proj.weight"), True,
-                  d, p.num_key_value_heads, hd),
-        _heads_in(lay + ("self_attn", "v_proj", "kernel"), per_layer("self_attn.v_proj.weight"), True,
-                  d, p.num_key_value_heads, hd),
-        _heads_out(lay + ("self_attn", "o_proj", "kernel"), per_layer("self_attn.o_proj.weight"), True,
-                   p.resampler_n_heads, hd, d),
-    ]
-    return out + _swiglu_mappings(lay + ("mlp",), f"{res}layers", True, d, 4 * d, d, n=n, suffix="mlp.")
-
-
 def _clip_mappings(v: VisionConfig, ours: tuple, hf: str, projection_key: str | None) -> list[TensorMapping]:
     d, h, hd, m, n = v.hidden_size, v.num_attention_heads, v.head_dim, v.intermediate_size, v.num_hidden_layers
 
@@ -176,7 +95,21 @@ def _clip_mappings(v: VisionConfig, ours: tuple, hf: str, projection_key: str | 
     for norm in ("pre_layrnorm", "post_layernorm"):
         out += [_same(ours + (norm, "scale"), (f"{hf}{norm}.weight",), False, (d,)),
                 _same(ours + (norm, "bias"), (f"{hf}{norm}.bias",), False, (d,))]
-    out += _vit_layer_mappings(v, ours + ("layers",), per_layer)
+    lay = ours + ("layers",)
+    for norm in ("layer_norm1", "layer_norm2"):
+        out += [_same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)),
+                _same(lay + (norm, "bias"), per_layer(f"{norm}.bias"), True, (d,))]
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        out += [_heads_in(lay + ("self_attn", proj, "kernel"), per_layer(f"self_attn.{proj}.weight"), True, d, h, hd),
+                _heads_bias(lay + ("self_attn", proj, "bias"), per_layer(f"self_attn.{proj}.bias"), True, h, hd)]
+    out += [
+        _heads_out(lay + ("self_attn", "out_proj", "kernel"), per_layer("self_attn.out_proj.weight"), True, h, hd, d),
+        _same(lay + ("self_attn", "out_proj", "bias"), per_layer("self_attn.out_proj.bias"), True, (d,)),
+        _linear(lay + ("mlp", "fc1", "kernel"), per_layer("mlp.fc1.weight"), True, d, m),
+        _same(lay + ("mlp", "fc1", "bias"), per_layer("mlp.fc1.bias"), True, (m,)),
+        _linear(lay + ("mlp", "fc2", "kernel"), per_layer("mlp.fc2.weight"), True, m, d),
+        _same(lay + ("mlp", "fc2", "bias"), per_layer("mlp.fc2.bias"), True, (d,)),
+    ]
     if v.has_projection:
         if projection_key is None:
             raise ValueError("hf_weights: this layout has no visual_projection but VisionConfig.has_projection=True")
@@ -228,7 +161,7 @@ def _projector_mappings(c: LlavaConfig, hf: str) -> list[TensorMapping]:
 
 LAYOUTS = {
     "llava-hf": LlavaConfig, "llava-hf-hub": LlavaConfig, "clip-vision": VisionConfig,
-    "clip-vision-with-projection": VisionConfig, "llama": TextConfig, "idefics2": Idefics2Config,
+    "clip-vision-with-projection": VisionConfig, "llama": TextConfig,
 }
 
 
@@ -249,10 +182,6 @@ def tensor_mappings(config, layout: str = "llava-hf") -> list[TensorMapping]:
                 + _projector_mappings(config, "multi_modal_projector.")
                 + _llama_mappings(config.text_config, ("language_model",), "language_model.model.",
                                   "language_model.lm_head.weight"))
-    if layout == "idefics2":
-        return (_siglip_mappings(config.vision_config, ("vision_model",), "model.vision_model.")
-                + _connector_mappings(config, ("connector",), "model.connector.")
-                + _llama_mappings(config.text_config, ("text_model",), "model.text_model.", "lm_head.weight"))
     if layout == "clip-vision":
         return _clip_mappings(config, (), "", None)
     if layout == "clip-vision-with-projection":
@@ -262,11 +191,11 @@ def tensor_mappings(config, layout: str = "llava-hf") -> list[TensorMapping]:
 
 def _tied_head_key(config, layout: str) -> str | None:
     """HF key of a tied LM head (present in `state_dict()` but the same tensor as the embedding)."""
-    text = config.text_config if isinstance(config, (LlavaConfig, Idefics2Config)) else config
+    text = config.text_config if isinstance(config, LlavaConfig) else config
     if not isinstance(text, TextConfig) or not text.tie_word_embeddings:
         return None
     return {"llava-hf": "lm_head.weight", "llava-hf-hub": "language_model.lm_head.weight",
-            "llama": "lm_head.weight", "idefics2": "lm_head.weight"}[layout]
+            "llama": "lm_head.weight"}[layout]
 
 
 def params_from_hf_state_dict(config, state_dict: Mapping[str, np.ndarray], layout: str = "llava-hf",
@@ -320,7 +249,6 @@ def hf_state_dict_from_params(config, params: Mapping, layout: str = "llava-hf")
             out[key] = np.ascontiguousarray(m.to_hf(arr[i] if m.stacked else arr))
     tied = _tied_head_key(config, layout)
     if tied is not None:
-        prefix = {"llava-hf": "model.language_model.", "llava-hf-hub": "language_model.model.", "llama": "model.",
-                  "idefics2": "model.text_model."}
+        prefix = {"llava-hf": "model.language_model.", "llava-hf-hub": "language_model.model.", "llama": "model."}
         out[tied] = out[prefix[layout] + "embed_tokens.weight"]
     return out

@@ -1,13 +1,15 @@
-"""Offline conversion: interleaved JSON/JSONL corpora + image folders -> ArrayRecord shards.
+"""Offline conversion: interleaved JSON/JSONL corpora + image folders -> a TFDS ArrayRecord dataset.
 
     python -m data_prep.convert --format {textbook,obelics,mmc4} --input JSON_OR_JSONL_OR_DIR \
-        --images ROOT --out DIR --shard-size N [--text-field texts|text_ocr_list] [--workers K]
+        --images ROOT --out DIR [--shard-size N] [--text-field texts|text_ocr_list] [--workers K]
 
 Streams the input (jsonl line by line, .json arrays element by element), reads and fully decodes
 every referenced image in a process pool (to reject corrupt files now, not at training time), and
-writes one msgpack record per document (`vlm_jax.data.records`) with the original image bytes
-inside, `--shard-size` documents per shard. Image paths are confined to `--images`. Skips are
+writes one record per document in the corpus format of `vlm_jax.data.records` (a TFDS dataset:
+`tfds.builder_from_directory(DIR).as_data_source(split="train")` opens it) with the original image
+bytes inside, `--shard-size` documents per shard. Image paths are confined to `--images`. Skips are
 counted by reason, logged one per line to `DIR/skipped.jsonl`, and summarised in `DIR/manifest.json`.
+Output is atomic: shards go to `DIR/.partial/` and are published with the metadata at the end.
 """
 
 from __future__ import annotations
@@ -24,15 +26,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from data_prep.formats import FORMATS, MalformedDocument, parse_keyframe_name, to_interleaved
 from data_prep.json_stream import Malformed, iter_documents
-from vlm_jax.data.records import encode_document
+from vlm_jax.data import records
 
 SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "undecodable_image", "escaping_path")
-WRITER_OPTIONS = "group_size:1,uncompressed"  # group_size 1: cheap random access; images are already compressed.
+DEFAULT_SHARD_SIZE = 500  # documents per shard: ~250 MB for textbook documents (10 keyframes of ~50 KB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +116,8 @@ def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
         image_meta.append({"path": ref, **info, **(parse_keyframe_name(ref) or {})})
     if not any(image is not None for image in images):
         return Result(None, 0, skips + [("no_images", location, "no readable image left")])
-    record = encode_document(
-        {"id": doc.doc_id, "texts": texts, "images": images, "image_meta": image_meta, "metadata": doc.metadata}
-    )
+    record = records.encode_document(
+        {"id": doc.doc_id, "texts": texts, "images": images, "image_meta": image_meta, "metadata": doc.metadata})
     return Result(record, sum(image is not None for image in images), skips)
 
 
@@ -152,94 +152,110 @@ def _results(settings: ConvertSettings, documents: Iterable, workers: int, chunk
             yield from pending.popleft().get()
 
 
-class _ShardWriter:
-    """Writes records to `<out>/<prefix>-NNNNN.array_record`, `shard_size` records per shard."""
-
-    def __init__(self, out_dir: str, prefix: str, shard_size: int):
-        self._out, self._prefix, self._size = out_dir, prefix, shard_size
-        self._writer, self._count = None, 0
-        self.shards: list[dict[str, Any]] = []
-
-    def write(self, record: bytes) -> None:
-        if self._writer is None:
-            name = f"{self._prefix}-{len(self.shards):05d}.array_record"
-            self._writer = ArrayRecordWriter(os.path.join(self._out, name), WRITER_OPTIONS)
-            self.shards.append({"path": name, "num_records": 0})
-        self._writer.write(record)
-        self.shards[-1]["num_records"] += 1
-        if self.shards[-1]["num_records"] == self._size:
-            self.close()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
 def convert(
     input_path: str,
     images_root: str,
     out_dir: str,
     fmt: str,
-    shard_size: int,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     text_field: str = "texts",
     workers: int = 0,
     strip_prefix: str | None = None,
-    prefix: str = "data",
+    prefix: str = "corpus",
     progress_every_s: float = 10.0,
     log: TextIO | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Runs the conversion; returns (and writes to `out_dir/manifest.json`) the manifest dict.
 
-    Progress lines and the final summary go to `log` (default: sys.stderr).
+    `prefix` names the dataset (and its shard files). Progress lines and the final summary go to
+    `log` (default: sys.stderr). Raises `NothingWritten` (after writing `manifest.json` and
+    `skipped.jsonl`, but no dataset) when every document was skipped.
     """
     log = log or sys.stderr
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if shard_size < 1:
-        raise ValueError("shard_size must be >= 1")
+        raise ValueError(f"--shard-size {shard_size} must be >= 1")
+    records.check_name(prefix)
     if not os.path.isdir(images_root):
         raise FileNotFoundError(f"--images {images_root!r} is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
+    if not os.path.exists(input_path):
+        raise FileNotFoundError(f"--input {input_path!r} does not exist")
     workers = workers or (os.cpu_count() or 1)
     settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field, strip_prefix)
+    writer = records.CorpusWriter(out_dir, shard_size, name=prefix, overwrite=overwrite)
     skipped: collections.Counter = collections.Counter()
     documents_read = documents_written = images_written = 0
     start = last_report = time.monotonic()
-    writer = _ShardWriter(out_dir, prefix, shard_size)
-    with open(os.path.join(out_dir, "skipped.jsonl"), "w") as skip_log:
-        for result in _results(settings, iter_documents(input_path), workers, chunk_size=16):
-            documents_read += 1
-            for reason, location, detail in result.skips:
-                skipped[reason] += 1
-                skip_log.write(json.dumps({"reason": reason, "location": location, "detail": detail}) + "\n")
-            if result.record is not None:
-                writer.write(result.record)
-                documents_written += 1
-                images_written += result.images
-            now = time.monotonic()
-            if now - last_report >= progress_every_s:
-                last_report = now
-                print(f"[convert] {documents_read} documents read, {documents_written} written, "
-                      f"{images_written} images, {documents_read / (now - start):.1f} docs/s", file=log, flush=True)
-    writer.close()
-    manifest = {
-        "format": fmt,
-        "text_field": text_field,
-        "input": os.path.abspath(input_path),
-        "images_root": settings.images_root,
-        "record_format": "msgpack v1 (vlm_jax.data.records)",
-        "shards": writer.shards,
-        "documents_read": documents_read,
-        "documents_written": documents_written,
-        "images_written": images_written,
-        "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
-        "elapsed_s": round(time.monotonic() - start, 3),
-    }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
+    skip_path = os.path.join(writer.partial, "skipped.jsonl")
+    try:
+        with open(skip_path, "w") as skip_log:
+            for result in _results(settings, iter_documents(input_path), workers, chunk_size=16):
+                documents_read += 1
+                for reason, location, detail in result.skips:
+                    skipped[reason] += 1
+                    skip_log.write(json.dumps({"reason": reason, "location": location, "detail": detail}) + "\n")
+                if result.record is not None:
+                    writer.write_record(result.record)
+                    documents_written += 1
+                    images_written += result.images
+                now = time.monotonic()
+                if now - last_report >= progress_every_s:
+                    last_report = now
+                    print(f"[convert] {documents_read} documents read, {documents_written} written, "
+                          f"{images_written} images, {documents_read / (now - start):.1f} docs/s", file=log, flush=True)
+        manifest = {
+            "format": fmt,
+            "text_field": text_field,
+            "input": os.path.abspath(input_path),
+            "images_root": settings.images_root,
+            "record_format": f"TFDS ArrayRecord dataset v{records.FORMAT_VERSION} (vlm_jax.data.records)",
+            "name": prefix,
+            "shards": [],
+            "documents_read": documents_read,
+            "documents_written": documents_written,
+            "images_written": images_written,
+            "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
+        }
+        manifest_path = os.path.join(writer.partial, "manifest.json")
+        extra = {"skipped.jsonl": skip_path, "manifest.json": manifest_path}
+        if documents_written == 0:
+            manifest["elapsed_s"] = round(time.monotonic() - start, 3)
+            _write_json(manifest_path, manifest)
+            for name, path in extra.items():
+                os.replace(path, os.path.join(writer.out_dir, name))
+            writer.abort()
+            print(_summary(manifest, out_dir), file=log, flush=True)
+            raise NothingWritten(_nothing_reason(manifest, out_dir))
+        manifest["shards"] = [{"path": records.shard_file_name(prefix, i, len(writer.shard_lengths)), "num_records": n}
+                              for i, n in enumerate(writer.shard_lengths)]
+        manifest["elapsed_s"] = round(time.monotonic() - start, 3)
+        _write_json(manifest_path, manifest)
+        writer.publish(extra, description=f"{fmt} corpus converted from {os.path.basename(input_path)} "
+                                          f"by python -m data_prep.convert")
+    except BaseException:
+        writer.abort()
+        raise
     print(_summary(manifest, out_dir), file=log, flush=True)
     return manifest
+
+
+class NothingWritten(ValueError):
+    """Every document was skipped: there is no corpus to publish."""
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def _nothing_reason(manifest: dict[str, Any], out_dir: str) -> str:
+    if manifest["documents_read"] == 0:
+        return "no document written: the input holds no document"
+    reasons = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items() if v)
+    return (f"no document written: all {manifest['documents_read']} documents were skipped ({reasons}); "
+            f"see {os.path.join(out_dir, 'skipped.jsonl')}")
 
 
 def _summary(manifest: dict[str, Any], out_dir: str) -> str:
@@ -257,22 +273,56 @@ def _summary(manifest: dict[str, Any], out_dir: str) -> str:
     ])
 
 
+def _usage_checks(args: argparse.Namespace) -> str | None:
+    """The usage error of the command line, if any (checked before anything is read or written)."""
+    if args.shard_size < 1:
+        return f"--shard-size {args.shard_size}: must be >= 1"
+    if args.workers < 0:
+        return f"--workers {args.workers}: must be >= 0"
+    try:
+        records.check_name(args.prefix)
+    except ValueError as err:
+        return f"--prefix: {err}"
+    if not os.path.isdir(args.images):
+        return f"--images {args.images}: not a directory"
+    if not os.path.exists(args.input):
+        return f"--input {args.input}: does not exist"
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
+        return f"--out {args.out}: exists and is not a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """CLI: exit 0 done, 2 usage error, 1 bad input or nothing written (one line on stderr)."""
     parser = argparse.ArgumentParser(prog="python -m data_prep.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help=".json (array), .jsonl, or a directory of them")
     parser.add_argument("--images", required=True, help="root folder; image paths must resolve inside it")
-    parser.add_argument("--out", required=True, help="output directory for shards and manifest.json")
-    parser.add_argument("--shard-size", type=int, required=True, help="documents per shard")
+    parser.add_argument("--out", required=True, help="output folder (empty, or a previous conversion with --overwrite)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                        help=f"documents per shard (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--text-field", default="texts", choices=("texts", "text_ocr_list"),
                         help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR)")
     parser.add_argument("--workers", type=int, default=0, help="image-reading processes (default: all cores)")
     parser.add_argument("--strip-prefix", default=None, help="prefix removed from image paths before resolving")
-    parser.add_argument("--prefix", default="data", help="shard file name prefix")
+    parser.add_argument("--prefix", default="corpus", help="dataset name, also the shard file name prefix")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous conversion in --out")
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    convert(args.input, args.images, args.out, args.format, args.shard_size, args.text_field, args.workers,
-            args.strip_prefix, args.prefix, args.progress_every)
+    problem = _usage_checks(args)
+    if problem:
+        parser.print_usage(sys.stderr)
+        print(f"python -m data_prep.convert: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        convert(args.input, args.images, args.out, args.format, args.shard_size, args.text_field, args.workers,
+                args.strip_prefix, args.prefix, args.progress_every, overwrite=args.overwrite)
+    except (OSError, ValueError) as err:  # CorpusError, NothingWritten, unreadable input: bad input.
+        if args.debug:
+            raise
+        print(f"python -m data_prep.convert: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

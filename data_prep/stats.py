@@ -245,7 +245,7 @@ def make_featurizer(clip_ckpt: str | None, batch_size: int, seed: int = 0) -> Cl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.stats", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, nargs="+", help="shards (file/glob/dir/manifest.json) or seed JSON/JSONL")
+    parser.add_argument("--data", required=True, nargs="+", help="converted corpus folders or seed JSON/JSONL")
     parser.add_argument("--out", required=True, help="report JSON path")
     parser.add_argument("--clip-ckpt", default=None, help="vlm_jax params checkpoint (python -m vlm_jax.convert)")
     parser.add_argument("--tokenizer", default=None,

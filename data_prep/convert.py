@@ -210,7 +210,7 @@ def convert(
             "text_field": text_field,
             "input": os.path.abspath(input_path),
             "images_root": settings.images_root,
-            "record_format": f"TFDS ArrayRecord dataset v{records.FORMAT_VERSION} (vlm_jax.data.records)",
+            "record_format": records.RECORD_FORMAT,
             "name": prefix,
             "shards": [],
             "documents_read": documents_read,
@@ -228,8 +228,7 @@ def convert(
             writer.abort()
             print(_summary(manifest, out_dir), file=log, flush=True)
             raise NothingWritten(_nothing_reason(manifest, out_dir))
-        manifest["shards"] = [{"path": records.shard_file_name(prefix, i, len(writer.shard_lengths)), "num_records": n}
-                              for i, n in enumerate(writer.shard_lengths)]
+        manifest["shards"] = writer.shards()
         manifest["elapsed_s"] = round(time.monotonic() - start, 3)
         _write_json(manifest_path, manifest)
         writer.publish(extra, description=f"{fmt} corpus converted from {os.path.basename(input_path)} "

@@ -8,7 +8,8 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from vlm_jax.models import config as config_lib
-from vlm_jax.models.param_count import main, param_count
+from vlm_jax.models.init import param_count
+from vlm_jax.models.param_count import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

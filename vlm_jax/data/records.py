@@ -39,6 +39,7 @@ import numpy as np
 
 SPLIT = "train"
 FORMAT_VERSION = "2.0.0"  # 1 was the msgpack record codec, no longer read.
+RECORD_FORMAT = f"TFDS ArrayRecord dataset v{FORMAT_VERSION} (vlm_jax.data.records)"  # as named in manifest.json
 PARTIAL_DIR = ".partial"
 WRITER_OPTIONS = "group_size:1,uncompressed"  # group_size 1: cheap random access; images are already compressed.
 METADATA_FILES = ("dataset_info.json", "features.json", "manifest.json", "skipped.jsonl")
@@ -209,6 +210,12 @@ class CorpusWriter:
         if self.shard_lengths[-1] == self.shard_size:
             self._close_shard()
 
+    def shards(self) -> list[dict[str, Any]]:
+        """`{"path", "num_records"}` per shard, with the file names `publish()` will give them."""
+        total = len(self.shard_lengths)
+        return [{"path": shard_file_name(self.name, i, total), "num_records": n}
+                for i, n in enumerate(self.shard_lengths)]
+
     def _close_shard(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -225,8 +232,7 @@ class CorpusWriter:
         self._close_shard()
         if not self.shard_lengths:
             raise CorpusError(f"{self.out_dir}: no document to write")
-        total = len(self.shard_lengths)
-        names = [shard_file_name(self.name, i, total) for i in range(total)]
+        names = [shard["path"] for shard in self.shards()]
         _remove_previous_corpus(self.out_dir)
         for i, name in enumerate(names):
             os.replace(os.path.join(self.partial, f"shard-{i:05d}"), os.path.join(self.out_dir, name))

@@ -6,28 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import math
-from functools import partial
 
-import flax.linen as nn
-import jax
-
-from vlm_jax.models import clip, config as config_lib, llama, llava
-
-
-def abstract_params(cfg) -> dict:
-    """Boxed `{"params": ...}` of ShapeDtypeStructs for a LlavaConfig, VisionConfig or TextConfig."""
-    init = {config_lib.LlavaConfig: llava.init_variables, config_lib.VisionConfig: clip.init_variables,
-            config_lib.TextConfig: llama.init_variables}.get(type(cfg))
-    if init is None:
-        raise ValueError(f"param_count: no model for {type(cfg).__name__}")
-    return jax.eval_shape(partial(init, cfg), jax.random.key(0))
-
-
-def param_count(cfg) -> int:
-    """Number of scalar parameters of the model `cfg` describes."""
-    leaves = jax.tree_util.tree_leaves(nn.unbox(abstract_params(cfg)))
-    return sum(math.prod(leaf.shape) for leaf in leaves)
+from vlm_jax.models import config as config_lib
+from vlm_jax.models.init import param_count
 
 
 def main(argv=None) -> None:

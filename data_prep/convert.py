@@ -21,6 +21,7 @@ import io
 import json
 import multiprocessing
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -32,7 +33,11 @@ from data_prep.formats import FORMATS, MalformedDocument, parse_keyframe_name, t
 from data_prep.json_stream import Malformed, iter_documents
 from vlm_jax.data import records
 
-SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "undecodable_image", "escaping_path")
+SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "not_regular_file", "undecodable_image",
+                "image_too_large", "extreme_aspect_ratio", "escaping_path")
+MAX_IMAGE_PIXELS = 50_000_000  # width x height; ~150 MB decoded RGB (Pillow warns at 89M, refuses at 179M)
+MAX_ASPECT_RATIO = 50.0  # long side / short side; a 1 x 60000 strip would become a 60000^2 square when padded
+MAX_IMAGE_BYTES = 256 << 20  # the encoded file
 DEFAULT_SHARD_SIZE = 500  # documents per shard: ~250 MB for textbook documents (10 keyframes of ~50 KB)
 
 
@@ -44,6 +49,8 @@ class ConvertSettings:
     images_root: str
     text_field: str = "texts"
     strip_prefix: str | None = None
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
 
 
 @dataclasses.dataclass
@@ -65,6 +72,8 @@ def resolve_image_path(root: str, ref: str, strip_prefix: str | None = None) -> 
     `strip_prefix`, if given and `ref` starts with it, is removed first (for corpora that store
     absolute paths of the machine they were built on).
     """
+    if "\x00" in ref:
+        raise RefusedPath(f"{ref!r} contains a NUL character")
     if strip_prefix and ref.startswith(strip_prefix):
         ref = ref[len(strip_prefix) :].lstrip("/")
     if os.path.isabs(ref):
@@ -75,17 +84,51 @@ def resolve_image_path(root: str, ref: str, strip_prefix: str | None = None) -> 
     return path
 
 
-def _read_image(path: str) -> tuple[bytes, dict[str, Any]]:
-    """Reads and fully decodes an image file; returns its bytes and size/format info."""
-    with open(path, "rb") as f:
+class SkippedImage(ValueError):
+    """An image refused by a rule; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _read_image(path: str, max_pixels: int, max_aspect: float) -> tuple[bytes, dict[str, Any]]:
+    """Reads a regular image file within the limits and fully decodes it; returns bytes and size/format.
+
+    The file is opened non-blocking and checked to be a regular file before reading (a named pipe
+    would block forever); the size limits are checked on the header, before any pixel is decoded.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SkippedImage("not_regular_file", "not a regular file (named pipe, device or socket)")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise SkippedImage("image_too_large", f"file of {info.st_size} bytes > {MAX_IMAGE_BYTES}")
         data = f.read()
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:  # Pillow's own limit, above ours: header says > 179 M pixels
+        raise SkippedImage("image_too_large", str(err)) from err
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise SkippedImage("image_too_large", f"{width}x{height} = {width * height} pixels > {max_pixels}")
+        if min(width, height) < 1 or max(width, height) / min(width, height) > max_aspect:
+            raise SkippedImage("extreme_aspect_ratio", f"{width}x{height}: aspect ratio above {max_aspect:g}")
         img.load()
-        return data, {"width": img.width, "height": img.height, "format": img.format}
+        return data, {"width": width, "height": height, "format": img.format}
 
 
 def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
     """Source document -> Result. Bad images are dropped with their position; never raises on data."""
+    try:
+        return _convert_one(settings, location, raw)
+    except Exception as err:  # noqa: BLE001 - a record nothing above foresaw is one malformed record, not a crash.
+        return Result(None, 0, [("malformed_record", location, f"{type(err).__name__}: {err}")])
+
+
+def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
     if isinstance(raw, Malformed):
         return Result(None, 0, [("malformed_record", location, raw.message)])
     try:
@@ -101,9 +144,13 @@ def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
             continue
         where = f"{location} image {ref!r}"
         try:
-            data, info = _read_image(resolve_image_path(settings.images_root, ref, settings.strip_prefix))
+            path = resolve_image_path(settings.images_root, ref, settings.strip_prefix)
+            data, info = _read_image(path, settings.max_image_pixels, settings.max_aspect_ratio)
         except RefusedPath as err:
             skips.append(("escaping_path", where, str(err)))
+            continue
+        except SkippedImage as err:
+            skips.append((err.reason, where, str(err)))
             continue
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
             skips.append(("missing_file", where, err.strerror or str(err)))
@@ -165,6 +212,8 @@ def convert(
     progress_every_s: float = 10.0,
     log: TextIO | None = None,
     overwrite: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
 ) -> dict[str, Any]:
     """Runs the conversion; returns (and writes to `out_dir/manifest.json`) the manifest dict.
 
@@ -183,7 +232,8 @@ def convert(
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input {input_path!r} does not exist")
     workers = workers or (os.cpu_count() or 1)
-    settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field, strip_prefix)
+    settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field, strip_prefix, max_image_pixels,
+                               max_aspect_ratio)
     writer = records.CorpusWriter(out_dir, shard_size, name=prefix, overwrite=overwrite)
     skipped: collections.Counter = collections.Counter()
     documents_read = documents_written = images_written = 0
@@ -208,6 +258,7 @@ def convert(
         manifest = {
             "format": fmt,
             "text_field": text_field,
+            "image_limits": {"max_pixels": max_image_pixels, "max_aspect_ratio": max_aspect_ratio},
             "input": os.path.abspath(input_path),
             "images_root": settings.images_root,
             "record_format": records.RECORD_FORMAT,
@@ -226,7 +277,6 @@ def convert(
             for name, path in extra.items():
                 os.replace(path, os.path.join(writer.out_dir, name))
             writer.abort()
-            print(_summary(manifest, out_dir), file=log, flush=True)
             raise NothingWritten(_nothing_reason(manifest, out_dir))
         manifest["shards"] = writer.shards()
         manifest["elapsed_s"] = round(time.monotonic() - start, 3)
@@ -257,16 +307,20 @@ def _nothing_reason(manifest: dict[str, Any], out_dir: str) -> str:
             f"see {os.path.join(out_dir, 'skipped.jsonl')}")
 
 
+_IMAGE_REASON_NAMES = {"missing_file": "missing file", "not_regular_file": "not a regular file",
+                       "undecodable_image": "undecodable", "image_too_large": "too large",
+                       "extreme_aspect_ratio": "extreme aspect ratio", "escaping_path": "outside --images"}
+
+
 def _summary(manifest: dict[str, Any], out_dir: str) -> str:
     skipped = manifest["skipped"]
     doc_skips = skipped["malformed_record"] + skipped["no_images"]
-    image_skips = skipped["missing_file"] + skipped["undecodable_image"] + skipped["escaping_path"]
+    image_skips = sum(skipped[reason] for reason in _IMAGE_REASON_NAMES)
+    image_detail = ", ".join(f"{name}: {skipped[reason]}" for reason, name in _IMAGE_REASON_NAMES.items())
     return "\n".join([
         f"[convert] documents: {manifest['documents_written']} written, {doc_skips} skipped "
         f"(malformed record: {skipped['malformed_record']}, no image left: {skipped['no_images']})",
-        f"[convert] images: {manifest['images_written']} written, {image_skips} skipped "
-        f"(missing file: {skipped['missing_file']}, undecodable: {skipped['undecodable_image']}, "
-        f"outside --images: {skipped['escaping_path']})",
+        f"[convert] images: {manifest['images_written']} written, {image_skips} skipped ({image_detail})",
         f"[convert] {len(manifest['shards'])} shards in {out_dir}; every skip with its line/index in "
         f"{os.path.join(out_dir, 'skipped.jsonl')}",
     ])
@@ -286,6 +340,12 @@ def _usage_checks(args: argparse.Namespace) -> str | None:
         return f"--images {args.images}: not a directory"
     if not os.path.exists(args.input):
         return f"--input {args.input}: does not exist"
+    if not (os.path.isdir(args.input) or os.path.isfile(args.input)):
+        return f"--input {args.input}: not a regular file or a folder"
+    if not os.path.isdir(args.input) and not args.input.endswith((".json", ".jsonl")):
+        return f"--input {args.input}: expected a .json or .jsonl file or a folder of them"
+    if args.max_image_pixels < 1 or not args.max_aspect_ratio >= 1:
+        return "--max-image-pixels must be >= 1 and --max-aspect-ratio >= 1"
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
         return f"--out {args.out}: exists and is not a directory"
     return None
@@ -306,17 +366,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strip-prefix", default=None, help="prefix removed from image paths before resolving")
     parser.add_argument("--prefix", default="corpus", help="dataset name, also the shard file name prefix")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous conversion in --out")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help=f"larger images are skipped and counted (default {MAX_IMAGE_PIXELS})")
+    parser.add_argument("--max-aspect-ratio", type=float, default=MAX_ASPECT_RATIO,
+                        help=f"images with long/short side above this are skipped and counted (default {MAX_ASPECT_RATIO:g})")
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     problem = _usage_checks(args)
     if problem:
-        parser.print_usage(sys.stderr)
         print(f"python -m data_prep.convert: error: {problem}", file=sys.stderr)
         return 2
     try:
         convert(args.input, args.images, args.out, args.format, args.shard_size, args.text_field, args.workers,
-                args.strip_prefix, args.prefix, args.progress_every, overwrite=args.overwrite)
+                args.strip_prefix, args.prefix, args.progress_every, overwrite=args.overwrite,
+                max_image_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio)
     except (OSError, ValueError) as err:  # CorpusError, NothingWritten, unreadable input: bad input.
         if args.debug:
             raise

@@ -67,7 +67,8 @@ def test_textbook_json_array_with_ocr_text(tmp_path, images_root):
     manifest = convert_mod.convert(str(src), str(images_root), str(out), "textbook", shard_size=1,
                                    text_field="text_ocr_list", workers=1)
     assert manifest["documents_read"] == 5 and manifest["documents_written"] == 2 and manifest["images_written"] == 3
-    assert manifest["skipped"] == {"malformed_record": 1, "no_images": 2, "missing_file": 1, "undecodable_image": 1,
+    assert manifest["skipped"] == {"malformed_record": 1, "no_images": 2, "missing_file": 1, "not_regular_file": 0,
+                                   "undecodable_image": 1, "image_too_large": 0, "extreme_aspect_ratio": 0,
                                    "escaping_path": 3}
     assert [s["num_records"] for s in manifest["shards"]] == [1, 1]
     _, docs = _records(out)

@@ -31,6 +31,7 @@ from PIL import Image
 
 from data_prep.formats import FORMATS, MalformedDocument, parse_keyframe_name, to_interleaved
 from data_prep.json_stream import Malformed, iter_documents
+from vlm_jax import cli
 from vlm_jax.data import records
 
 SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "not_regular_file", "undecodable_image",
@@ -290,7 +291,7 @@ def convert(
     return manifest
 
 
-class NothingWritten(ValueError):
+class NothingWritten(cli.InputError):
     """Every document was skipped: there is no corpus to publish."""
 
 
@@ -326,34 +327,38 @@ def _summary(manifest: dict[str, Any], out_dir: str) -> str:
     ])
 
 
-def _usage_checks(args: argparse.Namespace) -> str | None:
-    """The usage error of the command line, if any (checked before anything is read or written)."""
+def _check_args(args: argparse.Namespace) -> None:
+    """Checks the command line before anything is read or written: UsageError for a bad flag value,
+    InputError for a path that is missing or of the wrong kind."""
     if args.shard_size < 1:
-        return f"--shard-size {args.shard_size}: must be >= 1"
+        raise cli.UsageError(f"--shard-size {args.shard_size}: must be >= 1")
     if args.workers < 0:
-        return f"--workers {args.workers}: must be >= 0"
+        raise cli.UsageError(f"--workers {args.workers}: must be >= 0 (0: all cores)")
+    if args.max_image_pixels < 1 or not args.max_aspect_ratio >= 1:
+        raise cli.UsageError(f"--max-image-pixels {args.max_image_pixels} / --max-aspect-ratio "
+                             f"{args.max_aspect_ratio}: must be >= 1")
     try:
         records.check_name(args.prefix)
     except ValueError as err:
-        return f"--prefix: {err}"
-    if not os.path.isdir(args.images):
-        return f"--images {args.images}: not a directory"
+        raise cli.UsageError(f"--prefix: {err}") from err
+    cli.require_dir(args.images, "--images", "give the folder the corpus' image paths are relative to")
     if not os.path.exists(args.input):
-        return f"--input {args.input}: does not exist"
+        raise cli.InputError(f"--input {args.input}: no such file or folder")
     if not (os.path.isdir(args.input) or os.path.isfile(args.input)):
-        return f"--input {args.input}: not a regular file or a folder"
+        raise cli.InputError(f"--input {args.input}: not a regular file or a folder (named pipes are not read)")
     if not os.path.isdir(args.input) and not args.input.endswith((".json", ".jsonl")):
-        return f"--input {args.input}: expected a .json or .jsonl file or a folder of them"
-    if args.max_image_pixels < 1 or not args.max_aspect_ratio >= 1:
-        return "--max-image-pixels must be >= 1 and --max-aspect-ratio >= 1"
+        raise cli.InputError(f"--input {args.input}: expected a .json or .jsonl file or a folder of them")
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
-        return f"--out {args.out}: exists and is not a directory"
-    return None
+        raise cli.InputError(f"--out {args.out}: exists and is not a folder; choose a new or empty folder")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: exit 0 done, 2 usage error, 1 bad input or nothing written (one line on stderr)."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.convert", description=__doc__.split("\n\n")[0])
+    """The CLI; returns the exit status (0; 1 bad input or nothing written; 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog="python -m data_prep.convert")
+
+
+def _main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(prog="python -m data_prep.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help=".json (array), .jsonl, or a directory of them")
     parser.add_argument("--images", required=True, help="root folder; image paths must resolve inside it")
@@ -371,21 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-aspect-ratio", type=float, default=MAX_ASPECT_RATIO,
                         help=f"images with long/short side above this are skipped and counted (default {MAX_ASPECT_RATIO:g})")
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    problem = _usage_checks(args)
-    if problem:
-        print(f"python -m data_prep.convert: error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        convert(args.input, args.images, args.out, args.format, args.shard_size, args.text_field, args.workers,
-                args.strip_prefix, args.prefix, args.progress_every, overwrite=args.overwrite,
-                max_image_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio)
-    except (OSError, ValueError) as err:  # CorpusError, NothingWritten, unreadable input: bad input.
-        if args.debug:
-            raise
-        print(f"python -m data_prep.convert: error: {err}", file=sys.stderr)
-        return 1
+    _check_args(args)
+    convert(args.input, args.images, args.out, args.format, args.shard_size, args.text_field, args.workers,
+            args.strip_prefix, args.prefix, args.progress_every, overwrite=args.overwrite,
+            max_image_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio)
     return 0
 
 

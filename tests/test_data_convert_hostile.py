@@ -71,7 +71,7 @@ def _error_line(capsys):
     return lines[0]
 
 
-# --- command-line and setup errors: exit 2, one line, nothing written anywhere ------------------------------
+# --- command-line errors: exit 2; missing or wrong-kind paths: exit 1; one line, nothing written anywhere ----
 
 USAGE_CASES = {
     "prefix escapes --out": (["--prefix", "../evil"], "--prefix"),
@@ -100,16 +100,19 @@ def test_setup_errors(env, capsys):
     (tmp_path / "a_file").write_text("x")
     os.mkfifo(tmp_path / "pipe.jsonl")
     cases = [
-        (dict(input_path=src, out=tmp_path / "a_file"), "exists and is not a directory"),
-        (dict(input_path=tmp_path / "missing.jsonl"), "does not exist"),
+        (dict(input_path=src, out=tmp_path / "a_file"), "exists and is not a folder"),
+        (dict(input_path=tmp_path / "missing.jsonl"), "no such file or folder"),
         (dict(input_path=tmp_path / "pipe.jsonl"), "not a regular file"),
         (dict(input_path=tmp_path / "a_file"), "expected a .json or .jsonl"),
     ]
     for kwargs, message in cases:
-        assert _run(tmp_path, images, kwargs["input_path"], out=kwargs.get("out")) == 2, message
+        assert _run(tmp_path, images, kwargs["input_path"], out=kwargs.get("out")) == 1, message
         assert message in _error_line(capsys)
-    assert _run(tmp_path, tmp_path / "no_images", src) == 2
-    assert "--images" in _error_line(capsys)
+    assert _run(tmp_path, tmp_path / "no_images", src) == 1
+    line = _error_line(capsys)
+    assert "--images" in line and "no such folder" in line
+    assert _run(tmp_path, images, src, "--format", "nope") == 2
+    assert "invalid choice" in _error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from vlm_jax import cli
+
 SPLIT = "train"
 FORMAT_VERSION = "2.0.0"  # 1 was the msgpack record codec, no longer read.
 RECORD_FORMAT = f"TFDS ArrayRecord dataset v{FORMAT_VERSION} (vlm_jax.data.records)"  # as named in manifest.json
@@ -50,7 +52,7 @@ _IMAGE_DEFAULTS = {"path": "", "width": 0, "height": 0, "format": "", "video_id"
 _KEYFRAME_FIELDS = ("video_id", "clip_start", "clip_end", "frame_index")
 
 
-class CorpusError(ValueError):
+class CorpusError(cli.InputError):
     """A folder that is not a readable converted corpus; the message names the folder and the fix."""
 
 

@@ -55,7 +55,7 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
                          f"{jax.process_count()} processes")
     shards = [s for s in d.shards.split(",") if s]
     if not shards:
-        raise ValueError("config.data.shards is empty: give ArrayRecord shards (or set demo_corpus.build)")
+        raise ValueError("config.data.shards is empty: give converted corpus folders (or set demo_corpus.build)")
     return {
         "shards": tuple(shards),
         "batch_size": config.global_batch_size // jax.process_count(),

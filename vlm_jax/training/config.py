@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Data (vlm_jax.data.LoaderConfig; image size, image tokens and image token id come from the model).
     c.data = ml_collections.ConfigDict({
-        "shards": "",  # ArrayRecord paths / globs / directories / convert manifests, comma-separated
+        "shards": "",  # converted corpus folders (python -m data_prep.convert --out), comma-separated
         "tokenizer": "byte",  # "byte" or a local Hugging Face tokenizer directory
         "seq_len": 512,  # packed row length (model_max_length)
         "max_images": 12,  # images kept per document

@@ -35,7 +35,7 @@ def get_config():
     c.optim.weight_decay = 0.0
     c.optim.max_grad_norm = 1.0
     c.data.tokenizer = required("the llava-v1.5-7b tokenizer folder (the converted folder holds it)")
-    c.data.shards = required("the textbook corpus's ArrayRecord shards folder, from python -m data_prep.convert")
+    c.data.shards = required("the converted textbook corpus folder, the --out of python -m data_prep.convert")
     c.data.seq_len = 32768
     c.data.max_images = 12
     c.data.max_images_per_row = 12

@@ -97,11 +97,27 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
     prompt_lengths = jnp.sum(real, axis=1).astype(jnp.int32)
     cache = init_cache(model.config.text_config, batch, prompt_len + max_new_tokens)
-    variables = {"params": params}
-    logits, cache = model.apply(variables, input_ids, pixel_values, image_mask, positions, segment_ids,
+    logits, cache = model.apply({"params": params}, input_ids, pixel_values, image_mask, positions, segment_ids,
                                 cache=cache, cache_index=0, last_logits_only=True)
     rng, step_rng = jax.random.split(rng)
     first = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
+    tokens = decode_loop(model, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
+                         eos_token_id, pad_token_id, row_offset, max_new_tokens=max_new_tokens)
+    is_eos = tokens == eos_token_id
+    num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
+    return tokens, num_tokens.astype(jnp.int32)
+
+
+def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
+                eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int):
+    """One-token KV-cache decode steps in a `lax.while_loop` (traceable; `_generate` runs it after prefill).
+
+    cache: `init_cache` layout, its first `prompt_len` slots filled; first int32 `[b]`: the token sampled from
+    the prefill; prompt_lengths int32 `[b]`: real prompt tokens per row (the next position). Stops after
+    `max_new_tokens` tokens or when every row has emitted EOS → tokens int32 `[b, max_new_tokens]` (first
+    included; `pad_token_id` after a row's EOS)."""
+    batch = first.shape[0]
+    variables = {"params": params}
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id
 
@@ -122,9 +138,7 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
         return step + 1, cache, tokens, done | (new == eos_token_id), rng
 
     _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, tokens, done, rng))
-    is_eos = tokens == eos_token_id
-    num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
-    return tokens, num_tokens.astype(jnp.int32)
+    return tokens
 
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "mesh"))

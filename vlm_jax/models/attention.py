@@ -157,6 +157,32 @@ def _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids):
         q, k, v, q_segment_ids, kv_segment_ids)
 
 
+def decode_attention(q, k_cache, v_cache, q_segment_ids, kv_segment_ids, q_offset, scale: float | None = None):
+    """One query row per sequence over a KV cache in cache layout (the decode steps of generation).
+
+    q `[batch, 1, heads, head_dim]`; k_cache / v_cache `[batch, kv_heads, max_len, head_dim]` (the
+    `vlm_jax.models.llama` cache layout, read as it is: no transpose of the cache); segment ids int
+    `[batch, 1]` / `[batch, max_len]`; `q_offset` (may be traced) the query's slot. Same contract as
+    `attention(..., causal=True)`: key j is visible iff its segment equals the query's and j <= q_offset;
+    fp32 scores and softmax; a query that sees no key returns zeros. Returns `[batch, 1, heads, head_dim]`.
+    """
+    b, q_len, heads, head_dim = q.shape
+    kv_heads, max_len = k_cache.shape[1], k_cache.shape[2]
+    if q_len != 1:
+        raise ValueError(f"decode_attention: expected one query per row, got q_len={q_len}")
+    if heads % kv_heads:
+        raise ValueError(f"decode_attention: {heads} query heads is not a multiple of {kv_heads} kv heads")
+    scale = head_dim ** -0.5 if scale is None else scale
+    qg = q.reshape(b, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bkgd,bksd->bkgs", qg, k_cache, preferred_element_type=jnp.float32) * scale
+    visible = (kv_segment_ids == q_segment_ids) & (jnp.arange(max_len)[None, :] <= q_offset)  # [b, max_len]
+    visible = visible[:, None, None, :]
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    probs = jnp.where(visible, jax.nn.softmax(scores, axis=-1), 0.0)
+    out = jnp.einsum("bkgs,bksd->bkgd", probs.astype(v_cache.dtype), v_cache)
+    return out.reshape(b, 1, heads, head_dim)
+
+
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool = True, q_offset=0,
               scale: float | None = None, implementation: str = "xla", block_q: int | None = None,
               block_k: int | None = None):

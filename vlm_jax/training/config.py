@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Data (vlm_jax.data.LoaderConfig; image size, image tokens and image token id come from the model).
     c.data = ml_collections.ConfigDict({
-        "shards": "",  # ArrayRecord paths / globs / directories / convert manifests, comma-separated
+        "shards": "",  # converted corpus folders (python -m data_prep.convert --out), comma-separated
         "tokenizer": "byte",  # "byte" or a local Hugging Face tokenizer directory
         "seq_len": 512,  # packed row length (model_max_length)
         "max_images": 12,  # images kept per document
@@ -279,7 +279,7 @@ def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
             config.optim.schedule == "cosine" or config.optim.warmup_steps == -1 and config.optim.warmup_ratio > 0):
         problems.append("num_train_steps=-1 needs schedule_steps >= 1 for a cosine schedule or a warmup_ratio")
     if not config.data.shards and not config.demo_corpus.build:
-        problems.append("data.shards is empty: give ArrayRecord shards (python -m data_prep.convert) "
+        problems.append("data.shards is empty: give converted corpus folders (python -m data_prep.convert) "
                         "or set demo_corpus.build=True")
     if config.data.max_images > config.data.max_images_per_row:
         problems.append(f"data.max_images={config.data.max_images} must be <= data.max_images_per_row="
@@ -311,8 +311,8 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
 
         for shard in (s for s in config.data.shards.split(",") if s):
             if not glob.has_magic(shard) and not os.path.exists(shard):
-                raise cli.InputError(f"data.shards {shard}: no such file or folder (give ArrayRecord shards, a "
-                                     "folder of them or a convert manifest.json)")
+                raise cli.InputError(f"data.shards {shard}: no such folder (give a converted corpus folder, the "
+                                     "--out of python -m data_prep.convert)")
     if config.heldout.file and not (config.demo_corpus.build and config.demo_corpus.heldout_per_class > 0):
         cli.require_file(config.heldout.file, "heldout.file")
     if config.data.preprocessor_config:

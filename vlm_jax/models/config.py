@@ -26,6 +26,17 @@ def _check_choice(cls_name: str, field: str, value: Any, choices: tuple) -> None
         raise ValueError(f"{cls_name}.{field}={value!r}: expected one of {choices}")
 
 
+def _check_positive(cfg: Any) -> None:
+    """Every size/count field (int-typed `*_size`, `num_*`, `head_dim`) is an integer >= 1."""
+    for field in dataclasses.fields(cfg):
+        name = field.name
+        if name.endswith("_size") or name.startswith("num_") or name in ("head_dim", "max_position_embeddings",
+                                                                           "projection_dim"):
+            value = getattr(cfg, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{type(cfg).__name__}.{name}={value!r}: expected an integer >= 1")
+
+
 def _check_runtime(cfg: Any) -> None:
     name = type(cfg).__name__
     _check_choice(name, "dtype", cfg.dtype, DTYPES)
@@ -86,6 +97,7 @@ class VisionConfig(RuntimeFields):
 
     def __post_init__(self):
         _check_choice("VisionConfig", "hidden_act", self.hidden_act, ("quick_gelu",))
+        _check_positive(self)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"VisionConfig: hidden_size {self.hidden_size} is not a multiple of "
@@ -170,6 +182,7 @@ class TextConfig(RuntimeFields):
         if isinstance(self.rope_scaling, Mapping):
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         _check_choice("TextConfig", "hidden_act", self.hidden_act, ("silu",))
+        _check_positive(self)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"TextConfig: num_attention_heads {self.num_attention_heads} is not a multiple of "

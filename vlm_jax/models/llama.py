@@ -1,5 +1,7 @@
 """Llama decoder (HF `LlamaForCausalLM`): embeddings → L × (RMSNorm → GQA attention with RoPE →
 residual; RMSNorm → SiLU-gated MLP → residual) → RMSNorm → LM head (float32 logits).
+With `TextConfig.sliding_window` set it is HF's `MistralForCausalLM` (the only difference: each query sees
+the last `sliding_window` slots, itself included).
 
 The KV cache is a dict `k, v: [layers, batch, kv_heads, max_len, head_dim]`,
 `segment_ids: [batch, max_len]` (0 = empty slot); a call writes its chunk at `cache_index` and
@@ -86,7 +88,7 @@ class LlamaAttention(nn.Module):
         if layer_cache is None:
             out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, causal=True,
                             implementation=c.attention_impl, block_q=c.attention_block_q,
-                            block_k=c.attention_block_k)
+                            block_k=c.attention_block_k, sliding_window=c.sliding_window)
             new_cache = None
         else:
             # The whole stacked cache rides in the scan carry and is updated in place at [layer, :, :, cache_index]
@@ -108,12 +110,14 @@ class LlamaAttention(nn.Module):
                 layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dtype)
                 layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dtype)
             if q.shape[1] == 1 and not _is_static_zero(cache_index):
-                out = decode_attention(q, layer_k, layer_v, segment_ids, kv_segment_ids, cache_index)
+                out = decode_attention(q, layer_k, layer_v, segment_ids, kv_segment_ids, cache_index,
+                                       sliding_window=c.sliding_window)
             else:
                 out = attention(q, jnp.swapaxes(layer_k, 1, 2), jnp.swapaxes(layer_v, 1, 2),
                                 q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, causal=True,
                                 q_offset=cache_index, implementation=c.attention_impl,
-                                block_q=c.attention_block_q, block_k=c.attention_block_k)
+                                block_q=c.attention_block_q, block_k=c.attention_block_k,
+                                sliding_window=c.sliding_window)
             new_cache = (cache_k, cache_v, None if layer is None else layer + 1)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)

@@ -57,7 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vlm_jax.demo import random_params  # noqa: E402
+from vlm_jax.models.init import random_params  # noqa: E402
 from vlm_jax.generation import (GenerationOutput, _generate, _pad_axis, bucket_length, generate,  # noqa: E402
                                 left_pad, local_data_mesh, place_params)
 from vlm_jax.models.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402

@@ -12,7 +12,6 @@ counted by reason, logged one per line to `DIR/skipped.jsonl`, and summarised in
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import io
@@ -24,15 +23,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from data_prep.formats import FORMATS, MalformedDocument, parse_keyframe_name, to_interleaved
 from data_prep.json_stream import Malformed, iter_documents
-from vlm_jax.data.records import encode_document
+from vlm_jax import cli
+from vlm_jax.data.records import RECORD_FORMAT, ShardWriter, encode_document
 
 SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "undecodable_image", "escaping_path")
-WRITER_OPTIONS = "group_size:1,uncompressed"  # group_size 1: cheap random access; images are already compressed.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,30 +150,6 @@ def _results(settings: ConvertSettings, documents: Iterable, workers: int, chunk
             yield from pending.popleft().get()
 
 
-class _ShardWriter:
-    """Writes records to `<out>/<prefix>-NNNNN.array_record`, `shard_size` records per shard."""
-
-    def __init__(self, out_dir: str, prefix: str, shard_size: int):
-        self._out, self._prefix, self._size = out_dir, prefix, shard_size
-        self._writer, self._count = None, 0
-        self.shards: list[dict[str, Any]] = []
-
-    def write(self, record: bytes) -> None:
-        if self._writer is None:
-            name = f"{self._prefix}-{len(self.shards):05d}.array_record"
-            self._writer = ArrayRecordWriter(os.path.join(self._out, name), WRITER_OPTIONS)
-            self.shards.append({"path": name, "num_records": 0})
-        self._writer.write(record)
-        self.shards[-1]["num_records"] += 1
-        if self.shards[-1]["num_records"] == self._size:
-            self.close()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
 def convert(
     input_path: str,
     images_root: str,
@@ -206,7 +180,7 @@ def convert(
     skipped: collections.Counter = collections.Counter()
     documents_read = documents_written = images_written = 0
     start = last_report = time.monotonic()
-    writer = _ShardWriter(out_dir, prefix, shard_size)
+    writer = ShardWriter(out_dir, prefix, shard_size)
     with open(os.path.join(out_dir, "skipped.jsonl"), "w") as skip_log:
         for result in _results(settings, iter_documents(input_path), workers, chunk_size=16):
             documents_read += 1
@@ -228,7 +202,7 @@ def convert(
         "text_field": text_field,
         "input": os.path.abspath(input_path),
         "images_root": settings.images_root,
-        "record_format": "msgpack v1 (vlm_jax.data.records)",
+        "record_format": RECORD_FORMAT,
         "shards": writer.shards,
         "documents_read": documents_read,
         "documents_written": documents_written,
@@ -258,7 +232,12 @@ def _summary(manifest: dict[str, Any], out_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.convert", description=__doc__.split("\n\n")[0])
+    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog="python -m data_prep.convert")
+
+
+def _main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(prog="python -m data_prep.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help=".json (array), .jsonl, or a directory of them")
     parser.add_argument("--images", required=True, help="root folder; image paths must resolve inside it")

@@ -23,7 +23,7 @@ from data_testlib import image_bytes, write_shard
 from vlm_jax.convert.orbax_params import save_numpy_params
 from vlm_jax.data.image import preprocess_image
 from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, tokenize_interleaved
-from vlm_jax.demo import random_params
+from vlm_jax.models.init import random_params
 from vlm_jax.models.clip import CLIPVisionTower
 from vlm_jax.models.config import preset
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from vlm_jax.convert.orbax_params import save_numpy_params
-from vlm_jax.demo import random_params
+from vlm_jax.models.init import random_params
 from vlm_jax.evaluate.__main__ import main as evaluate_main
 from vlm_jax.convert.orbax_params import load_vision_tower
 from vlm_jax.evaluate.clip_embed import checkpoint_embedder, hf_clip_embedder

@@ -13,12 +13,16 @@ Images are stored inside the record so training reads no loose files.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import msgpack
+from array_record.python.array_record_module import ArrayRecordWriter
 
 RECORD_VERSION = 1
+RECORD_FORMAT = "msgpack v1 (vlm_jax.data.records)"  # as named in a corpus' manifest.json
+WRITER_OPTIONS = "group_size:1,uncompressed"  # group_size 1: cheap random access; images are already compressed.
 
 
 def encode_document(doc: Mapping[str, Any]) -> bytes:
@@ -61,3 +65,30 @@ def check_document(doc: Mapping[str, Any]) -> None:
             raise ValueError(f"document {doc['id']!r} texts[{i}] is {type(text).__name__}, expected str")
         if image is not None and not isinstance(image, bytes):
             raise ValueError(f"document {doc['id']!r} images[{i}] is {type(image).__name__}, expected bytes")
+
+
+class ShardWriter:
+    """Writes encoded records to `<out>/<prefix>-NNNNN.array_record`, `shard_size` records per shard;
+    `shards` lists `{"path", "num_records"}` per shard (the manifest's `shards` entry)."""
+
+    def __init__(self, out_dir: str, prefix: str, shard_size: int):
+        if shard_size < 1:
+            raise ValueError("shard_size must be >= 1")
+        self._out, self._prefix, self._size = out_dir, prefix, shard_size
+        self._writer = None
+        self.shards: list[dict[str, Any]] = []
+
+    def write(self, record: bytes) -> None:
+        if self._writer is None:
+            name = f"{self._prefix}-{len(self.shards):05d}.array_record"
+            self._writer = ArrayRecordWriter(os.path.join(self._out, name), WRITER_OPTIONS)
+            self.shards.append({"path": name, "num_records": 0})
+        self._writer.write(record)
+        self.shards[-1]["num_records"] += 1
+        if self.shards[-1]["num_records"] == self._size:
+            self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

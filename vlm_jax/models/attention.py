@@ -7,7 +7,6 @@ prefills are mapped onto it and when it falls back to "xla").
 """
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 
@@ -15,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
+
+from vlm_jax.kernels.flash_attention import flash_attention
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 
@@ -74,14 +75,6 @@ def _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset, s
     return jnp.where(jnp.any(full, axis=-1)[:, :, None, None], out, 0).astype(q.dtype)
 
 
-def _pallas_module():
-    try:
-        return importlib.import_module("vlm_jax.kernels.flash_attention")
-    except ModuleNotFoundError as e:
-        raise ValueError("attention implementation 'pallas' needs vlm_jax/kernels/flash_attention.py, "
-                         f"which could not be imported ({e}); use 'xla' or 'cudnn'") from e
-
-
 def _is_static_offset(q_offset) -> bool:
     return isinstance(q_offset, numbers.Integral) and not isinstance(q_offset, bool)
 
@@ -126,7 +119,7 @@ def _pallas_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset: 
         kv_segment_ids = jnp.broadcast_to(_pad_ids(kv_segment_ids, kv_len, 0, kv_tail, _PAD_KEY_SEGMENT),
                                           (b, length))
         q, k, v = _pad_rows(q, lead, q_tail), _pad_rows(k, 0, kv_tail), _pad_rows(v, 0, kv_tail)
-    kernel = lambda q, k, v, q_seg, kv_seg: _pallas_module().flash_attention(  # noqa: E731
+    kernel = lambda q, k, v, q_seg, kv_seg: flash_attention(  # noqa: E731
         q, k, v, q_seg, kv_seg, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
     out = _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids)
     return out[:, lead:lead + q_len]

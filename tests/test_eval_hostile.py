@@ -118,13 +118,14 @@ def test_bad_benchmark_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    ([], "usage"),
-    (["--config", f"{REPO}/configs/eval/okvqa.py"], "usage"),
-    (["--config", f"{REPO}/configs/eval/okvqa.py", "--predictions", "p", "--config.shotz=2"], "unknown config field"),
+    ([], "--config is required"),
+    (["--config", f"{REPO}/configs/eval/okvqa.py"], "--predictions is required"),
+    (["--config", f"{REPO}/configs/eval/okvqa.py", "--predictions", "p", "--config.shotz=2"],
+     "did you mean --config.shots?"),
     (["--config", f"{REPO}/configs/eval/okvqa.py", "--predictions", "p", "--config.protocol=paper"],
      "config.protocol='paper'"),
     (["--config", f"{REPO}/configs/eval/okvqa.py", "--predictions", "p", "--config.scorer=gpt"], "config.scorer"),
-    (["--config", f"{REPO}/configs/eval/okvqa.py", "--predictions", "p", "--bogus"], "bogus"),
+    (["--config", f"{REPO}/configs/eval/okvqa.py", "--predictions", "p", "--bogus"], "unknown flag --bogus"),
 ])
 def test_usage_errors(capsys, argv, needle):
     code, _, err = run(capsys, argv)

@@ -12,22 +12,13 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import flags
-from absl.flags import Error as FlagsError
-from ml_collections import config_flags
-
-from vlm_jax.evaluate.run_config import FIELD_HELP, ConfigError
+from vlm_jax import cli, config_file
+from vlm_jax.evaluate.run_config import FIELD_HELP
 
 PROG = "python -m vlm_jax.evaluate"
 USAGE_RUN = f"{PROG} --config configs/eval/BENCH.py --ckpt CKPT [--config.FIELD=VALUE ...]"
 USAGE_SCORE = (f"{PROG} score --config configs/eval/BENCH.py --predictions P.jsonl [--records OUT.jsonl] "
                "[--config.FIELD=VALUE ...]")
-
-
-class UsageError(ValueError):
-    """The command line is wrong (exit 2)."""
-
-
 def help_text() -> str:
     """`--help`: both forms, the files a config names, and the main config fields."""
     width = max(len(name) for name, _, _ in FIELD_HELP)
@@ -54,27 +45,26 @@ Math scoring: the original's LLM judge through an OpenAI-compatible endpoint whe
 """
 
 
-def parse(argv: list[str], form: str) -> flags.FlagValues:
-    """Parses `--config FILE [--config.x=...]` plus the form's own flags into a fresh FlagValues."""
-    values = flags.FlagValues()
-    argv = [PROG] + list(argv)
-    config_flags.DEFINE_config_file("config", None, "evaluation config file (configs/eval/BENCH.py)",
-                                    flag_values=values, sys_argv=argv)
-    if form == "run":
-        flags.DEFINE_string("ckpt", None, "vlm_jax params checkpoint folder (config.json + params/)",
-                            flag_values=values)
-    else:
-        flags.DEFINE_string("predictions", None, "predictions JSONL", flag_values=values)
-        flags.DEFINE_string("records", None, "write per-question records (JSONL) here", flag_values=values)
-    try:
-        values(argv)
-    except (AttributeError, KeyError) as e:  # ml_collections' answer to an override of an unknown field
-        raise UsageError(f"unknown config field in the overrides: {e}") from e
-    except FlagsError as e:
-        raise UsageError(str(e)) from e
+def parse(argv: list[str], form: str):
+    """Parses `--config FILE [--config.x=...]` plus the form's own flags (`--ckpt`, or `--predictions` and
+    `--records`) into a fresh absl FlagValues; one-line UsageError / InputError otherwise."""
+    from absl import flags
+
+    def define(values):
+        if form == "run":
+            flags.DEFINE_string("ckpt", None, "vlm_jax params checkpoint folder (config.json + params/)",
+                                flag_values=values)
+        else:
+            flags.DEFINE_string("predictions", None, "predictions JSONL", flag_values=values)
+            flags.DEFINE_string("records", None, "write per-question records (JSONL) here", flag_values=values)
+
+    values = config_file.parse_flags(PROG if form == "run" else f"{PROG} score", list(argv), define=define,
+                                     config_help="evaluation config file (configs/eval/BENCH.py)",
+                                     example="configs/eval/okvqa.py")
     required = ("ckpt",) if form == "run" else ("predictions",)
-    if values.config is None or any(not values[name].value for name in required):
-        raise UsageError(f"usage: {USAGE_RUN if form == 'run' else USAGE_SCORE} (see {PROG} --help)")
+    missing = [name for name in required if not values[name].value]
+    if missing:
+        raise cli.UsageError(f"--{missing[0]} is required: {USAGE_RUN if form == 'run' else USAGE_SCORE}")
     return values
 
 
@@ -106,33 +96,23 @@ def score_main(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Dispatches on the form; returns the exit status (errors: one line on stderr)."""
-    from vlm_jax.convert.safetensors_io import CheckpointError
-    from vlm_jax.evaluate.examples import BenchmarkFileError
-    from vlm_jax.evaluate.judge import JudgeError
-
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _main(argv: list[str]) -> int:
+    if not argv:
+        raise cli.UsageError(f"usage: {USAGE_RUN} | {USAGE_SCORE} (see {PROG} --help)")
+    if argv[0] in ("-h", "--help", "help") or any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        return 0
     try:
-        if not argv or argv[0] in ("-h", "--help", "help") or (argv[0] == "score" and
-                                                               any(a in ("-h", "--help") for a in argv[1:])):
-            if not argv:
-                raise UsageError(f"usage: {USAGE_RUN} | {USAGE_SCORE} (see {PROG} --help)")
-            print(help_text())
-            return 0
-        if argv[0] == "score":
-            return score_main(argv[1:])
-        if any(a in ("-h", "--help") for a in argv):
-            print(help_text())
-            return 0
-        return run_main(argv)
-    except (UsageError, ConfigError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except (BenchmarkFileError, CheckpointError, JudgeError, ValueError, OSError, RecursionError,
-            OverflowError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return score_main(argv[1:]) if argv[0] == "score" else run_main(argv)
+    except cli.UserError:
+        raise
+    except (ValueError, RecursionError, OverflowError) as e:  # bad values in the inputs the command read
+        raise cli.InputError(cli.one_line(e)) from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatches on the form; returns the exit status (0; 2 usage; 1 bad input; one `error:` line on stderr)."""
+    return cli.run(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

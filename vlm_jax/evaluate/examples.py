@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlm_jax import cli
+
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -38,7 +40,7 @@ class Example:
         return self.meta["benchmark"]
 
 
-class BenchmarkFileError(ValueError):
+class BenchmarkFileError(cli.InputError, ValueError):
     """A benchmark file is missing, unreadable, or a record lacks a field: the message names file, record and field."""
 
 

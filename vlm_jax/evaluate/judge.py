@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Mapping
 
+from vlm_jax import cli
 from vlm_jax.evaluate.examples import OPTION_LETTERS, Example
 
 _RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
@@ -58,7 +59,7 @@ EXTRACTION_INSTRUCTION = (
 JUDGE_MODES = ("judge", "extract")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(cli.InputError, RuntimeError):
     """The judge endpoint is not configured, or did not answer after the allowed retries."""
 
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from ml_collections import ConfigDict
 
+from vlm_jax import cli
 from vlm_jax.evaluate.registry import PROTOCOLS
 
 DEMO_SELECTIONS = ("rices", "random", "random_select")
@@ -76,7 +77,7 @@ def base_config(benchmark: str, eval_split: Mapping[str, Any], demo_split: Mappi
     return c
 
 
-class ConfigError(ValueError):
+class ConfigError(cli.UsageError, ValueError):
     """A config field has a value the evaluation cannot use (a usage error: the message names the field)."""
 
 

@@ -385,11 +385,14 @@ def from_config_file(path: str) -> LlavaConfig:
         raise cli.InputError(f"model config file {path}: {cli.one_line(e)}") from e
 
 
-PRESETS = ("llava-1.5-7b", "tiny")
+PRESETS = ("llava-1.5-7b", "tiny", "idefics2-8b-base")
 
 
-def preset(name: str) -> LlavaConfig:
-    """Named LLaVA configs: "llava-1.5-7b" (the llava-hf/llava-1.5-7b-hf shape) and "tiny" (CPU tests)."""
+def preset(name: str) -> "LlavaConfig | Idefics2Config":
+    """Named configs: "llava-1.5-7b" (the llava-hf/llava-1.5-7b-hf shape), "tiny" (CPU tests) and
+    "idefics2-8b-base" (HuggingFaceM4/idefics2-8b-base's config.json)."""
+    if name == "idefics2-8b-base":
+        return Idefics2Config.from_hf(IDEFICS2_8B_BASE_HF)
     if name == "llava-1.5-7b":
         return LlavaConfig(
             vision_config=_llava_default_vision(),
@@ -583,3 +586,22 @@ class Idefics2Config:
         cfg = cls(vision_config=vision, perceiver_config=PerceiverConfig.from_hf(perceiver_d), text_config=text,
                   image_token_id=d.get("image_token_id", 32001))
         return cfg.with_runtime(**runtime) if runtime else cfg
+
+
+# HuggingFaceM4/idefics2-8b-base `config.json` (the architecture fields; transformers fills the rest).
+IDEFICS2_8B_BASE_HF = {
+    "architectures": ["Idefics2ForConditionalGeneration"], "model_type": "idefics2", "image_token_id": 32001,
+    "tie_word_embeddings": False,
+    "perceiver_config": {"hidden_act": "silu", "resampler_depth": 3, "resampler_head_dim": 96, "resampler_n_heads": 16,
+                         "resampler_n_latents": 64, "num_key_value_heads": 4},
+    "text_config": {"model_type": "mistral", "max_position_embeddings": 32768, "pad_token_id": 0,
+                    "rms_norm_eps": 1e-05, "sliding_window": 4096, "vocab_size": 32003},
+    "vision_config": {"hidden_size": 1152, "image_size": 980, "intermediate_size": 4304, "num_attention_heads": 16,
+                      "num_hidden_layers": 27, "patch_size": 14},
+}
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> "LlavaConfig | Idefics2Config":
+    """The model family's config from its `to_dict()` (as stored next to params): Idefics2 when the dict has a
+    `perceiver_config`, else LLaVA."""
+    return Idefics2Config.from_dict(d) if "perceiver_config" in d else LlavaConfig.from_dict(d)

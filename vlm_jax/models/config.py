@@ -66,7 +66,8 @@ RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeFields))
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """Llama-3 RoPE frequency scaling (HF `rope_parameters` with `rope_type="llama3"`)."""
+    """RoPE frequency scaling: Llama-3's (HF `rope_type="llama3"`), or dynamic NTK (HF `rope_type="dynamic"`:
+    only `factor` is used, the base grows with the sequence past `max_position_embeddings`)."""
 
     factor: float = 8.0
     low_freq_factor: float = 1.0
@@ -75,7 +76,12 @@ class RopeScaling:
     rope_type: str = "llama3"
 
     def __post_init__(self):
-        _check_choice("RopeScaling", "rope_type", self.rope_type, ("llama3",))
+        _check_choice("RopeScaling", "rope_type", self.rope_type, ("llama3", "dynamic"))
+
+    def to_hf(self) -> dict:
+        if self.rope_type == "dynamic":
+            return {"rope_type": "dynamic", "factor": self.factor}
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +210,7 @@ class TextConfig(RuntimeFields):
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + ("rope_theta", "rope_scaling")}
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling is not None:
-            rope.update(dataclasses.asdict(self.rope_scaling))
+            rope.update(self.rope_scaling.to_hf())
         d.update(rope_parameters=rope)
         if self.sliding_window is None:
             del d["sliding_window"]
@@ -235,10 +241,13 @@ class TextConfig(RuntimeFields):
         if rope_type == "llama3":
             rope.setdefault("original_max_position_embeddings", kwargs.get("max_position_embeddings", 2048))
             scaling = RopeScaling(**rope)
+        elif rope_type == "dynamic":
+            scaling = RopeScaling(rope_type="dynamic", factor=float(rope["factor"]))
         elif rope_type == "default":
             scaling = None
         else:
-            raise ValueError(f"LlamaConfig rope_type={rope_type!r} is not supported (only 'default', 'llama3')")
+            raise ValueError(f"LlamaConfig rope_type={rope_type!r} is not supported (only 'default', 'llama3', "
+                             "'dynamic')")
         return cls(**kwargs, rope_theta=float(theta), rope_scaling=scaling, **runtime)
 
 
@@ -376,11 +385,14 @@ def from_config_file(path: str) -> LlavaConfig:
         raise cli.InputError(f"model config file {path}: {cli.one_line(e)}") from e
 
 
-PRESETS = ("llava-1.5-7b", "tiny")
+PRESETS = ("llava-1.5-7b", "tiny", "idefics2-8b-base")
 
 
-def preset(name: str) -> LlavaConfig:
-    """Named LLaVA configs: "llava-1.5-7b" (the llava-hf/llava-1.5-7b-hf shape) and "tiny" (CPU tests)."""
+def preset(name: str) -> "LlavaConfig | Idefics2Config":
+    """Named configs: "llava-1.5-7b" (the llava-hf/llava-1.5-7b-hf shape), "tiny" (CPU tests) and
+    "idefics2-8b-base" (HuggingFaceM4/idefics2-8b-base's config.json)."""
+    if name == "idefics2-8b-base":
+        return Idefics2Config.from_hf(IDEFICS2_8B_BASE_HF)
     if name == "llava-1.5-7b":
         return LlavaConfig(
             vision_config=_llava_default_vision(),
@@ -574,3 +586,22 @@ class Idefics2Config:
         cfg = cls(vision_config=vision, perceiver_config=PerceiverConfig.from_hf(perceiver_d), text_config=text,
                   image_token_id=d.get("image_token_id", 32001))
         return cfg.with_runtime(**runtime) if runtime else cfg
+
+
+# HuggingFaceM4/idefics2-8b-base `config.json` (the architecture fields; transformers fills the rest).
+IDEFICS2_8B_BASE_HF = {
+    "architectures": ["Idefics2ForConditionalGeneration"], "model_type": "idefics2", "image_token_id": 32001,
+    "tie_word_embeddings": False,
+    "perceiver_config": {"hidden_act": "silu", "resampler_depth": 3, "resampler_head_dim": 96, "resampler_n_heads": 16,
+                         "resampler_n_latents": 64, "num_key_value_heads": 4},
+    "text_config": {"model_type": "mistral", "max_position_embeddings": 32768, "pad_token_id": 0,
+                    "rms_norm_eps": 1e-05, "sliding_window": 4096, "vocab_size": 32003},
+    "vision_config": {"hidden_size": 1152, "image_size": 980, "intermediate_size": 4304, "num_attention_heads": 16,
+                      "num_hidden_layers": 27, "patch_size": 14},
+}
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> "LlavaConfig | Idefics2Config":
+    """The model family's config from its `to_dict()` (as stored next to params): Idefics2 when the dict has a
+    `perceiver_config`, else LLaVA."""
+    return Idefics2Config.from_dict(d) if "perceiver_config" in d else LlavaConfig.from_dict(d)

@@ -64,14 +64,18 @@ def read_image_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES) -
     `ImageRejected("not_regular_file")` without blocking; a file over `max_bytes` raises
     `ImageRejected("image_too_large")`; a missing file raises FileNotFoundError."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ImageRejected("not_regular_file", f"{path} is not a regular file (named pipe, device, socket "
                                                     "or folder)")
         if info.st_size > max_bytes:
             raise ImageRejected("image_too_large", f"{path}: a file of {info.st_size:,} bytes is over the limit of "
                                                    f"{max_bytes:,}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         return f.read(max_bytes + 1)
 
 

@@ -82,6 +82,20 @@ def make_prompt(segments: Sequence[Segment]) -> Prompt:
     return Prompt(tuple(out))
 
 
+def parse_rendered(text: str) -> Prompt:
+    """The segments of a rendered prompt string (`<image>` → Image with an empty path, `</s>` → EndOfTurn): for
+    prompt strings written elsewhere (records, the original's loaders)."""
+    segments: list[Segment] = []
+    for k, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if k:
+            segments.append(Image(""))
+        for j, piece in enumerate(chunk.split(END_OF_TURN)):
+            if j:
+                segments.append(EndOfTurn())
+            segments.append(Text(piece))
+    return make_prompt(segments)
+
+
 def llava_v1(turns: Sequence[Turn]) -> Prompt:
     """LLaVA-1.5 `conv_llava_v1`: system + " ", then per turn "USER: " <image> "\\n{text} " "ASSISTANT: {answer}"
     </s>, the last (query) turn ending with the open "ASSISTANT:"."""

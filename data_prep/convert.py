@@ -17,29 +17,25 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
-import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from PIL import Image
 
 from data_prep.formats import (FORMATS, MMC4_PLACEMENTS, URL_NAMES, FormatOptions, MalformedDocument,
                                parse_keyframe_name, to_interleaved)
 from data_prep.json_stream import Malformed, iter_documents
 from vlm_jax import cli
 from vlm_jax.data import records
+from vlm_jax.data.image import (MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageRejected, check_image_size, open_image_bytes,
+                                read_image_file)
 
 SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "not_regular_file", "undecodable_image",
                 "image_too_large", "extreme_aspect_ratio", "escaping_path")
-MAX_IMAGE_PIXELS = 50_000_000  # width x height; ~150 MB decoded RGB (Pillow warns at 89M, refuses at 179M)
-MAX_ASPECT_RATIO = 50.0  # long side / short side; a 1 x 60000 strip would become a 60000^2 square when padded
-MAX_IMAGE_BYTES = 256 << 20  # the encoded file
 DEFAULT_SHARD_SIZE = 500  # documents per shard: ~250 MB for textbook documents (10 keyframes of ~50 KB)
 
 
@@ -99,28 +95,17 @@ def _read_image(path: str, max_pixels: int, max_aspect: float) -> tuple[bytes, d
     """Reads a regular image file within the limits and fully decodes it; returns bytes and size/format.
 
     The file is opened non-blocking and checked to be a regular file before reading (a named pipe
-    would block forever); the size limits are checked on the header, before any pixel is decoded.
+    would block forever); the size limits are checked on the header, before any pixel is decoded
+    (`vlm_jax.data.image`, shared with the loader and generate).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SkippedImage("not_regular_file", "not a regular file (named pipe, device or socket)")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise SkippedImage("image_too_large", f"file of {info.st_size} bytes > {MAX_IMAGE_BYTES}")
-        data = f.read()
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:  # Pillow's own limit, above ours: header says > 179 M pixels
-        raise SkippedImage("image_too_large", str(err)) from err
-    with img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise SkippedImage("image_too_large", f"{width}x{height} = {width * height} pixels > {max_pixels}")
-        if min(width, height) < 1 or max(width, height) / min(width, height) > max_aspect:
-            raise SkippedImage("extreme_aspect_ratio", f"{width}x{height}: aspect ratio above {max_aspect:g}")
-        img.load()
-        return data, {"width": width, "height": height, "format": img.format}
+        data = read_image_file(path)
+        with open_image_bytes(data) as img:
+            check_image_size(*img.size, max_pixels, max_aspect)
+            img.load()
+            return data, {"width": img.size[0], "height": img.size[1], "format": img.format}
+    except ImageRejected as err:
+        raise SkippedImage(err.reason, str(err)) from err
 
 
 def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:

@@ -38,6 +38,10 @@ from vlm_jax.training.step import jit_train_step, make_train_step, token_losses
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; overrides config.workdir.")
+_COMPILE_TOPOLOGY = flags.DEFINE_string(
+    "compile_topology", None, "Do not train: compile the train step for this TPU slice (v5p-8, v5e-16, v4-8, "
+    "v6e-8, v5p:2x2x1, 2xv5e-16; see vlm_jax.topology) on this machine, print the memory per chip and exit 0 "
+    "if it fits the chip's HBM, else 1. Needs libtpu (pip install -e '.[tpu]'); runs with JAX on CPU.")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -292,6 +296,29 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
     return state, summary
 
 
+def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> int:
+    """`--compile_topology`: compiles the train step for a TPU slice (`vlm_jax.training.aot`), prints a
+    table and, as the last line, a JSON object; returns 0 if it fits the chip's HBM, else 1."""
+    from vlm_jax.topology import parse_slice
+    from vlm_jax.training import aot
+
+    if not os.environ.get("JAX_PLATFORMS"):  # nothing runs here: no accelerator backend needed
+        jax.config.update("jax_platforms", "cpu")
+    try:
+        tpu_slice = parse_slice(topology)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    architecture = None
+    if config.init_checkpoint and os.path.exists(os.path.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
+        architecture = ckpt_lib.load_config(config.init_checkpoint)
+    report = aot.compile_train_step(config, resolve_model_config(config, architecture), tpu_slice)
+    print(aot.format_table(report), flush=True)
+    if not report["fits"]:
+        print(f"does not fit: train step on {tpu_slice.name} {report['reason']}", file=sys.stderr, flush=True)
+    print(json.dumps(aot.summary_json(report)), flush=True)
+    return 0 if report["fits"] else 1
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -301,6 +328,8 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
         logging.set_verbosity(logging.WARNING)
+    if _COMPILE_TOPOLOGY.value:
+        sys.exit(compile_for_topology(config, _COMPILE_TOPOLOGY.value))
     summary = train(config, _WORKDIR.value or config.workdir)
     _log(json.dumps(summary, indent=2))
 

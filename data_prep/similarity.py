@@ -77,7 +77,7 @@ def document_similarity(features: np.ndarray, greys: Sequence[np.ndarray]) -> Do
 def random_vision_tower(config: VisionConfig, seed: int = 0) -> dict:
     """Random N(0, 0.02²) tower params (norm scales 1), drawn in numpy without compiling an init: the
     features carry no meaning (demos, tests, and the no-checkpoint case, which the report flags)."""
-    from vlm_jax.demo import random_params
+    from vlm_jax.models.init import random_params
 
     return random_params(config, seed)
 

@@ -158,7 +158,7 @@ def compile_generation(model_config: LlavaConfig, tpu_slice: Slice, *, batch_siz
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from vlm_jax.generation import _generate_data_parallel, bucket_length
-    from vlm_jax.models.llava import init_variables
+    from vlm_jax.models.init import abstract_params
 
     devices = compile_only_devices(tpu_slice)
     mesh = Mesh(np.asarray(devices), ("data",))
@@ -166,7 +166,7 @@ def compile_generation(model_config: LlavaConfig, tpu_slice: Slice, *, batch_siz
     length = bucket_length(prompt_len)
     row_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
     replicated = NamedSharding(mesh, PartitionSpec())
-    params = nn.meta.unbox(jax.eval_shape(lambda r: init_variables(model_config, r), jax.random.key(0)))["params"]
+    params = nn.meta.unbox(abstract_params(model_config))["params"]
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), params)
     size = model_config.vision_config.image_size
 

@@ -267,3 +267,19 @@ def test_batched_rows_match_one_by_one(setup):
     for p in range(2):
         assert gather_rows(local[p], slices[p], len(requests), 4, process_count=2,
                            allgather=lambda x: np.stack(packed)) == rows
+
+
+def test_eight_shots_switch_the_language_model_to_dynamic_ntk_rope(setup):
+    """As the original's loader (`llama_use_rope_scaling=args.shots >= 8`): dynamic NTK, factor 3, from 8 shots."""
+    from vlm_jax.convert.orbax_params import read_config
+    from vlm_jax.evaluate.run import model_config_for_run
+    from vlm_jax.models.config import RopeScaling
+
+    config = parse(cli_args(setup, setup / "out8", "--config.shots=8"), "run").config
+    assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling == \
+        RopeScaling(rope_type="dynamic", factor=3.0)
+    config.shots = 4  # the checkpoint's own RoPE (the tiny preset's is Llama-3 scaled)
+    own = read_config(setup / "ckpt").text_config.rope_scaling
+    assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling == own != RopeScaling(rope_type="dynamic", factor=3.0)
+    config.rope_scaling = "dynamic"
+    assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling.rope_type == "dynamic"

@@ -14,7 +14,7 @@ the string form above for prediction records.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
@@ -45,11 +45,13 @@ Segment = Text | Image | EndOfTurn
 @dataclasses.dataclass(frozen=True)
 class Turn:
     """One user turn about one image: its text (instruction included, no image placeholder) and the assistant's
-    answer (None: the query turn, left open)."""
+    answer (None: the query turn, left open). `example` lets another model family's template write the turn
+    from the example's own fields instead of `text`."""
 
     image_path: str
     text: str
     answer: str | None = None
+    example: Any = None  # the benchmark Example the turn is about, for templates that write their own text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,20 @@ def make_prompt(segments: Sequence[Segment]) -> Prompt:
                 continue
         out.append(s)
     return Prompt(tuple(out))
+
+
+def parse_rendered(text: str) -> Prompt:
+    """The segments of a rendered prompt string (`<image>` → Image with an empty path, `</s>` → EndOfTurn): for
+    prompt strings written elsewhere (records, the original's loaders)."""
+    segments: list[Segment] = []
+    for k, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if k:
+            segments.append(Image(""))
+        for j, piece in enumerate(chunk.split(END_OF_TURN)):
+            if j:
+                segments.append(EndOfTurn())
+            segments.append(Text(piece))
+    return make_prompt(segments)
 
 
 def llava_v1(turns: Sequence[Turn]) -> Prompt:

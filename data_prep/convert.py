@@ -1,6 +1,6 @@
 """Offline conversion: interleaved JSON/JSONL corpora + image folders -> a TFDS ArrayRecord dataset.
 
-    python -m data_prep.convert --format {textbook,obelics,mmc4} --input JSON_OR_JSONL_OR_DIR \
+    python -m data_prep.convert --format {textbook,obelics,mmc4,textbook_clips} --input JSON_OR_JSONL_OR_DIR \
         --images ROOT --out DIR [--shard-size N] [--text-field texts|text_ocr_list] [--workers K]
 
 Streams the input (jsonl line by line, .json arrays element by element), reads and fully decodes
@@ -17,29 +17,25 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
-import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from PIL import Image
 
 from data_prep.formats import (FORMATS, MMC4_PLACEMENTS, URL_NAMES, FormatOptions, MalformedDocument,
                                parse_keyframe_name, to_interleaved)
 from data_prep.json_stream import Malformed, iter_documents
 from vlm_jax import cli
 from vlm_jax.data import records
+from vlm_jax.data.image import (MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageRejected, check_image_size, open_image_bytes,
+                                read_image_file)
 
 SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "not_regular_file", "undecodable_image",
                 "image_too_large", "extreme_aspect_ratio", "escaping_path")
-MAX_IMAGE_PIXELS = 50_000_000  # width x height; ~150 MB decoded RGB (Pillow warns at 89M, refuses at 179M)
-MAX_ASPECT_RATIO = 50.0  # long side / short side; a 1 x 60000 strip would become a 60000^2 square when padded
-MAX_IMAGE_BYTES = 256 << 20  # the encoded file
 DEFAULT_SHARD_SIZE = 500  # documents per shard: ~250 MB for textbook documents (10 keyframes of ~50 KB)
 
 
@@ -99,28 +95,17 @@ def _read_image(path: str, max_pixels: int, max_aspect: float) -> tuple[bytes, d
     """Reads a regular image file within the limits and fully decodes it; returns bytes and size/format.
 
     The file is opened non-blocking and checked to be a regular file before reading (a named pipe
-    would block forever); the size limits are checked on the header, before any pixel is decoded.
+    would block forever); the size limits are checked on the header, before any pixel is decoded
+    (`vlm_jax.data.image`, shared with the loader and generate).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SkippedImage("not_regular_file", "not a regular file (named pipe, device or socket)")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise SkippedImage("image_too_large", f"file of {info.st_size} bytes > {MAX_IMAGE_BYTES}")
-        data = f.read()
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:  # Pillow's own limit, above ours: header says > 179 M pixels
-        raise SkippedImage("image_too_large", str(err)) from err
-    with img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise SkippedImage("image_too_large", f"{width}x{height} = {width * height} pixels > {max_pixels}")
-        if min(width, height) < 1 or max(width, height) / min(width, height) > max_aspect:
-            raise SkippedImage("extreme_aspect_ratio", f"{width}x{height}: aspect ratio above {max_aspect:g}")
-        img.load()
-        return data, {"width": width, "height": height, "format": img.format}
+        data = read_image_file(path)
+        with open_image_bytes(data) as img:
+            check_image_size(*img.size, max_pixels, max_aspect)
+            img.load()
+            return data, {"width": img.size[0], "height": img.size[1], "format": img.format}
+    except ImageRejected as err:
+        raise SkippedImage(err.reason, str(err)) from err
 
 
 def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
@@ -139,7 +124,8 @@ def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
     except MalformedDocument as err:
         return Result(None, 0, [("malformed_record", location, str(err))])
     texts, images, image_meta, skips = [], [], [], []
-    for text, ref in zip(doc.texts, doc.image_refs):
+    labels = doc.image_texts or [None] * len(doc.texts)
+    for text, ref, label in zip(doc.texts, doc.image_refs, labels):
         if ref is None:
             texts.append(text)
             images.append(None)
@@ -161,9 +147,14 @@ def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
         except Exception as err:  # noqa: BLE001 - any decoder failure means an undecodable image.
             skips.append(("undecodable_image", where, f"{type(err).__name__}: {err}"))
             continue
-        texts.append(None)
-        images.append(data)
-        image_meta.append({"path": ref, **info, **(parse_keyframe_name(ref) or {})})
+        before, after = label or ("", "")
+        for piece, data_, meta in ((before, None, None), (None, data, {"path": ref, **info,
+                                                                       **(parse_keyframe_name(ref) or {})}),
+                                   (after, None, None)):
+            if piece != "":
+                texts.append(piece)
+                images.append(data_)
+                image_meta.append(meta)
     if not any(image is not None for image in images):
         return Result(None, 0, skips + [("no_images", location, "no readable image left")], doc.images_marked_invalid)
     record = records.encode_document(
@@ -378,7 +369,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                         help=f"documents per shard (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--text-field", default="texts", choices=("texts", "text_ocr_list"),
-                        help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR)")
+                        help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR; textbook_clips: add the OCR)")
     parser.add_argument("--url-names", default="path", choices=URL_NAMES,
                         help="obelics/textbook image URLs: 'path' reads them as paths under --images (the original), "
                              "'sha256' as the file named by the URL's SHA-256")

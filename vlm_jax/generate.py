@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from vlm_jax import cli
 from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
 from vlm_jax.convert.side_files import TOKENIZER_FILES
-from vlm_jax.data.image import preprocess_image, processor_settings_from_hf
+from vlm_jax.data.image import ImageRejected, open_image_file, preprocess_image, processor_settings_from_hf
 from vlm_jax.generation import generate, left_pad
 from vlm_jax.models.config import Idefics2Config, LlavaConfig
 from vlm_jax.models.idefics2 import Idefics2
@@ -78,10 +77,14 @@ def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str)
     out = []
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with open_image_file(path) as img:
                 out.append(preprocess_image(img, aspect=aspect, **settings))
-        except OSError as e:  # missing file, unreadable or not an image
-            raise cli.InputError(f"--image {path}: cannot read the image ({e})") from e
+        except ImageRejected as e:
+            raise cli.InputError(f"--image {path}: {e}") from e
+        except FileNotFoundError as e:
+            raise cli.InputError(f"--image {path}: no such file") from e
+        except OSError as e:  # unreadable or not an image
+            raise cli.InputError(f"--image {path}: cannot read the image ({cli.one_line(e)})") from e
     return np.stack(out)
 
 

@@ -14,7 +14,7 @@ the string form above for prediction records.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
@@ -45,11 +45,13 @@ Segment = Text | Image | EndOfTurn
 @dataclasses.dataclass(frozen=True)
 class Turn:
     """One user turn about one image: its text (instruction included, no image placeholder) and the assistant's
-    answer (None: the query turn, left open)."""
+    answer (None: the query turn, left open). `example` lets another model family's template write the turn
+    from the example's own fields instead of `text`."""
 
     image_path: str
     text: str
     answer: str | None = None
+    example: Any = None  # the benchmark Example the turn is about, for templates that write their own text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,6 +119,6 @@ def turns_for(benchmark: Benchmark, query: Example, demos: Sequence[Example], pr
             text, answer = benchmark.self_turn(query, protocol)
         else:
             text, answer = benchmark.demo_turn(demo, protocol)
-        turns.append(Turn(demo.image_path, text, answer))
-    turns.append(Turn(query.image_path, benchmark.query_turn(query, protocol)))
+        turns.append(Turn(demo.image_path, text, answer, demo))
+    turns.append(Turn(query.image_path, benchmark.query_turn(query, protocol), None, query))
     return turns

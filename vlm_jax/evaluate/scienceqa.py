@@ -125,7 +125,7 @@ def scienceqa_correct(example: Example, generation: str) -> bool:
 
 def score_scienceqa(examples: Sequence[Example], predictions: Mapping[str, str], *, protocol: str = "original",
                     allow_missing: bool = False, judge=None) -> Scored:
-    """Accuracy (%), per_subject, per_context ("image", "text" = with a hint, "no context") and per_grade
+    """Accuracy (%), per_subject, per_context ("image", "text" = with a hint, "no context": neither) and per_grade
     (G1-6, G7-12). Original: `accuracy` over every question of the split, `img_accuracy` over image questions;
     standard: image questions only."""
     if protocol != "original":
@@ -146,12 +146,10 @@ def score_scienceqa(examples: Sequence[Example], predictions: Mapping[str, str],
             extracted.append(None if index is None else OPTION_LETTERS[index])
             scores.append(float(index == OPTION_LETTERS.index(e.answers[0])))
     image_scores = [s for s, i in zip(scores, has_image) if i]
-    context = ["image" if e.meta.get("has_image", True) else "text" if e.meta["has_text"] else "no context"
-               for e in examples]
-    per_context = accuracy_by(scores, context)
-    with_text = [s for s, e in zip(scores, examples) if e.meta["has_text"]]
-    if with_text:  # ScienceQA's TXT bucket: questions with a text context, image or not
-        per_context["text"] = percent(with_text)
+    buckets = {"image": image_scores,  # ScienceQA's IMG / TXT (a text context, image or not) / NO buckets
+               "text": [s for s, e in zip(scores, examples) if e.meta["has_text"]],
+               "no context": [s for s, e, i in zip(scores, examples, has_image) if not i and not e.meta["has_text"]]}
+    per_context = {k: percent(v) for k, v in buckets.items() if v}
     missing = sum(p is None for p, i in zip(preds, has_image) if i)
     result = summary("scienceqa", scores, preds, scorer=f"scienceqa_{protocol}",
                      per_subject=accuracy_by(scores, [e.meta["subject"] for e in examples]),

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_prep.corpus_reader import SourceDocument, iter_source_documents
+from data_prep.corpus_reader import SourceDocument, is_json_input, iter_source_documents
 from data_prep.formats import FORMATS
 from data_prep.similarity import (PROTOCOLS, ClipFeaturizer, decode_bgr, document_similarity, grey, original_score,
                                   original_sums, random_vision_tower)
 from vlm_jax import cli
+from vlm_jax.data import records
 from vlm_jax.convert.orbax_params import load_vision_tower
 from data_prep.stats_plots import write_histograms
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
@@ -272,6 +273,15 @@ def make_featurizer(clip_ckpt: str | None, batch_size: int, seed: int = 0) -> Cl
                                  "half of the similarity is NOT meaningful, the SSIM half is")
 
 
+def _check_data(data: Sequence[str]) -> None:
+    """InputError before anything runs for a `--data` entry that is missing or an unreadable corpus folder."""
+    for spec in data:
+        if not os.path.exists(spec):
+            raise cli.InputError(f"--data {spec}: no such file or folder")
+        if not is_json_input(spec):
+            records.open_corpus(spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
     return cli.run(_main, argv, prog="python -m data_prep.stats")
@@ -295,6 +305,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--similarity", default="original", choices=PROTOCOLS,
                         help="in-sample similarity: 'original' (the paper's table, data_prep.similarity) or 'standard'")
     args = parser.parse_args(argv)
+    _check_data(args.data)
 
     from vlm_jax.data.loader import make_tokenizer
 

@@ -66,7 +66,8 @@ def count_tokens(texts: Sequence[str | None], tokenizer: Tokenizer, num_image_to
     dropped with their placeholder, as the seed does.
     """
     pieces = seed_text_pieces(texts, max_images)
-    text_tokens = sum(len(tokenizer.encode(p)) for p in pieces if p)
+    text_tokens = sum(len(tokenizer.encode(p) if k == 0 else tokenizer.encode_continuation(p))
+                      for k, p in enumerate(pieces) if p)  # as tokenize_interleaved: no prefix space after <image>
     kept = len(pieces) - 1
     special = (tokenizer.bos_id is not None) + 1
     image_tokens = kept * num_image_tokens

@@ -328,10 +328,12 @@ def _main(argv: list[str]) -> int:
         return 0
     values = parse_flags(argv)
     config = values.config
+    source = values["config"].config_filename
+    validate_config(config, source)  # before any field is read
     logging.use_absl_handler()
     # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
     logging.set_verbosity(logging.WARNING if values.verbosity is None else values.verbosity)
-    summary = train(config, values.workdir or config.workdir, source=values["config"].config_filename)
+    summary = train(config, values.workdir or config.workdir, source=source)
     _log(json.dumps(summary, indent=2))
     return 0
 

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_prep.corpus_reader import SourceDocument, iter_source_documents
+from data_prep.corpus_reader import SourceDocument, is_json_input, iter_source_documents
 from data_prep.formats import FORMATS
 from data_prep.similarity import (PROTOCOLS, ClipFeaturizer, decode_bgr, document_similarity, grey, original_score,
                                   original_sums, random_vision_tower)
 from vlm_jax import cli
+from vlm_jax.data import records
 from vlm_jax.convert.orbax_params import load_vision_tower
 from data_prep.stats_plots import write_histograms
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
@@ -65,7 +66,8 @@ def count_tokens(texts: Sequence[str | None], tokenizer: Tokenizer, num_image_to
     dropped with their placeholder, as the seed does.
     """
     pieces = seed_text_pieces(texts, max_images)
-    text_tokens = sum(len(tokenizer.encode(p)) for p in pieces if p)
+    text_tokens = sum(len(tokenizer.encode(p) if k == 0 else tokenizer.encode_continuation(p))
+                      for k, p in enumerate(pieces) if p)  # as tokenize_interleaved: no prefix space after <image>
     kept = len(pieces) - 1
     special = (tokenizer.bos_id is not None) + 1
     image_tokens = kept * num_image_tokens
@@ -299,6 +301,8 @@ def _check_args(parser, args) -> None:
             if args.images is None:
                 parser.error(f"--data {spec} is JSON input: pass --images ROOT (the folder its image paths are in)")
             cli.require_dir(args.images, "--images", "give the folder the JSON's image paths are relative to")
+        else:
+            records.open_corpus(spec)  # an unreadable corpus folder fails here, before anything runs
     if os.path.isdir(args.out):
         raise cli.InputError(f"--out {args.out}: is a folder; give the report's file name, e.g. {args.out}/report.json")
     if args.clip_ckpt:

@@ -131,3 +131,18 @@ def test_usage_errors(capsys, argv, needle):
     code, _, err = run(capsys, argv)
     assert code == 2
     one_line_error(err, needle)
+
+
+@pytest.mark.parametrize("extra, code, needle", [
+    (["--ckpt", "/nonexistent"], 1, "/nonexistent/config.json"),
+    (["--ckpt", __file__], 1, "not a vlm_jax params checkpoint"),
+    (["--ckpt", "/tmp", "--config.shots=-1"], 2, "config.shots=-1"),
+    (["--ckpt", "/tmp", "--config.shots=abc"], 2, "--config.shots=abc"),
+    (["--ckpt", "/tmp", "--config.demo_selection=best"], 2, "config.demo_selection='best'"),
+    (["--ckpt", "/tmp", "--config.rices.encoder=siglip"], 2, "config.rices.encoder='siglip'"),
+    (["--ckpt", "/tmp", "--config.benchmark=vqav2"], 2, "config.benchmark='vqav2'"),
+    ([], 2, "--ckpt is required"),
+])
+def test_run_form_errors(capsys, extra, code, needle):
+    assert main(["--config", f"{REPO}/configs/eval/okvqa.py", *extra]) == code
+    one_line_error(capsys.readouterr().err, needle)

@@ -54,6 +54,12 @@ def parse(argv: list[str], form: str):
         if form == "run":
             flags.DEFINE_string("ckpt", None, "vlm_jax params checkpoint folder (config.json + params/)",
                                 flag_values=values)
+            flags.DEFINE_string("compile_topology", None, "compile the generation program for this TPU slice "
+                                "(v5e-16, v5p-8, ...) and exit: 0 if it fits, 1 if not", flag_values=values)
+            flags.DEFINE_integer("compile_prompt_len", 0, "prompt tokens for --compile_topology "
+                                 "(0: (shots + 1) * (num_image_tokens + 128))", flag_values=values)
+            flags.DEFINE_string("model_preset", None, "the model for --compile_topology without --ckpt "
+                                "(vlm_jax.models.config.preset name)", flag_values=values)
         else:
             flags.DEFINE_string("predictions", None, "predictions JSONL", flag_values=values)
             flags.DEFINE_string("records", None, "write per-question records (JSONL) here", flag_values=values)
@@ -62,14 +68,57 @@ def parse(argv: list[str], form: str):
                                      config_help="evaluation config file (configs/eval/BENCH.py)",
                                      example="configs/eval/okvqa.py")
     required = ("ckpt",) if form == "run" else ("predictions",)
+    if form == "run" and values.compile_topology and values.model_preset:
+        required = ()
     missing = [name for name in required if not values[name].value]
     if missing:
         raise cli.UsageError(f"--{missing[0]} is required: {USAGE_RUN if form == 'run' else USAGE_SCORE}")
     return values
 
 
+def compile_main(values) -> int:
+    """`--compile_topology SLICE`: nothing is generated; the run's generation program (`batch_size` rows,
+    `shots + 1` image slots, `max_new_tokens`, prompts of `--compile_prompt_len` tokens) is compiled for the
+    TPU slice (`vlm_jax.training.aot.compile_generation`; only the checkpoint's config.json is read, or
+    `--model_preset`). Prints a table and a JSON last line; 0 if it fits, else 1."""
+    import os
+
+    import jax
+
+    from pathlib import Path
+
+    from vlm_jax.evaluate.run import model_config_for_run
+    from vlm_jax.evaluate.run_config import max_new_tokens
+    from vlm_jax.models.config import preset
+    from vlm_jax.topology import parse_slice
+    from vlm_jax.training import aot
+
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
+    try:
+        tpu_slice = parse_slice(values.compile_topology)
+    except ValueError as e:
+        raise cli.UsageError(f"--compile_topology: {e}") from e
+    config = values.config
+    if values.ckpt:
+        model_config = model_config_for_run(config, Path(values.ckpt))
+    else:
+        model_config = preset(values.model_preset).with_runtime(dtype=config.dtype,
+                                                                 attention_impl=config.attention_impl)
+    prompt_len = values.compile_prompt_len or (config.shots + 1) * (model_config.num_image_tokens + 128)
+    report = aot.compile_generation(model_config, tpu_slice, batch_size=config.batch_size, prompt_len=prompt_len,
+                                    max_images=config.shots + 1, max_new_tokens=max_new_tokens(config))
+    print(aot.format_table(report), flush=True)
+    if not report["fits"]:
+        print(f"does not fit: generation on {tpu_slice.name} {report['reason']}", file=sys.stderr, flush=True)
+    print(json.dumps(aot.summary_json(report)), flush=True)
+    return 0 if report["fits"] else 1
+
+
 def run_main(argv: list[str]) -> int:
     values = parse(argv, "run")
+    if values.compile_topology:
+        return compile_main(values)
     from vlm_jax.evaluate.run import run_evaluation  # jax, flax and the model only for a generation run
     print(json.dumps(run_evaluation(values.config, values.ckpt), indent=1))
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import array
 import collections
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ from vlm_jax import cli
 from vlm_jax.data import records
 from vlm_jax.convert.orbax_params import load_vision_tower
 from data_prep.stats_plots import write_histograms
+from vlm_jax.data.image import check_image_size, open_image_bytes
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
 
 PAPER_GROUPS = tuple(range(4, 12))  # image counts per document in the paper's similarity table
@@ -40,7 +40,9 @@ DISTRIBUTIONS = ("images", "text_pieces", "tokens", "similarity")
 
 
 def decode_images(doc: dict[str, Any]) -> tuple[list[str | None], list[Image.Image], int]:
-    """Decodes a record's images; corrupt/empty ones are dropped with their placeholder and counted.
+    """Decodes a record's images; corrupt/empty ones, and those over `vlm_jax.data.image`'s pixel or
+    aspect-ratio limit (refused from the header, never decoded), are dropped with their placeholder and
+    counted as corrupt.
 
     Returns (texts with None at the kept image positions, decoded RGB images in order, corrupt count).
     """
@@ -50,7 +52,8 @@ def decode_images(doc: dict[str, Any]) -> tuple[list[str | None], list[Image.Ima
             texts.append(text)
             continue
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image_bytes(data) as img:
+                check_image_size(*img.size)
                 images.append(img.convert("RGB"))
         except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image: count it.
             corrupt += 1
@@ -170,10 +173,12 @@ def _similarity(protocol: str, doc: dict[str, Any], feats: np.ndarray, images: l
     if protocol == "standard":
         return {"group": len(images), **dataclasses.asdict(document_similarity(feats, [grey(img) for img in images]))}
     image_num = _image_num(doc, len(images))
-    bgr = [decode_bgr(data) for data in doc["images"] if data is not None]
     row = {"group": image_num, "image_num": image_num, "pairs": len(images) * (len(images) - 1) // 2,
            "similarity": None, "clip": None, "ssim": None, "clip_sum": None, "ssim_sum": None, "ssim_failed": None}
-    if corrupt or any(b is None for b in bgr):  # the original's clip_success = False: left out of the table
+    if corrupt:  # the original's clip_success = False: left out of the table
+        return row
+    bgr = [decode_bgr(data) for data in doc["images"] if data is not None]  # all passed the size limits above
+    if any(b is None for b in bgr):
         return row
     sums = original_sums(feats, bgr)
     row.update(clip_sum=sums.clip_sum, ssim_sum=sums.ssim_sum, ssim_failed=sums.ssim_failed)

@@ -11,6 +11,7 @@ vlm_jax's own choices (see the README section "Reproducing the paper's protocol"
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 from vlm_jax.evaluate.examples import Example
@@ -101,7 +102,6 @@ def load_split(spec: Mapping[str, Any], where: str = "split") -> list[Example]:
     name = spec.pop("loader", None)
     if name not in LOADERS:
         raise ValueError(f"{where}.loader={name!r}: expected one of {sorted(LOADERS)}")
-    import inspect
     params = inspect.signature(LOADERS[name]).parameters
     unknown = sorted(set(spec) - set(params))
     if unknown:

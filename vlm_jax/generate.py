@@ -7,6 +7,11 @@
 a newline, as LLaVA does. `--input-ids 1,2,3` drives a checkpoint without a tokenizer: each image token id
 (`config.image_token_id`) marks one image, or a run of `num_image_tokens` of them one already-expanded image.
 Greedy unless `--temperature > 0`; stops at EOS.
+
+Idefics2 checkpoints use the Idefics2 processor (`vlm_jax.data.idefics2_processor`): images at their aspect ratio
+(longest edge 560, or 980 with `--high-res`; shortest 336), each `<image>` expanded to
+`<fake_token_around_image>` + 64 image tokens + `<fake_token_around_image>`; without placeholders the images
+go first.
 """
 from __future__ import annotations
 
@@ -17,14 +22,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from vlm_jax import cli
 from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
 from vlm_jax.convert.side_files import TOKENIZER_FILES
-from vlm_jax.data.image import preprocess_image, processor_settings_from_hf
+from vlm_jax.data.image import ImageRejected, open_image_file, preprocess_image, processor_settings_from_hf
 from vlm_jax.generation import generate, left_pad
-from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.config import Idefics2Config, LlavaConfig
+from vlm_jax.models.idefics2 import Idefics2
 from vlm_jax.models.llava import Llava
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -46,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-aspect-ratio", choices=["pad", "none"], default="pad",
                         help="pad: pad to a square with the mean colour first (LLaVA-1.5)")
+    parser.add_argument("--high-res", action="store_true",
+                        help="Idefics2: longest image edge 980 instead of 560 (the original's --high_res)")
+    parser.add_argument("--space-after-image", action="store_true",
+                        help="Idefics2: a space after each image block before a word (transformers 5's processor; "
+                        "the original's 4.40 adds none)")
     parser.add_argument("--json", action="store_true", help='print {"token_ids": [...], "text": ...}')
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
@@ -67,10 +77,14 @@ def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str)
     out = []
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with open_image_file(path) as img:
                 out.append(preprocess_image(img, aspect=aspect, **settings))
-        except OSError as e:  # missing file, unreadable or not an image
-            raise cli.InputError(f"--image {path}: cannot read the image ({e})") from e
+        except ImageRejected as e:
+            raise cli.InputError(f"--image {path}: {e}") from e
+        except FileNotFoundError as e:
+            raise cli.InputError(f"--image {path}: no such file") from e
+        except OSError as e:  # unreadable or not an image
+            raise cli.InputError(f"--image {path}: cannot read the image ({cli.one_line(e)})") from e
     return np.stack(out)
 
 
@@ -147,6 +161,8 @@ def run(args: argparse.Namespace) -> dict:
     if not (args.ckpt / PARAMS_DIR).is_dir():
         raise cli.InputError(f"--ckpt {args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint; "
                              "convert a Hugging Face one with python -m vlm_jax.convert hf-to-orbax)")
+    if isinstance(config, Idefics2Config):
+        return _run_idefics2(args, config)
     tokenizer = _tokenizer(args.ckpt)
     n_tokens = config.num_image_tokens
     if args.input_ids is not None:
@@ -168,6 +184,49 @@ def run(args: argparse.Namespace) -> dict:
                    temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     new = out.rows()[0]
     return {"token_ids": new, "text": None if tokenizer is None else tokenizer.decode(new)}
+
+
+def _run_idefics2(args: argparse.Namespace, config: Idefics2Config) -> dict:
+    """`run` for an Idefics2 checkpoint: the Idefics2 processor's images (no splitting, longest edge 560 or
+    980, shortest 336, padded with a pixel mask) and prompt expansion (`vlm_jax.data.idefics2_processor`)."""
+    from vlm_jax.data import idefics2_processor as proc
+
+    longest, shortest = proc.SIZES["high_res" if args.high_res else "default"]
+    processor = None
+    if any((args.ckpt / name).is_file() for name in TOKENIZER_FILES):
+        processor = proc.Idefics2Processor(str(args.ckpt), config.num_image_tokens, longest, shortest,
+                                           args.space_after_image)
+    if args.input_ids is not None:
+        raw = parse_input_ids(args.input_ids, config.text_config.vocab_size)
+        ids, n_images = expand_image_tokens(raw, config.image_token_id, config.num_image_tokens)
+        if n_images != len(args.image):
+            raise cli.UsageError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
+    else:
+        if processor is None:
+            raise cli.InputError(f"--ckpt {args.ckpt} has no tokenizer files; use --input-ids")
+        prompt = args.prompt
+        if IMAGE_PLACEHOLDER not in prompt:
+            prompt = IMAGE_PLACEHOLDER * len(args.image) + prompt
+        if prompt.count(IMAGE_PLACEHOLDER) != len(args.image):
+            raise cli.UsageError(f"--prompt has {prompt.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders "
+                                 f"but {len(args.image)} --image")
+        ids = processor.encode(prompt)
+    images = []
+    for path in args.image:
+        try:
+            with Image.open(path) as img:
+                images.append(proc.preprocess_image(img, longest, shortest))
+        except OSError as e:
+            raise cli.InputError(f"--image {path}: cannot read the image ({e})") from e
+    pixels, pixel_mask, image_mask = proc.pad_images([images]) if images else (None, None, None)
+    eos = processor.tokenizer.eos_token_id if processor is not None else config.text_config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    input_ids, segment_ids = left_pad([ids], pad_token_id=pad)
+    out = generate(Idefics2(config), restore_params(args.ckpt / PARAMS_DIR), input_ids, segment_ids, pixels,
+                   image_mask, max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, pixel_attention_mask=pixel_mask)
+    new = out.rows()[0]
+    return {"token_ids": new, "text": None if processor is None else processor.decode(new)}
 
 
 def main(argv: list[str] | None = None) -> int:

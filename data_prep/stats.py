@@ -279,18 +279,44 @@ def make_featurizer(clip_ckpt: str | None, batch_size: int, seed: int = 0) -> Cl
                                  "half of the similarity is NOT meaningful, the SSIM half is")
 
 
-def _check_data(data: Sequence[str]) -> None:
-    """InputError before anything runs for a `--data` entry that is missing or an unreadable corpus folder."""
-    for spec in data:
-        if not os.path.exists(spec):
-            raise cli.InputError(f"--data {spec}: no such file or folder")
-        if not is_json_input(spec):
-            records.open_corpus(spec)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
     return cli.run(_main, argv, prog="python -m data_prep.stats")
+
+
+def _check_args(parser, args) -> None:
+    """Every input named on the command line exists and is of the right kind, before anything is computed."""
+    from data_prep.corpus_reader import JSON_SUFFIXES, is_json_input
+
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--max-images", args.max_images, 0),
+                             ("--num-image-tokens", args.num_image_tokens, 1), ("--max-documents", args.max_documents, 1)):
+        if value is not None and value < low:
+            parser.error(f"{name} must be >= {low}, got {value}")
+    fix = ("give a converted corpus folder (the --out of python -m data_prep.convert) or the seeds' JSON/JSONL "
+           "with --images")
+    for spec in args.data:
+        if not os.path.exists(spec):
+            raise cli.InputError(f"--data {spec}: no such file or folder; {fix}")
+        if is_json_input(spec):
+            if os.path.isdir(spec) and not any(n.endswith(JSON_SUFFIXES) for n in os.listdir(spec)):
+                raise cli.InputError(f"--data {spec}: not a converted corpus folder (no dataset_info.json) and no "
+                                     f".json/.jsonl files in it; {fix}")
+            if not os.path.isdir(spec) and not spec.endswith(JSON_SUFFIXES):
+                raise cli.InputError(f"--data {spec}: neither a converted corpus folder nor .json/.jsonl; {fix}")
+            if args.images is None:
+                parser.error(f"--data {spec} is JSON input: pass --images ROOT (the folder its image paths are in)")
+            cli.require_dir(args.images, "--images", "give the folder the JSON's image paths are relative to")
+        else:
+            records.open_corpus(spec)  # an unreadable corpus folder fails here, before anything runs
+    if os.path.isdir(args.out):
+        raise cli.InputError(f"--out {args.out}: is a folder; give the report's file name, e.g. {args.out}/report.json")
+    if args.clip_ckpt:
+        cli.require_dir(args.clip_ckpt, "--clip-ckpt", "give a vlm_jax params checkpoint (python -m vlm_jax.convert "
+                                                       "hf-to-orbax)")
+    if args.tokenizer not in (None, "byte"):
+        from vlm_jax.data.tokenizer import check_tokenizer_folder
+
+        check_tokenizer_folder(args.tokenizer, "--tokenizer")
 
 
 def _main(argv: list[str]) -> int:
@@ -311,7 +337,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--similarity", default="original", choices=PROTOCOLS,
                         help="in-sample similarity: 'original' (the paper's table, data_prep.similarity) or 'standard'")
     args = parser.parse_args(argv)
-    _check_data(args.data)
+    _check_args(parser, args)
 
     from vlm_jax.data.loader import make_tokenizer
 

@@ -94,7 +94,9 @@ def interleaved_times(steps, n_warmup: int, n_timed: int) -> list[list[float]]:
     return times
 
 
-def jax_step_fn(config: LlavaConfig, batch: dict):
+def jax_step_fn(config: LlavaConfig, batch: dict, with_hlo: bool = False):
+    """A no-argument function running one jitted vlm_jax train step on `batch`; with `with_hlo` also the
+    compiled step's HLO text (for train_profile.py)."""
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     schedule = make_schedule(OPTIM, 100)
     tx = make_optimizer(OPTIM, schedule)
@@ -108,6 +110,8 @@ def jax_step_fn(config: LlavaConfig, batch: dict):
         holder["state"], metrics = step(holder["state"], device_batch)
         jax.block_until_ready(metrics["loss"])
 
+    if with_hlo:
+        return run, step.lower(state, device_batch).compile().as_text()
     return run
 
 

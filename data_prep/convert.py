@@ -1,6 +1,6 @@
 """Offline conversion: interleaved JSON/JSONL corpora + image folders -> a TFDS ArrayRecord dataset.
 
-    python -m data_prep.convert --format {textbook,obelics,mmc4} --input JSON_OR_JSONL_OR_DIR \
+    python -m data_prep.convert --format {textbook,obelics,mmc4,textbook_clips} --input JSON_OR_JSONL_OR_DIR \
         --images ROOT --out DIR [--shard-size N] [--text-field texts|text_ocr_list] [--workers K]
 
 Streams the input (jsonl line by line, .json arrays element by element), reads and fully decodes
@@ -124,7 +124,8 @@ def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
     except MalformedDocument as err:
         return Result(None, 0, [("malformed_record", location, str(err))])
     texts, images, image_meta, skips = [], [], [], []
-    for text, ref in zip(doc.texts, doc.image_refs):
+    labels = doc.image_texts or [None] * len(doc.texts)
+    for text, ref, label in zip(doc.texts, doc.image_refs, labels):
         if ref is None:
             texts.append(text)
             images.append(None)
@@ -146,9 +147,14 @@ def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
         except Exception as err:  # noqa: BLE001 - any decoder failure means an undecodable image.
             skips.append(("undecodable_image", where, f"{type(err).__name__}: {err}"))
             continue
-        texts.append(None)
-        images.append(data)
-        image_meta.append({"path": ref, **info, **(parse_keyframe_name(ref) or {})})
+        before, after = label or ("", "")
+        for piece, data_, meta in ((before, None, None), (None, data, {"path": ref, **info,
+                                                                       **(parse_keyframe_name(ref) or {})}),
+                                   (after, None, None)):
+            if piece != "":
+                texts.append(piece)
+                images.append(data_)
+                image_meta.append(meta)
     if not any(image is not None for image in images):
         return Result(None, 0, skips + [("no_images", location, "no readable image left")], doc.images_marked_invalid)
     record = records.encode_document(
@@ -363,7 +369,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                         help=f"documents per shard (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--text-field", default="texts", choices=("texts", "text_ocr_list"),
-                        help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR)")
+                        help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR; textbook_clips: add the OCR)")
     parser.add_argument("--url-names", default="path", choices=URL_NAMES,
                         help="obelics/textbook image URLs: 'path' reads them as paths under --images (the original), "
                              "'sha256' as the file named by the URL's SHA-256")

@@ -11,6 +11,7 @@ named options (`FormatOptions`).
   original's URL hashing is commented out, `:382`); `url_names="sha256"` maps `http(s)` URLs to the
   file named by the URL's SHA-256 hex digest instead. textbook keeps `metadata`, `image_num`,
   `text_num`, `token_num`; keyframes are named `VIDEOID@START_END#N.jpg`.
+- textbook_clips: the video-clip JSON the original's Idefics2 training reads (`_textbook_clips`).
 - mmc4 (MMC4) as the original's `MMC4FormatDataset` (`datasets.py:138-195`): the images of
   `valid_image_ids` (default all; file `image_name`, else the SHA-256 of `image_url`) are assigned
   one-to-one to sentences by `scipy.optimize.linear_sum_assignment(-similarity_matrix)`; the first
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-FORMATS = ("textbook", "obelics", "mmc4")
+FORMATS = ("textbook", "obelics", "mmc4", "textbook_clips")
 URL_NAMES = ("path", "sha256")
 MMC4_PLACEMENTS = ("original", "assigned", "matched_text_index")
 
@@ -63,6 +64,9 @@ class InterleavedDoc:
     image_refs: list[str | None]
     metadata: Any
     images_marked_invalid: int = 0  # `valid_image` false / not in `valid_image_ids`: dropped, not read
+    # Per position: (text before, text after) an image, written only when the image is read (textbook_clips'
+    # "Image:" label, which the original adds only for a keyframe it could open); None = no such texts.
+    image_texts: list[tuple[str, str] | None] | None = None
 
 
 def parse_keyframe_name(path: str) -> dict[str, Any] | None:
@@ -221,6 +225,49 @@ def _assign(matrix: Any, valid_ids: list[int], n_images: int, n_sentences: int) 
     return [int(r) for r in rows], [int(c) for c in cols]
 
 
+def _textbook_clips(raw: Mapping, doc_id: str, options: FormatOptions) -> InterleavedDoc:
+    """The original's Idefics2 reader of `ours_textbook_video_clip_format.json`
+    (`training_idefics/training/training.py:190-288`, `add_ocr` False as `run.sh:49`; `text_field="text_ocr_list"`
+    adds the OCR as `add_ocr=True` does): the string `"<s>"` + per clip: `"Image:<image>"` per keyframe of
+    `keyframe_ssim` that opens (+ `"\n<s>"` after each for `vid == "image_text_pair"`), then `"\n" + refined_asr`
+    (else `asr`); `"End of a Video"` clips add nothing; a literal `<image>` in OCR / ASR becomes `image`.
+    Texts are the pieces of that string between images (joined with "" they give it back)."""
+    clips = raw.get("conversations")
+    if not isinstance(clips, list):
+        raise MalformedDocument("field 'conversations' missing or not a list")
+    texts: list = ["<s>"]
+    refs: list = [None]
+    image_texts: list = [None]
+    for c, clip in enumerate(clips):
+        if not isinstance(clip, Mapping):
+            raise MalformedDocument(f"conversations[{c}] is a JSON {type(clip).__name__}, expected an object")
+        vid = clip.get("vid")
+        if vid == "End of a Video":
+            continue
+        frames = clip.get("keyframe_ssim") or []
+        if not isinstance(frames, list):
+            raise MalformedDocument(f"conversations[{c}].keyframe_ssim is not a list")
+        after = "\n<s>" if vid == "image_text_pair" else ""
+        for k, frame in enumerate(frames):
+            texts.append(None)
+            refs.append(_image_ref(frame, f"conversations[{c}].keyframe_ssim[{k}]"))
+            image_texts.append(("Image:", after))
+        ocr = clip.get("ocr_qwen2_vl_72b")
+        ocr = "\nWe can see these words from the image by OCR: " + ocr if ocr else ""
+        asr = clip.get("refined_asr") or clip.get("asr")
+        asr = "\n" + asr if asr else ""
+        for name, value in (("ocr_qwen2_vl_72b", ocr), ("refined_asr/asr", asr)):
+            if not isinstance(value, str):
+                raise MalformedDocument(f"conversations[{c}].{name} is not a string")
+        text = (ocr if options.text_field == "text_ocr_list" else "") + asr
+        if text:
+            texts.append(text.replace("<image>", "image"))
+            refs.append(None)
+            image_texts.append(None)
+    metadata = {k: raw[k] for k in ("token_num",) if k in raw}
+    return InterleavedDoc(doc_id, texts, refs, metadata, 0, image_texts)
+
+
 def to_interleaved(fmt: str, raw: Any, location: str, options: FormatOptions = FormatOptions()) -> InterleavedDoc:
     """Normalises one source document of format `fmt`; MalformedDocument names what is wrong."""
     if not isinstance(raw, Mapping):
@@ -232,4 +279,6 @@ def to_interleaved(fmt: str, raw: Any, location: str, options: FormatOptions = F
         return _obelics(raw, doc_id, options)
     if fmt == "mmc4":
         return _mmc4(raw, doc_id, options)
+    if fmt == "textbook_clips":
+        return _textbook_clips(raw, doc_id, options)
     raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")

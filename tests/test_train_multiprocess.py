@@ -27,10 +27,10 @@ def _launch(workdir, corpus, logs):
     port = _free_port()
     procs = []
     for i in range(2):
+        # No persistent compilation cache here: a second multi-process CPU run loading cached programs hung.
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-                   JAX_COMPILATION_CACHE_DIR=str(corpus.parent / "jax_cache"),
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+                   JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         cmd = [sys.executable, "-m", "vlm_jax.train", "--config", os.path.join(ROOT, "configs", "demo.py"),
                f"--workdir={workdir}", f"--config.demo_corpus.dir={corpus}", "--config.demo_corpus.train_documents=48",

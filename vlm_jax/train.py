@@ -27,6 +27,7 @@ from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_itera
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
+from vlm_jax.training import memory as memory_lib
 from vlm_jax.training.config import model_config as resolve_model_config
 from vlm_jax.training.distributed import batch_divisor, global_batch, maybe_initialize_distributed
 from vlm_jax.training.flops import peak_flops_per_device, train_step_flops
@@ -124,6 +125,49 @@ def _build_demo_corpus(config, workdir: str) -> None:
             config.heldout.file = paths["heldout"]
 
 
+def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[str, Any]:
+    """The pieces of a run that depend on the config's model and memory options: model_config, frozen,
+    schedule, tx, abstract (state of ShapeDtypeStructs), shardings, step_fn (jitted, state donated)."""
+    model_config = resolve_model_config(config, architecture)
+    frozen = parse_module_list(config.frozen)
+    schedule = make_schedule(config.optim, _schedule_steps(config))
+    tx = make_optimizer(config.optim, schedule)
+    abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
+    step_fn = jit_train_step(
+        make_train_step(Llava(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
+                        nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
+                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh)),
+        shardings, batch_sharding(mesh))
+    return {"model_config": model_config, "frozen": frozen, "schedule": schedule, "tx": tx, "abstract": abstract,
+            "shardings": shardings, "step_fn": step_fn}
+
+
+def abstract_batch(config: ml_collections.ConfigDict, model_config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs (sharded over data x fsdp) of one global training batch (DESIGN.md's batch dict)."""
+    sharding = batch_sharding(mesh)
+    rows, seq, slots = config.global_batch_size, config.data.seq_len, config.data.max_images_per_row
+    size = model_config.vision_config.image_size
+    shapes = {"input_ids": ((rows, seq), np.int32), "targets": ((rows, seq), np.int32),
+              "loss_mask": ((rows, seq), np.float32), "positions": ((rows, seq), np.int32),
+              "segment_ids": ((rows, seq), np.int32), "pixel_values": ((rows, slots, size, size, 3), np.float32),
+              "image_mask": ((rows, slots), np.bool_)}
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
+
+
+def step_bytes(config: ml_collections.ConfigDict, architecture, mesh) -> float:
+    """Device bytes the compiled train step of `config` needs (`memory_lib.compiled_bytes`); inf when the
+    compiler itself reports that it does not fit."""
+    parts = build_step(config, architecture, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        lowered = parts["step_fn"].lower(parts["abstract"], abstract_batch(config, parts["model_config"], mesh))
+    try:
+        return memory_lib.compiled_bytes(lowered.compile())
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "memory" in str(e).lower():
+            return float("inf")
+        raise
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON)."""
     maybe_initialize_distributed()
@@ -133,29 +177,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.demo_corpus.build:
         _build_demo_corpus(config, workdir)
     architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
-    model_config = resolve_model_config(config, architecture)
-    frozen = parse_module_list(config.frozen)
-    model = Llava(model_config)
     mesh = make_mesh(**config.mesh)
     if config.global_batch_size % (batch_divisor(mesh) * config.grad_accum_steps):
         raise ValueError(f"global_batch_size {config.global_batch_size} must be a multiple of data*fsdp "
                          f"({batch_divisor(mesh)}) x grad_accum_steps ({config.grad_accum_steps})")
     if config.num_train_steps < 0 and config.data.num_epochs < 0:
         raise ValueError("num_train_steps=-1 (until the data ends) needs data.num_epochs >= 1")
+    hbm = memory_lib.device_hbm_bytes(jax.devices()[0])
+    config, memory_tried = memory_lib.choose(config, hbm, lambda c: step_bytes(c, architecture, mesh))
+    for record in memory_tried:
+        _log(f"memory rung {record['rung']} {record['options'] or '(config as written)'}: "
+             f"{record['bytes'] / 2**30:.2f} GiB of {hbm / 2**30:.2f} GiB HBM per device"
+             f"{'' if record['fits'] else ', does not fit'}")
+    parts = build_step(config, architecture, mesh)
+    model_config, frozen, tx, abstract, shardings, step_fn = (
+        parts["model_config"], parts["frozen"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
+    model = Llava(model_config)
 
     tokenizer = make_tokenizer(config.data.tokenizer)
     _check_tokenizer(tokenizer, model_config)
     loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
-    schedule = make_schedule(config.optim, _schedule_steps(config))
-    tx = make_optimizer(config.optim, schedule)
-    abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                               save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save)
-    step_fn = jit_train_step(
-        make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
-                        nan_policy=config.nan_policy),
-        shardings, batch_sharding(mesh))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump({"train": config.to_dict(), "model": model_config.to_dict()}, f, indent=2)

@@ -28,7 +28,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype ("bfloat16" for bf16 compute on float32 master weights)
     c.param_dtype = "float32"
     c.attention_impl = "xla"  # "xla" | "cudnn" | "pallas"
-    c.remat_policy = "none"  # "none" | "full" | "dots_saveable" | "dots_with_no_batch_dims_saveable"
+    c.remat_policy = "none"  # "none" | "full" | "offload" (full, layer inputs in host memory) | "dots_saveable" | ...
+    c.loss_chunk = 0  # positions per chunk of the LM head + cross-entropy (0: full [seq, vocab] logits)
+    c.mlp_chunk = 0  # positions per chunk of the Llama MLP (0: all at once; must divide data.seq_len)
+    # "fixed": the memory options as written | "auto": the fastest rung of vlm_jax.training.memory.LADDER
+    # whose compiled step fits the device's HBM (devices without a reported limit, e.g. CPU: as written)
+    c.memory = "fixed"
     c.frozen = "vision_tower"  # comma-separated top-level modules that do not train
 
     # Mesh: sizes of the (data, fsdp, tensor) axes; one may be -1 (= the remaining devices).
@@ -37,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Steps and batch.
     c.global_batch_size = 8  # packed rows per optimizer step, all processes together
     c.grad_accum_steps = 1  # microbatches per step (global_batch_size must divide by it)
+    # "global": token mean over the whole global batch | "per_device": each device's (and microbatch's)
+    # token mean, averaged over devices and microbatches (the original's; see vlm_jax.training.step)
+    c.loss_normalization = "global"
     c.num_train_steps = 100  # -1: until the data ends (data.num_epochs epochs)
     c.schedule_steps = -1  # length of the LR schedule (warmup_ratio, cosine); -1: num_train_steps
 
@@ -51,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
         "b2": 0.999,
         "eps": 1e-8,
         "max_grad_norm": 1.0,  # 0: no clipping
+        "moment_dtype": "float32",  # Adam moments stored as "float32" | "bfloat16" (updates computed in float32)
     })
 
     # Data (vlm_jax.data.LoaderConfig; image size, image tokens and image token id come from the model).
@@ -101,8 +110,9 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
 
 def model_config(config: ml_collections.ConfigDict, architecture: LlavaConfig | None = None) -> LlavaConfig:
     """The LlavaConfig to train: `architecture` (from `init_checkpoint`) or the preset, with
-    `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy)."""
+    `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy, mlp_chunk)."""
     base = architecture if architecture is not None else preset(config.model_preset)
     merged = LlavaConfig.from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
     return merged.with_runtime(dtype=config.dtype, param_dtype=config.param_dtype,
-                               attention_impl=config.attention_impl, remat_policy=config.remat_policy)
+                               attention_impl=config.attention_impl, remat_policy=config.remat_policy,
+                               mlp_chunk=config.mlp_chunk)

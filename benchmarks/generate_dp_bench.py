@@ -22,6 +22,7 @@ batch: `generate` puts rows `[b, ...]` straight onto a `NamedSharding` of the me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -57,7 +58,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vlm_jax.demo import random_params  # noqa: E402
+from vlm_jax.models.init import random_params  # noqa: E402
 from vlm_jax.generation import (GenerationOutput, _generate, _pad_axis, bucket_length, generate,  # noqa: E402
                                 left_pad, local_data_mesh, place_params)
 from vlm_jax.models.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
@@ -188,6 +189,7 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(f"| {name} | {row['devices']} | {row['batch']} | {made} | {row['seconds']:.4f} | "
               f"{row['tokens_per_s']:.1f} | {row['ratio']:.2f}x | {row['first']:.2f} |")
+    print(json.dumps({"identical": identical, "rows": rows}))
     if not identical:
         raise AssertionError(f"pmap and generate(mesh=...) tokens differ:\n{a.rows()}\n{b.rows()}")
     return {"identical": identical, "rows": rows}

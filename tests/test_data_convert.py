@@ -1,17 +1,17 @@
-"""data_prep.convert: textbook/obelics/mmc4 inputs -> ArrayRecord shards, with counted skips."""
+"""data_prep.convert: textbook/obelics/mmc4 inputs -> a TFDS ArrayRecord dataset, with counted skips."""
 
 import json
 import os
 
 import pytest
-from array_record.python.array_record_module import ArrayRecordReader
+import tensorflow_datasets as tfds
 
 from data_prep import convert as convert_mod
 from data_prep.formats import parse_keyframe_name, url_file_name
 from data_prep.json_stream import Malformed, iter_json_array, iter_jsonl
 from data_testlib import image_bytes
 from vlm_jax.data.loader import loader_metrics, make_train_iterator
-from vlm_jax.data.records import decode_document
+from vlm_jax.data.records import CorpusError, from_example
 
 KEYFRAMES = ["-1uixJ1V-As/-1uixJ1V-As@10.0_55.0#2.jpg", "-1uixJ1V-As/-1uixJ1V-As@55.0_80.5#1.jpg",
              "B5Cj_yJ-Okg/B5Cj_yJ-Okg@2240.26_2250.2000000000003#3.jpg"]
@@ -32,13 +32,12 @@ def images_root(tmp_path):
 
 
 def _records(out_dir):
+    """The corpus as any TFDS user opens it (no vlm_jax reader), in file order."""
     manifest = json.loads((out_dir / "manifest.json").read_text())
-    docs = []
-    for shard in manifest["shards"]:
-        reader = ArrayRecordReader(str(out_dir / shard["path"]))
-        assert reader.num_records() == shard["num_records"]
-        docs += [decode_document(r) for r in reader.read(list(range(reader.num_records())))]
-    return manifest, docs
+    source = tfds.builder_from_directory(str(out_dir)).as_data_source(split="train")
+    assert len(source) == sum(s["num_records"] for s in manifest["shards"])
+    assert sorted(p.name for p in out_dir.glob("*.array_record-*")) == [s["path"] for s in manifest["shards"]]
+    return manifest, [from_example(source[i]) for i in range(len(source))]
 
 
 def _skips(out_dir):
@@ -68,7 +67,8 @@ def test_textbook_json_array_with_ocr_text(tmp_path, images_root):
     manifest = convert_mod.convert(str(src), str(images_root), str(out), "textbook", shard_size=1,
                                    text_field="text_ocr_list", workers=1)
     assert manifest["documents_read"] == 5 and manifest["documents_written"] == 2 and manifest["images_written"] == 3
-    assert manifest["skipped"] == {"malformed_record": 1, "no_images": 2, "missing_file": 1, "undecodable_image": 1,
+    assert manifest["skipped"] == {"malformed_record": 1, "no_images": 2, "missing_file": 1, "not_regular_file": 0,
+                                   "undecodable_image": 1, "image_too_large": 0, "extreme_aspect_ratio": 0,
                                    "escaping_path": 3}
     assert [s["num_records"] for s in manifest["shards"]] == [1, 1]
     _, docs = _records(out)
@@ -99,25 +99,64 @@ def test_obelics_and_mmc4_jsonl_via_cli_with_a_pool(tmp_path, images_root, capsy
     obelics.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out_obelics"
     assert convert_mod.main(["--format", "obelics", "--input", str(obelics), "--images", str(images_root),
-                             "--out", str(out), "--shard-size", "10", "--workers", "2"]) == 0
+                             "--out", str(out), "--shard-size", "10", "--workers", "2", "--url-names", "sha256"]) == 0
     printed = capsys.readouterr().err
     assert "documents: 1 written, 2 skipped (malformed record: 1, no image left: 1)" in printed
     manifest, docs = _records(out)
     assert docs[0]["texts"] == [None, "a cat"] and docs[0]["metadata"] == [{"src": "web"}, None]
     assert {s["location"].split("/")[-1] for s in _skips(out)} == {"obelics.jsonl:line 2", "obelics.jsonl:line 4"}
+    # The original reads image strings as paths (its URL hashing is commented out): the URL is a missing file.
+    with pytest.raises(convert_mod.NothingWritten):
+        convert_mod.convert(str(obelics), str(images_root), str(tmp_path / "orig"), "obelics", workers=1)
+    assert json.loads((tmp_path / "orig" / "manifest.json").read_text())["skipped"]["missing_file"] == 1
 
-    mmc4 = tmp_path / "mmc4.jsonl"
-    mmc4.write_text(json.dumps({"text_list": ["s0", "s1", "s2"], "url": "u", "image_info": [
-        {"image_name": "mmc4_a.jpg", "matched_text_index": 2, "matched_sim": 0.3},
-        {"raw_url": "https://example.com/cat.png", "matched_text_index": 0}]}) + "\n"
-        + json.dumps({"text_list": ["s"], "image_info": [{"image_name": "x.jpg", "matched_text_index": 4}]}) + "\n")
-    out = tmp_path / "out_mmc4"
-    manifest = convert_mod.convert(str(mmc4), str(images_root), str(out), "mmc4", shard_size=5, workers=1)
-    _, docs = _records(out)
-    assert docs[0]["texts"] == [None, "s0", "s1", None, "s2"]
-    assert docs[0]["images"][3] == (images_root / "mmc4_a.jpg").read_bytes()
-    assert manifest["skipped"]["malformed_record"] == 1
-    assert "matched_text_index 4" in _skips(out)[0]["detail"]
+
+def test_obelics_valid_image_is_honoured(tmp_path, images_root):
+    src = tmp_path / "obelics.jsonl"
+    src.write_text(json.dumps({"images": ["mmc4_a.jpg", None, KEYFRAMES[0], None], "texts": [None, "a", None, "b"],
+                               "valid_image": [False, True]}) + "\n"
+                   + json.dumps({"images": ["mmc4_a.jpg", None], "texts": [None, "a"], "valid_image": [1]}) + "\n")
+    manifest = convert_mod.convert(str(src), str(images_root), str(tmp_path / "out"), "obelics", workers=1)
+    _, docs = _records(tmp_path / "out")
+    assert docs[0]["texts"] == ["a", None, "b"] and docs[0]["image_meta"][1]["path"] == KEYFRAMES[0]
+    assert manifest["images_marked_invalid"] == 1 and manifest["skipped"]["malformed_record"] == 1
+
+
+MMC4_DOC = {"text_list": ["s0", "s1", "s2", "s3"], "url": "u", "similarity_matrix": [
+    [0.1, 0.2, 0.0, 0.9],   # image 0 (mmc4_a.jpg): best sentence 3
+    [0.8, 0.1, 0.0, 0.2],   # image 1 (cat.png by URL hash): best sentence 0
+    [0.0, 0.0, 0.99, 0.0]],  # image 2: not in valid_image_ids, never read
+    "valid_image_ids": [0, 1], "image_info": [
+        {"image_name": "mmc4_a.jpg", "matched_text_index": 1},
+        {"image_url": "https://example.com/cat.png", "matched_text_index": 1},
+        {"image_name": "missing.jpg", "matched_text_index": 2}]}
+
+
+@pytest.mark.parametrize("placement, max_images, layout", [
+    # The original: assignment rows (0, 1) -> sentences (3, 0); images spliced in image order into
+    # placeholders in sentence order, so image 0 lands at sentence 0 (datasets.py:160-195).
+    ("original", 12, ["a", "s0 s1 s2", "cat", "s3"]),
+    ("assigned", 12, ["cat", "s0 s1 s2", "a", "s3"]),
+    ("matched_text_index", 12, ["s0", "a", "cat", "s1 s2 s3"]),
+    ("original", 1, ["s0 s1 s2", "a", "s3"]),  # first image in image order kept, at its own sentence
+])
+def test_mmc4_reader_as_the_original(tmp_path, images_root, placement, max_images, layout):
+    from vlm_jax.data.tokenizer import seed_text_pieces
+
+    src = tmp_path / "mmc4.jsonl"
+    src.write_text(json.dumps(MMC4_DOC) + "\n" + json.dumps({**MMC4_DOC, "similarity_matrix": [[1.0]]}) + "\n")
+    manifest = convert_mod.convert(str(src), str(images_root), str(tmp_path / "out"), "mmc4", workers=1,
+                                   mmc4_placement=placement, mmc4_max_images=max_images)
+    _, docs = _records(tmp_path / "out")
+    names = {(images_root / "mmc4_a.jpg").read_bytes(): "a",
+             (images_root / url_file_name("https://example.com/cat.png")).read_bytes(): "cat"}
+    assert [t if t is not None else names[i] for t, i in zip(docs[0]["texts"], docs[0]["images"])] == layout
+    if placement != "matched_text_index":  # the second document's matrix has the wrong shape
+        assert manifest["images_marked_invalid"] == 1 and manifest["skipped"]["malformed_record"] == 1
+        assert "similarity_matrix" in _skips(tmp_path / "out")[0]["detail"]
+    if placement == "original" and max_images == 12:
+        # The original's string: " ".join("<image>s0", "s1", "s2", "<image>s3") + "</s>", spaces at <image> removed.
+        assert "<image>".join(seed_text_pieces(docs[0]["texts"], 12)) + "</s>" == "<image>s0 s1 s2<image>s3</s>"
 
 
 def test_converted_shards_feed_the_loader(tmp_path, images_root):
@@ -125,7 +164,7 @@ def test_converted_shards_feed_the_loader(tmp_path, images_root):
     src.write_text("\n".join(json.dumps(d) for d in _textbook_docs(tmp_path)[:2]) + "\n")
     out = tmp_path / "out"
     convert_mod.convert(str(src), str(images_root), str(out), "textbook", shard_size=1, workers=1)
-    it = make_train_iterator(dict(shards=[str(out / "manifest.json")], batch_size=1, seq_len=64, max_images_per_row=3,
+    it = make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
                                   num_image_tokens=4, max_images=3, image_size=8, num_epochs=1))
     batches = list(it)
     assert sum(int(b["image_mask"].sum()) for b in batches) == 3
@@ -157,3 +196,55 @@ def test_json_array_stream_across_tiny_chunks(tmp_path):
     lines.write_text('{"a": 1}\n\n{bad\n[2]\n')
     assert [(loc.split(":")[-1], isinstance(v, Malformed)) for loc, v in iter_jsonl(str(lines))] == [
         ("line 1", False), ("line 3", True), ("line 4", False)]
+
+
+def _cli(tmp_path, images_root, out, *extra):
+    src = tmp_path / "textbook.jsonl"
+    src.write_text("\n".join(json.dumps(d) for d in _textbook_docs(tmp_path)[:2]) + "\n")
+    return convert_mod.main(["--format", "textbook", "--input", str(src), "--images", str(images_root),
+                             "--out", str(out), "--workers", "1", *extra])
+
+
+def test_output_is_a_self_describing_tfds_dataset_published_at_the_end(tmp_path, images_root, capsys):
+    out = tmp_path / "out"
+    assert _cli(tmp_path, images_root, out) == 0  # no --shard-size: the default
+    manifest, docs = _records(out)
+    assert len(manifest["shards"]) == 1 and manifest["shards"][0]["num_records"] == 2
+    assert manifest["shards"][0]["path"] == "corpus-train.array_record-00000-of-00001"
+    assert sorted(os.listdir(out)) == sorted(["dataset_info.json", "features.json", "manifest.json", "skipped.jsonl",
+                                              manifest["shards"][0]["path"]])  # .partial/ is gone
+    info = tfds.builder_from_directory(str(out)).info
+    assert set(info.features.keys()) == {"id", "layout", "texts", "images", "metadata"}
+    assert info.splits["train"].num_examples == 2
+    # A second run into the same folder is refused (exit 1, one line) unless --overwrite.
+    capsys.readouterr()
+    assert _cli(tmp_path, images_root, out) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty" in err[0] and "--overwrite" in err[0]
+    assert _cli(tmp_path, images_root, out, "--overwrite", "--shard-size", "1") == 0
+    manifest, docs2 = _records(out)
+    assert [s["num_records"] for s in manifest["shards"]] == [1, 1] and docs2 == docs
+
+
+def test_leftovers_of_a_killed_run_are_never_read(tmp_path, images_root):
+    out = tmp_path / "out"
+    (out / ".partial").mkdir(parents=True)
+    (out / ".partial" / "shard-00000").write_bytes(b"")  # what a kill leaves behind
+    with pytest.raises(CorpusError, match="a conversion did not finish"):
+        make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
+                                 num_image_tokens=4, max_images=3, image_size=8))
+    assert _cli(tmp_path, images_root, out) == 0  # a leftover .partial/ is ours to replace
+    (out / "corpus-train.array_record-00005-of-00009").write_bytes(b"")  # stray 0-byte shard: not listed
+    assert len(tfds.builder_from_directory(str(out)).as_data_source(split="train")) == 2
+    batches = list(make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
+                                            num_image_tokens=4, max_images=3, image_size=8)))
+    assert sum(int(b["image_mask"].sum()) for b in batches) == 3
+
+
+def test_a_listed_shard_that_is_empty_is_refused_not_read(tmp_path, images_root):
+    out = tmp_path / "out"
+    assert _cli(tmp_path, images_root, out, "--shard-size", "1") == 0
+    (out / "corpus-train.array_record-00001-of-00002").write_bytes(b"")  # truncated after the conversion
+    with pytest.raises(CorpusError, match="00001-of-00002 listed in dataset_info.json is missing or empty"):
+        make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
+                                 num_image_tokens=4, max_images=3, image_size=8))

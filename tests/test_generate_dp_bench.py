@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from vlm_jax.demo import random_params
+from vlm_jax.models.init import random_params
 from vlm_jax.generation import generate, local_data_mesh
 from vlm_jax.models.llava import Llava
 

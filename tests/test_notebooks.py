@@ -52,7 +52,7 @@ def test_explore_corpus_runs_and_shows_figures():
 
 # What quickstart.ipynb runs, and the branch that brings it (until all are merged the test fails, by design).
 QUICKSTART_NEEDS = {
-    "vlm_jax.train": "train", "configs.demo": "train", "vlm_jax.training.heldout": "train",
+    "vlm_jax.train": "train", "vlm_jax.training.heldout": "train",
     "vlm_jax.generate": "generate", "vlm_jax.generation": "generate",
     "vlm_jax.evaluate.run": "evalrun", "vlm_jax.evaluate.run_config": "evalrun",
 }

@@ -11,7 +11,9 @@ the subject, not memorise pixels.
                                                 followed by a sentence naming its subject
                                                 ("<image> This is a cat." / "<image> What is in the
                                                 image? Answer: cat.")
-    out_dir/shards/                            those documents converted by `data_prep.convert`
+    out_dir/shards/                            the same documents as a corpus folder (TFDS ArrayRecord
+                                                dataset + manifest.json, `vlm_jax.data.records`, the
+                                                format `data_prep.convert` writes), image bytes inside
     out_dir/heldout.jsonl + images/heldout/    multiple-choice questions on *other* augmentations
                                                 (another random stream): "What is in the image?
                                                 Answer:" with every class name as a choice
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import io
 import json
 import os
 import shutil
@@ -28,6 +31,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance
+
+from vlm_jax.data.records import RECORD_FORMAT, CorpusWriter
 
 QUESTION = "What is in the image? Answer:"
 BUILD_FILE = "build.json"
@@ -88,16 +93,19 @@ def augment(img: Image.Image, rng: np.random.Generator, size: int) -> Image.Imag
     return view
 
 
-def _save(view: Image.Image, root: str, rel: str) -> str:
-    view.save(os.path.join(root, rel), quality=92)
-    return rel
+def _save(view: Image.Image, root: str, rel: str) -> bytes:
+    """Writes `view` as a JPEG to `root/rel`; returns the file's bytes."""
+    buffer = io.BytesIO()
+    view.save(buffer, format="JPEG", quality=92)
+    data = buffer.getvalue()
+    with open(os.path.join(root, rel), "wb") as f:
+        f.write(data)
+    return data
 
 
 def build(out_dir: str, *, train_documents: int = 600, heldout_per_class: int = 10, image_size: int = 64,
           seed: int = 0) -> dict[str, str]:
     """Builds (or reuses) the corpus in `out_dir`; returns {"shards", "heldout", "train_jsonl"} paths."""
-    from data_prep.convert import convert  # the project's own converter, as for any real corpus
-
     out_dir = os.path.abspath(out_dir)
     settings = {"train_documents": train_documents, "heldout_per_class": heldout_per_class,
                 "image_size": image_size, "seed": seed, "subjects": [s.name for s in SUBJECTS]}
@@ -114,34 +122,45 @@ def build(out_dir: str, *, train_documents: int = 600, heldout_per_class: int = 
     sources = [load_subject(s) for s in SUBJECTS]
     train_rng, heldout_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
 
+    writer = CorpusWriter(paths["shards"], max(train_documents // 4, 1))
+    images_written = 0
     with open(paths["train_jsonl"], "w") as f:
         for d in range(train_documents):
-            images, texts = [], []
+            images, texts, image_bytes, image_meta = [], [], [], []
             intro = INTROS[int(train_rng.integers(len(INTROS)))]
             if intro:
                 images.append(None)
                 texts.append(intro)
+                image_bytes.append(None)
+                image_meta.append(None)
             for k in range(int(train_rng.integers(2, 6))):
                 c = int(train_rng.integers(len(SUBJECTS)))
-                rel = _save(augment(sources[c], train_rng, image_size), out_dir, f"images/train/{d:05d}_{k}.jpg")
+                rel = f"images/train/{d:05d}_{k}.jpg"
+                data = _save(augment(sources[c], train_rng, image_size), out_dir, rel)
                 caption = CAPTIONS[int(train_rng.integers(len(CAPTIONS)))]
                 images += [rel, None]
                 texts += [None, caption.format(phrase=SUBJECTS[c].phrase, name=SUBJECTS[c].name)]
+                image_bytes += [data, None]
+                image_meta += [{"path": rel, "width": image_size, "height": image_size, "format": "JPEG"}, None]
+                images_written += 1
             f.write(json.dumps({"images": images, "texts": texts, "metadata": {"demo_document": d}}) + "\n")
+            writer.write({"id": f"demo-{d:05d}", "texts": texts, "images": image_bytes, "image_meta": image_meta,
+                          "metadata": {"metadata": {"demo_document": d}}})
+    manifest = os.path.join(writer.partial, "manifest.json")
+    with open(manifest, "w") as f:
+        json.dump({"format": "textbook", "input": paths["train_jsonl"], "images_root": out_dir,
+                   "record_format": RECORD_FORMAT, "shards": writer.shards(), "documents_read": train_documents,
+                   "documents_written": train_documents, "images_written": images_written}, f, indent=2)
+    writer.publish({"manifest.json": manifest}, description="vlm_jax CPU demo corpus")
 
     names = [s.name for s in SUBJECTS]
     with open(paths["heldout"], "w") as f:
         for c, subject in enumerate(SUBJECTS):
             for i in range(heldout_per_class):
-                rel = _save(augment(sources[c], heldout_rng, image_size), out_dir, f"images/heldout/{c:02d}_{i:03d}.jpg")
+                rel = f"images/heldout/{c:02d}_{i:03d}.jpg"
+                _save(augment(sources[c], heldout_rng, image_size), out_dir, rel)
                 f.write(json.dumps({"image": rel, "prompt": QUESTION, "choices": names, "answer": subject.name}) + "\n")
 
-    with open(os.devnull, "w") as quiet:
-        manifest = convert(paths["train_jsonl"], out_dir, paths["shards"], "textbook", shard_size=max(train_documents // 4, 1),
-                           workers=1, log=quiet)
-    if manifest["documents_written"] != train_documents:
-        raise RuntimeError(f"demo corpus: converter wrote {manifest['documents_written']} of {train_documents} "
-                           f"documents; see {paths['shards']}/skipped.jsonl")
     with open(build_file, "w") as f:
         json.dump(settings, f)
     return paths

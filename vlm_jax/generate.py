@@ -7,43 +7,64 @@
 a newline, as LLaVA does. `--input-ids 1,2,3` drives a checkpoint without a tokenizer: each image token id
 (`config.image_token_id`) marks one image, or a run of `num_image_tokens` of them one already-expanded image.
 Greedy unless `--temperature > 0`; stops at EOS.
+
+Idefics2 checkpoints use the Idefics2 processor (`vlm_jax.data.idefics2_processor`): images at their aspect ratio
+(longest edge 560, or 980 with `--high-res`; shortest 336), each `<image>` expanded to
+`<fake_token_around_image>` + 64 image tokens + `<fake_token_around_image>`; without placeholders the images
+go first.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from vlm_jax import cli
 from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
 from vlm_jax.convert.side_files import TOKENIZER_FILES
-from vlm_jax.data.image import preprocess_image, processor_settings_from_hf
+from vlm_jax.data.image import ImageRejected, open_image_file, preprocess_image, processor_settings_from_hf
 from vlm_jax.generation import generate, left_pad
-from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.config import Idefics2Config, LlavaConfig
+from vlm_jax.models.idefics2 import Idefics2
 from vlm_jax.models.llava import Llava
 
 IMAGE_PLACEHOLDER = "<image>"
+DEFAULT_MAX_NEW_TOKENS = 128  # the original evaluation's max_new_tokens
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vlm_jax.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m vlm_jax.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True, help="vlm_jax params checkpoint folder")
     parser.add_argument("--image", type=Path, action="append", default=[], help="image file (repeatable)")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompt", help="text with <image> placeholders (needs the checkpoint's tokenizer)")
     group.add_argument("--input-ids", help="comma-separated token ids (image token id marks each image)")
-    parser.add_argument("--max-new-tokens", type=int, required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"tokens to generate at most (default {DEFAULT_MAX_NEW_TOKENS}, as the original evaluation)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-aspect-ratio", choices=["pad", "none"], default="pad",
                         help="pad: pad to a square with the mean colour first (LLaVA-1.5)")
+    parser.add_argument("--high-res", action="store_true",
+                        help="Idefics2: longest image edge 980 instead of 560 (the original's --high_res)")
+    parser.add_argument("--space-after-image", action="store_true",
+                        help="Idefics2: a space after each image block before a word (transformers 5's processor; "
+                        "the original's 4.40 adds none)")
     parser.add_argument("--json", action="store_true", help='print {"token_ids": [...], "text": ...}')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        parser.error(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (0 < args.top_p <= 1):
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    return args
 
 
 def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str) -> np.ndarray | None:
@@ -56,10 +77,14 @@ def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str)
     out = []
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with open_image_file(path) as img:
                 out.append(preprocess_image(img, aspect=aspect, **settings))
-        except OSError as e:  # missing file, unreadable or not an image
-            raise ValueError(f"--image {path}: cannot read the image ({e})") from e
+        except ImageRejected as e:
+            raise cli.InputError(f"--image {path}: {e}") from e
+        except FileNotFoundError as e:
+            raise cli.InputError(f"--image {path}: no such file") from e
+        except OSError as e:  # unreadable or not an image
+            raise cli.InputError(f"--image {path}: cannot read the image ({cli.one_line(e)})") from e
     return np.stack(out)
 
 
@@ -81,11 +106,28 @@ def expand_image_tokens(ids: list[int], image_token_id: int, num_image_tokens: i
         elif run % num_image_tokens == 0:
             n_images += run // num_image_tokens
         else:
-            raise ValueError(f"--input-ids: a run of {run} image tokens ({image_token_id}) at position {i} is "
+            raise cli.UsageError(f"--input-ids: a run of {run} image tokens ({image_token_id}) at position {i} is "
                              f"neither 1 per image nor a multiple of num_image_tokens={num_image_tokens}")
         out.extend([image_token_id] * (num_image_tokens * (1 if run == 1 else run // num_image_tokens)))
         i = j
     return out, n_images
+
+
+def parse_input_ids(text: str, vocab_size: int) -> list[int]:
+    """`--input-ids` "1,2,3" -> ids, each checked to lie in [0, vocab_size)."""
+    ids = []
+    for k, token in enumerate(t for t in text.replace(" ", "").split(",") if t):
+        try:
+            ids.append(int(token))
+        except ValueError:
+            raise cli.UsageError(f"--input-ids: item {k} {token!r} is not an integer (give comma-separated "
+                                 "token ids, e.g. 1,32000,450)") from None
+        if not 0 <= ids[-1] < vocab_size:
+            raise cli.InputError(f"--input-ids: item {k} = {ids[-1]} is outside the checkpoint's vocabulary "
+                                 f"[0, {vocab_size}); give ids of this checkpoint's tokenizer")
+    if not ids:
+        raise cli.UsageError("--input-ids is empty; give comma-separated token ids, e.g. 1,32000,450")
+    return ids
 
 
 def prompt_to_ids(prompt: str, tokenizer, n_images: int, image_token_id: int, num_image_tokens: int) -> list[int]:
@@ -94,7 +136,7 @@ def prompt_to_ids(prompt: str, tokenizer, n_images: int, image_token_id: int, nu
         prompt = (IMAGE_PLACEHOLDER + "\n") * n_images + prompt
     pieces = prompt.split(IMAGE_PLACEHOLDER)
     if len(pieces) - 1 != n_images:
-        raise ValueError(f"--prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} --image")
+        raise cli.UsageError(f"--prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} --image")
     ids = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     for k, piece in enumerate(pieces):
         if k:
@@ -114,20 +156,23 @@ def _tokenizer(ckpt: Path):
 def run(args: argparse.Namespace) -> dict:
     """Generates for one prompt; returns {"token_ids": new ids (EOS included), "text": decoded or None}."""
     if not args.ckpt.is_dir():
-        raise ValueError(f"--ckpt {args.ckpt}: no such folder")
+        cli.require_dir(args.ckpt, "--ckpt", "give a vlm_jax params checkpoint (e.g. workdir/demo/final)")
     config = read_config(args.ckpt)
     if not (args.ckpt / PARAMS_DIR).is_dir():
-        raise ValueError(f"{args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint)")
+        raise cli.InputError(f"--ckpt {args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint; "
+                             "convert a Hugging Face one with python -m vlm_jax.convert hf-to-orbax)")
+    if isinstance(config, Idefics2Config):
+        return _run_idefics2(args, config)
     tokenizer = _tokenizer(args.ckpt)
     n_tokens = config.num_image_tokens
     if args.input_ids is not None:
-        raw = [int(t) for t in args.input_ids.replace(" ", "").split(",") if t]
+        raw = parse_input_ids(args.input_ids, config.text_config.vocab_size)
         ids, n_images = expand_image_tokens(raw, config.image_token_id, n_tokens)
         if n_images != len(args.image):
-            raise ValueError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
+            raise cli.UsageError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
     else:
         if tokenizer is None:
-            raise ValueError(f"{args.ckpt} has no tokenizer files; use --input-ids")
+            raise cli.InputError(f"--ckpt {args.ckpt} has no tokenizer files; use --input-ids")
         ids = prompt_to_ids(args.prompt, tokenizer, len(args.image), config.image_token_id, n_tokens)
     pixels = load_images(args.image, args.ckpt, config, args.image_aspect_ratio)
     eos = tokenizer.eos_id if tokenizer is not None else config.text_config.eos_token_id
@@ -141,13 +186,57 @@ def run(args: argparse.Namespace) -> dict:
     return {"token_ids": new, "text": None if tokenizer is None else tokenizer.decode(new)}
 
 
+def _run_idefics2(args: argparse.Namespace, config: Idefics2Config) -> dict:
+    """`run` for an Idefics2 checkpoint: the Idefics2 processor's images (no splitting, longest edge 560 or
+    980, shortest 336, padded with a pixel mask) and prompt expansion (`vlm_jax.data.idefics2_processor`)."""
+    from vlm_jax.data import idefics2_processor as proc
+
+    longest, shortest = proc.SIZES["high_res" if args.high_res else "default"]
+    processor = None
+    if any((args.ckpt / name).is_file() for name in TOKENIZER_FILES):
+        processor = proc.Idefics2Processor(str(args.ckpt), config.num_image_tokens, longest, shortest,
+                                           args.space_after_image)
+    if args.input_ids is not None:
+        raw = parse_input_ids(args.input_ids, config.text_config.vocab_size)
+        ids, n_images = expand_image_tokens(raw, config.image_token_id, config.num_image_tokens)
+        if n_images != len(args.image):
+            raise cli.UsageError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
+    else:
+        if processor is None:
+            raise cli.InputError(f"--ckpt {args.ckpt} has no tokenizer files; use --input-ids")
+        prompt = args.prompt
+        if IMAGE_PLACEHOLDER not in prompt:
+            prompt = IMAGE_PLACEHOLDER * len(args.image) + prompt
+        if prompt.count(IMAGE_PLACEHOLDER) != len(args.image):
+            raise cli.UsageError(f"--prompt has {prompt.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders "
+                                 f"but {len(args.image)} --image")
+        ids = processor.encode(prompt)
+    images = []
+    for path in args.image:
+        try:
+            with Image.open(path) as img:
+                images.append(proc.preprocess_image(img, longest, shortest))
+        except OSError as e:
+            raise cli.InputError(f"--image {path}: cannot read the image ({e})") from e
+    pixels, pixel_mask, image_mask = proc.pad_images([images]) if images else (None, None, None)
+    eos = processor.tokenizer.eos_token_id if processor is not None else config.text_config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    input_ids, segment_ids = left_pad([ids], pad_token_id=pad)
+    out = generate(Idefics2(config), restore_params(args.ckpt / PARAMS_DIR), input_ids, segment_ids, pixels,
+                   image_mask, max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, pixel_attention_mask=pixel_mask)
+    new = out.rows()[0]
+    return {"token_ids": new, "text": None if processor is None else processor.decode(new)}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog="python -m vlm_jax.generate")
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run(args)
     if args.json:
         print(json.dumps(result))
     else:

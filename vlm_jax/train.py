@@ -19,16 +19,17 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from vlm_jax import checkpoint as ckpt_lib
+from vlm_jax import cli, config_file
 from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_iterator
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
 from vlm_jax.training import memory as memory_lib
-from vlm_jax.training.config import model_config as resolve_model_config
+from vlm_jax.training.config import check_inputs, model_config as resolve_model_config
+from vlm_jax.training.config import validate as validate_config
 from vlm_jax.training.distributed import batch_divisor, global_batch, maybe_initialize_distributed
 from vlm_jax.training.flops import peak_flops_per_device, train_step_flops
 from vlm_jax.training.metrics import MetricsWriter, Throughput
@@ -37,12 +38,10 @@ from vlm_jax.training.params import count_params, parse_module_list
 from vlm_jax.training.state import abstract_train_state, init_train_state, state_from_params
 from vlm_jax.training.step import jit_train_step, make_train_step, token_losses
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; overrides config.workdir.")
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The loss or gradient norm of a step was NaN or infinite (nan_policy="stop")."""
+class NonFiniteLoss(cli.UserError, FloatingPointError):
+    """The loss or gradient norm of a step was NaN or infinite (nan_policy="stop"): exit 1 at the command line."""
 
 
 def _log(message: str) -> None:
@@ -54,11 +53,9 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
     """`vlm_jax.data.LoaderConfig` fields for this process."""
     d = config.data
     if config.global_batch_size % jax.process_count():
-        raise ValueError(f"global_batch_size {config.global_batch_size} does not divide by "
-                         f"{jax.process_count()} processes")
+        raise cli.UsageError(f"global_batch_size={config.global_batch_size} must be a multiple of the "
+                             f"{jax.process_count()} processes")
     shards = [s for s in d.shards.split(",") if s]
-    if not shards:
-        raise ValueError("config.data.shards is empty: give ArrayRecord shards (or set demo_corpus.build)")
     return {
         "shards": tuple(shards),
         "batch_size": config.global_batch_size // jax.process_count(),
@@ -82,11 +79,12 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
 
 def _check_tokenizer(tokenizer, model_config) -> None:
     if tokenizer.vocab_size > model_config.text_config.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
-                         f"{model_config.text_config.vocab_size}")
+        raise cli.UsageError(f"data.tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                             f"{model_config.text_config.vocab_size}: give the model's own tokenizer")
     image_id = getattr(tokenizer, "image_token_id", None)
     if image_id is not None and image_id != model_config.image_token_id:
-        raise ValueError(f"tokenizer's <image> id {image_id} != model image_token_id {model_config.image_token_id}")
+        raise cli.UsageError(f"data.tokenizer's <image> id {image_id} != the model's image_token_id "
+                             f"{model_config.image_token_id}: give the model's own tokenizer")
 
 
 def _schedule_steps(config) -> int:
@@ -168,21 +166,39 @@ def step_bytes(config: ml_collections.ConfigDict, architecture, mesh) -> float:
         raise
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON)."""
+def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the config") -> dict[str, Any]:
+    """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON).
+    The config and the inputs it names are checked first (`source` names the config file in errors)."""
+    validate_config(config, source)
+    check_inputs(config, workdir)
     maybe_initialize_distributed()
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
+    model_config = resolve_model_config(config, architecture)
+    frozen = parse_module_list(config.frozen)
+    model = Llava(model_config)
+    try:
+        mesh = make_mesh(**config.mesh)
+    except ValueError as e:
+        raise cli.UsageError(f"mesh {dict(config.mesh)} does not fit {jax.device_count()} devices ({e})") from e
+    if config.global_batch_size % (batch_divisor(mesh) * config.grad_accum_steps):
+        raise cli.UsageError(f"global_batch_size={config.global_batch_size} must be a multiple of data*fsdp "
+                             f"({batch_divisor(mesh)}) x grad_accum_steps ({config.grad_accum_steps})")
+    if config.data.seq_len < model_config.num_image_tokens + 2:
+        raise cli.UsageError(f"data.seq_len={config.data.seq_len} cannot hold one image "
+                             f"({model_config.num_image_tokens} tokens) and its text: make it larger")
+    try:
+        schedule = make_schedule(config.optim, _schedule_steps(config))
+    except ValueError as e:
+        raise cli.UsageError(f"optim: {e}") from e
+    tokenizer = make_tokenizer(config.data.tokenizer)
+    _check_tokenizer(tokenizer, model_config)
+
+    os.makedirs(workdir, exist_ok=True)  # everything above is checked before anything is written
     if config.demo_corpus.build:
         _build_demo_corpus(config, workdir)
-    architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
-    mesh = make_mesh(**config.mesh)
-    if config.global_batch_size % (batch_divisor(mesh) * config.grad_accum_steps):
-        raise ValueError(f"global_batch_size {config.global_batch_size} must be a multiple of data*fsdp "
-                         f"({batch_divisor(mesh)}) x grad_accum_steps ({config.grad_accum_steps})")
-    if config.num_train_steps < 0 and config.data.num_epochs < 0:
-        raise ValueError("num_train_steps=-1 (until the data ends) needs data.num_epochs >= 1")
+    loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
     hbm = memory_lib.device_hbm_bytes(jax.devices()[0])
     config, memory_tried = memory_lib.choose(config, hbm, lambda c: step_bytes(c, architecture, mesh))
     for record in memory_tried:
@@ -190,13 +206,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              f"{record['bytes'] / 2**30:.2f} GiB of {hbm / 2**30:.2f} GiB HBM per device"
              f"{'' if record['fits'] else ', does not fit'}")
     parts = build_step(config, architecture, mesh)
-    model_config, frozen, tx, abstract, shardings, step_fn = (
-        parts["model_config"], parts["frozen"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
+    model_config, tx, abstract, shardings, step_fn = (
+        parts["model_config"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
     model = Llava(model_config)
-
-    tokenizer = make_tokenizer(config.data.tokenizer)
-    _check_tokenizer(tokenizer, model_config)
-    loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                               save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save)
@@ -336,18 +348,83 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
     return state, summary
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required (e.g. --config configs/demo.py)")
-    if not flags.FLAGS["verbosity"].present:
-        # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
-        logging.set_verbosity(logging.WARNING)
-    summary = train(config, _WORKDIR.value or config.workdir)
+def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> int:
+    """`--compile_topology`: compiles the train step for a TPU slice (`vlm_jax.training.aot`), prints a
+    table and, as the last line, a JSON object; returns 0 if it fits the chip's HBM, else 1 (after one
+    `does not fit: ...` line on stderr)."""
+    from vlm_jax.topology import parse_slice
+    from vlm_jax.training import aot
+
+    if not os.environ.get("JAX_PLATFORMS"):  # nothing runs here: no accelerator backend needed
+        jax.config.update("jax_platforms", "cpu")
+    try:
+        tpu_slice = parse_slice(topology)
+    except ValueError as e:
+        raise cli.UsageError(f"--compile_topology: {e}") from e
+    architecture = None
+    if config.init_checkpoint and os.path.exists(os.path.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
+        architecture = ckpt_lib.load_config(config.init_checkpoint)
+    report = aot.compile_train_step(config, resolve_model_config(config, architecture), tpu_slice)
+    print(aot.format_table(report), flush=True)
+    if not report["fits"]:
+        print(f"does not fit: train step on {tpu_slice.name} {report['reason']}", file=sys.stderr, flush=True)
+    print(json.dumps(aot.summary_json(report)), flush=True)
+    return 0 if report["fits"] else 1
+
+
+PROG = "python -m vlm_jax.train"
+
+
+def _define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Run directory; overrides config.workdir.", flag_values=values)
+    flags.DEFINE_integer("verbosity", None, "absl log level (0: INFO, with orbax's per-save lines; default WARNING)",
+                         short_name="v", flag_values=values)
+    flags.DEFINE_string("compile_topology", None, "Do not train: compile the train step for this TPU slice (v5p-8, "
+                        "v5e-16, v4-8, v6e-8, v5p:2x2x1, 2xv5e-16; see vlm_jax.topology) on this machine, print the "
+                        "memory per chip and exit 0 if it fits the chip's HBM, else 1. Needs libtpu "
+                        "(pip install -e '.[tpu]'); JAX itself runs on CPU.", flag_values=values)
+
+
+def parse_flags(argv: list[str]) -> flags.FlagValues:
+    """Parses `--config FILE [--config.key=value ...] [--workdir DIR] [-v N]`; errors (missing or broken config
+    file, unknown key with the closest valid one, bad value) are one line (`vlm_jax.cli`)."""
+    return config_file.parse_flags(PROG, argv, define=_define_flags, config_help="Training config file (configs/NAME.py).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog=PROG)
+
+
+def _main(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        print(f"flags: --config FILE (required), --config.FIELD=VALUE (any field of vlm_jax/training/config.py), "
+              f"--workdir DIR, --verbosity N, --compile_topology SLICE\n{_CONFIG_FIELDS_HELP}")
+        return 0
+    values = parse_flags(argv)
+    config = values.config
+    source = values["config"].config_filename
+    # Before any field is read; a compile-only run needs no checkpoint, tokenizer or data.
+    validate_config(config, source, check_required=not values.compile_topology)
+    logging.use_absl_handler()
+    # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
+    logging.set_verbosity(logging.WARNING if values.verbosity is None else values.verbosity)
+    if values.compile_topology:
+        return compile_for_topology(config, values.compile_topology)
+    summary = train(config, values.workdir or config.workdir, source=source)
     _log(json.dumps(summary, indent=2))
+    return 0
+
+
+_CONFIG_FIELDS_HELP = """main config fields (defaults in vlm_jax/training/config.py):
+  init_checkpoint, model_preset, model_overrides   the model (a converted checkpoint, or a preset)
+  data.shards, data.tokenizer, data.seq_len         ArrayRecord shards, tokenizer folder or 'byte', row length
+  global_batch_size, grad_accum_steps, num_train_steps, schedule_steps
+  optim.learning_rate, optim.schedule, optim.warmup_ratio, optim.weight_decay, optim.max_grad_norm
+  mesh.data, mesh.fsdp, mesh.tensor                 device mesh (-1: the remaining devices)
+  checkpoint.save_every, checkpoint.keep, frozen, dtype, attention_impl, remat_policy, nan_policy"""
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -19,7 +19,7 @@ from orbax.checkpoint._src.serialization import type_handler_registry
 
 from vlm_jax.convert.param_map import get_path, iter_leaves
 from vlm_jax.convert.safetensors_io import CheckpointError
-from vlm_jax.models.config import LlavaConfig, VisionConfig
+from vlm_jax.models.config import LlavaConfig, VisionConfig, model_config_from_dict
 
 CONFIG_NAME = "config.json"
 # OCDBT buffers a data file's encoded chunks in memory until the file is written: with the default (one
@@ -47,11 +47,11 @@ def save_numpy_params(ckpt_dir: str | Path, params: dict, config: LlavaConfig) -
 
 
 def read_config(ckpt_dir: str | Path) -> LlavaConfig:
-    """The LlavaConfig stored next to the params."""
+    """The model config (LlavaConfig or Idefics2Config, by family) stored next to the params."""
     path = Path(ckpt_dir) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found: not a vlm_jax params checkpoint (config.json + params/)")
-    return LlavaConfig.from_dict(json.loads(path.read_text()))
+    return model_config_from_dict(json.loads(path.read_text()))
 
 
 def params_metadata(params_dir: str | Path) -> dict:

@@ -24,7 +24,7 @@ from vlm_jax.convert.hf_to_orbax import DTYPES
 from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf
 from vlm_jax.convert.safetensors_io import CheckpointError, parse_size, write_sharded
 from vlm_jax.convert.side_files import copy_side_files
-from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.config import Idefics2Config, LlavaConfig
 
 _HUB_NAMES = [
     (hf_layouts.LM_HEAD, "language_model.lm_head.weight"),
@@ -130,6 +130,12 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None 
     """`orbax-to-hf`: writes `out/{config.json, generation_config.json, model*.safetensors[, index]}` and the
     tokenizer / preprocessor files found next to the checkpoint. Returns the HF config dict written."""
     ckpt, out = Path(ckpt), Path(out)
+    if (ckpt / PARAMS_DIR).is_dir() and isinstance(read_config(ckpt), Idefics2Config):
+        if step is not None:
+            raise CheckpointError(f"{ckpt}: --step applies to training workdirs only (this is a params checkpoint)")
+        from vlm_jax.convert import idefics2
+
+        return idefics2.export(ckpt, out, dtype=dtype, max_shard_size=max_shard_size)
     source = params_source(ckpt, step)
     config, params_dir = source.config, source.params_dir
     np_dtype = DTYPES[dtype] if dtype else None

@@ -21,6 +21,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from vlm_jax.cli import InputError
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -42,8 +44,9 @@ _DTYPES: dict[str, np.dtype] = {
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint on disk is missing, malformed, or disagrees with its config; the message names the file/tensor."""
+class CheckpointError(InputError):
+    """A checkpoint on disk is missing, malformed, or disagrees with its config; the message names the file/tensor
+    (a bad input: exit 1 at the command line)."""
 
 
 @dataclass(frozen=True)

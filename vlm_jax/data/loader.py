@@ -1,7 +1,8 @@
-"""Grain training pipeline: ArrayRecord shards -> packed, batched, checkpointable batches.
+"""Grain training pipeline: converted corpora -> packed, batched, checkpointable batches.
 
-    ArrayRecordDataSource -> [process_index::process_count] -> shuffle(seed) -> repeat(num_epochs)
-      -> DocumentProcessor (msgpack decode, image decode + CLIP preprocessing, seed tokenization;
+    corpus folders (TFDS ArrayRecord data sources, `vlm_jax.data.records.open_corpora`)
+      -> [process_index::process_count] -> shuffle(seed) -> repeat(num_epochs)
+      -> DocumentProcessor (record decode, image decode + CLIP preprocessing, seed tokenization;
          in `num_workers` worker processes via mp_prefetch, else in `read_threads` threads)
       -> count-and-drop (loader metrics, in the main process) -> first-fit packing -> batch
 
@@ -14,7 +15,6 @@ batch, and Orbax saves it with `grain.checkpoint.CheckpointSave(it)` / `Checkpoi
 from __future__ import annotations
 
 import dataclasses
-import glob
 import io
 import json
 import os
@@ -26,9 +26,10 @@ import numpy as np
 from absl import flags as absl_flags
 from PIL import Image
 
-from vlm_jax.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_image, processor_settings_from_hf
+from vlm_jax.data.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageRejected, preprocess_image,
+                                processor_settings_from_hf)
 from vlm_jax.data.packing import document_example, pack_documents
-from vlm_jax.data.records import decode_document
+from vlm_jax.data import records as corpus_records
 from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, tokenize_interleaved
 
 COUNTS_KEY = "loader_counts"
@@ -42,6 +43,7 @@ COUNTER_NAMES = (
     "images_used",
     "images_skipped_corrupt",  # bytes that PIL cannot decode
     "images_skipped_missing",  # empty image bytes
+    "images_skipped_too_large",  # over the pixel or aspect-ratio limit of vlm_jax.data.image (never decoded)
     "images_dropped",  # beyond max_images or the length budget (not an error)
 )
 
@@ -50,7 +52,7 @@ COUNTER_NAMES = (
 class LoaderConfig:
     """Everything `make_train_iterator` needs; plain data (build it from a dict with `from_dict`).
 
-    shards: ArrayRecord paths, globs, directories (their `*.array_record`) or convert manifests.
+    shards: converted corpus folders (`python -m data_prep.convert --out`), read in this order.
     tokenizer: "byte" for `ByteTokenizer`, else a local HF tokenizer directory.
     image_token_id: defaults to the tokenizer's `<image>` id. max_length defaults to seq_len.
     preprocessor_config: a checkpoint's preprocessor_config.json; when given, its size, crop,
@@ -102,28 +104,6 @@ class LoaderConfig:
         return cls(**values)
 
 
-def resolve_shards(specs: Sequence[str]) -> list[str]:
-    """Expands paths, globs, directories and convert manifests into a sorted, de-duplicated list."""
-    paths: list[str] = []
-    for spec in specs:
-        if os.path.isdir(spec):
-            paths.extend(glob.glob(os.path.join(spec, "*.array_record")))
-        elif spec.endswith(".json") and os.path.isfile(spec):
-            with open(spec) as f:
-                manifest = json.load(f)
-            base = os.path.dirname(os.path.abspath(spec))
-            paths.extend(os.path.join(base, s["path"]) for s in manifest["shards"])
-        else:
-            matches = glob.glob(spec)
-            if not matches:
-                raise FileNotFoundError(f"no ArrayRecord shard matches {spec!r}")
-            paths.extend(matches)
-    paths = sorted(set(os.path.abspath(p) for p in paths))
-    if not paths:
-        raise FileNotFoundError(f"no ArrayRecord shards found in {list(specs)}")
-    return paths
-
-
 def make_tokenizer(spec: str | Tokenizer) -> Tokenizer:
     """"byte" -> ByteTokenizer; a directory -> HFTokenizer; a Tokenizer passes through."""
     if not isinstance(spec, str):
@@ -169,7 +149,7 @@ class DocumentProcessor(grain.transforms.Map):
         counts = dict.fromkeys(COUNTER_NAMES, 0)
         counts["documents_read"] = 1
         try:
-            doc = decode_document(record)
+            doc = corpus_records.decode_document(record)
         except ValueError:
             counts["documents_skipped_malformed"] = 1
             return {"example": None, "counts": counts}
@@ -191,6 +171,9 @@ class DocumentProcessor(grain.transforms.Map):
                     continue
                 try:
                     pixels[pos] = self._load_image(images[pos])
+                except ImageRejected:  # over the pixel / aspect-ratio limit: refused from the header
+                    counts["images_skipped_too_large"] += 1
+                    failed.append(pos)
                 except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image: skip and count.
                     counts["images_skipped_corrupt"] += 1
                     failed.append(pos)
@@ -200,7 +183,8 @@ class DocumentProcessor(grain.transforms.Map):
             remap = {old: new for new, old in enumerate(keep)}
             texts, images = [texts[i] for i in keep], [images[i] for i in keep]
             pixels = {remap[p]: v for p, v in pixels.items()}
-        failed_total = counts["images_skipped_missing"] + counts["images_skipped_corrupt"]
+        failed_total = (counts["images_skipped_missing"] + counts["images_skipped_corrupt"]
+                        + counts["images_skipped_too_large"])
         if tokenized is None:
             no_image_left = not any(t is None for t in texts)
             counts["documents_skipped_no_image" if no_image_left else "documents_skipped_too_long"] = 1
@@ -293,7 +277,7 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
         max_length=max_length,
         image_settings=_image_settings(config),
     )
-    source = grain.sources.ArrayRecordDataSource(resolve_shards(config.shards))
+    source = corpus_records.open_corpora(config.shards)
     records = grain.MapDataset.source(source)[config.process_index :: config.process_count]
     if len(records) == 0:
         raise ValueError(f"process {config.process_index}/{config.process_count} has no records")

@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
-from PIL import Image
 
-from vlm_jax.data.image import preprocess_image
+from vlm_jax import cli
+from vlm_jax.data.image import open_image_file, preprocess_image
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.models.config import LlavaConfig
 
@@ -44,16 +44,16 @@ def read_questions(path: str) -> list[Question]:
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not JSON ({err.msg})") from err
+                raise cli.InputError(f"{where}: not JSON ({err.msg})") from err
             for field in ("image", "prompt", "choices", "answer"):
                 if field not in raw:
-                    raise ValueError(f"{where}: no field {field!r}")
+                    raise cli.InputError(f"{where}: no field {field!r}")
             if raw["answer"] not in raw["choices"]:
-                raise ValueError(f"{where}: answer {raw['answer']!r} is not among the choices")
+                raise cli.InputError(f"{where}: answer {raw['answer']!r} is not among the choices")
             questions.append(Question(os.path.join(base, raw["image"]), raw["prompt"], tuple(raw["choices"]),
                                       raw["answer"]))
     if not questions:
-        raise ValueError(f"{path}: no questions")
+        raise cli.InputError(f"{path}: no questions")
     return questions
 
 
@@ -66,8 +66,11 @@ def choice_rows(questions: Sequence[Question], tokenizer: Tokenizer, model_confi
     """
     prefix_rows, choice_ids, pixels = [], [], []
     for q in questions:
-        with Image.open(q.image) as img:
-            pixel = preprocess_image(img, **image_settings)
+        try:
+            with open_image_file(q.image) as img:
+                pixel = preprocess_image(img, **image_settings)
+        except (OSError, ValueError) as e:  # missing, not a regular file, over the limits, undecodable
+            raise cli.InputError(f"held-out image {q.image}: {cli.one_line(e)}") from e
         prefix = ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + \
             [model_config.image_token_id] * model_config.num_image_tokens + tokenizer.encode(q.prompt)
         for choice in q.choices:

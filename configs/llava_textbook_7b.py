@@ -30,7 +30,11 @@ def get_config():
     c.attention_impl = "pallas"
     c.frozen = "vision_tower"
     c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
-    c.global_batch_size = 64  # packed 32k-token rows per step (~2M tokens)
+    # Packed 32k-token rows per update, matching the original's 16 documents per update (2 per GPU x 8,
+    # configs/llava_textbook_7b_seed.py): a textbook document's up to 12 images fill a row's 12 image slots,
+    # so rows hold about one document each and both configs make about as many updates per epoch.
+    # Slices with fewer than 16 devices: raise grad_accum_steps (e.g. 2 on 8 devices for one row per device).
+    c.global_batch_size = 16
     c.grad_accum_steps = 1
     c.num_train_steps = -1  # one pass over the data
     c.schedule_steps = 2000  # estimate of the epoch's steps, for the 3% warmup

@@ -99,3 +99,25 @@ def test_bfloat16_moments_store_half_and_update_in_float32():
         assert b.dtype == jnp.float32
     with pytest.raises(ValueError, match="moment_dtype"):
         make_optimizer({**optim, "moment_dtype": "float16"}, make_schedule(optim, 10))
+
+
+def test_memory_ladder_adds_one_option_per_rung_and_auto_stops_at_the_first_fit():
+    from vlm_jax.training import memory
+    from vlm_jax.training.config import base_config
+
+    c = base_config()
+    c.global_batch_size, c.data.seq_len, c.memory = 16, 8192, "auto"
+    names = [name for name, _ in memory.rungs(c, batch_shards=8)]
+    assert names == ["as written", "grad_accum_steps=2", "remat_policy=offload", "mlp_chunk=4096",
+                     "optim.moment_dtype=bfloat16"]
+    last = memory.rungs(c, 8)[-1][1]
+    assert (last.grad_accum_steps, last.remat_policy, last.mlp_chunk, last.optim.moment_dtype) == \
+        (2, "offload", 4096, "bfloat16")
+    c.loss_normalization = "per_device"  # accumulation would change the per-device groups: not offered
+    assert "grad_accum_steps=2" not in [name for name, _ in memory.rungs(c, 8)]
+    tried = []
+    chosen, result, _ = memory.choose(c, 8, lambda cfg: tried.append(cfg.remat_policy) or cfg.remat_policy,
+                                      lambda r: r == "offload")
+    assert tried == ["none", "offload"] and chosen.remat_policy == "offload" and chosen.mlp_chunk == 0
+    c.memory = "fixed"
+    assert memory.choose(c, 8, lambda cfg: 1, lambda r: False)[0].remat_policy == "none"

@@ -27,6 +27,7 @@ from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_itera
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
+from vlm_jax.training import aot
 from vlm_jax.training import memory as memory_lib
 from vlm_jax.training.config import check_inputs, model_config as resolve_model_config
 from vlm_jax.training.config import validate as validate_config
@@ -70,6 +71,8 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
         "preprocessor_config": d.preprocessor_config or None,
         "seed": d.seed,
         "num_epochs": None if d.num_epochs < 0 else d.num_epochs,
+        "shuffle": d.shuffle,
+        "packing": d.packing,
         "num_workers": d.num_workers,
         "read_threads": d.read_threads,
         "process_index": jax.process_index(),
@@ -140,24 +143,14 @@ def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[st
             "shardings": shardings, "step_fn": step_fn}
 
 
-def abstract_batch(config: ml_collections.ConfigDict, model_config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """ShapeDtypeStructs (sharded over data x fsdp) of one global training batch (DESIGN.md's batch dict)."""
-    sharding = batch_sharding(mesh)
-    rows, seq, slots = config.global_batch_size, config.data.seq_len, config.data.max_images_per_row
-    size = model_config.vision_config.image_size
-    shapes = {"input_ids": ((rows, seq), np.int32), "targets": ((rows, seq), np.int32),
-              "loss_mask": ((rows, seq), np.float32), "positions": ((rows, seq), np.int32),
-              "segment_ids": ((rows, seq), np.int32), "pixel_values": ((rows, slots, size, size, 3), np.float32),
-              "image_mask": ((rows, slots), np.bool_)}
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
-
-
 def step_bytes(config: ml_collections.ConfigDict, architecture, mesh) -> float:
     """Device bytes the compiled train step of `config` needs (`memory_lib.compiled_bytes`); inf when the
     compiler itself reports that it does not fit."""
     parts = build_step(config, architecture, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        lowered = parts["step_fn"].lower(parts["abstract"], abstract_batch(config, parts["model_config"], mesh))
+        batch = aot.abstract_batch(parts["model_config"], batch=config.global_batch_size, seq_len=config.data.seq_len,
+                                   max_images_per_row=config.data.max_images_per_row, sharding=batch_sharding(mesh))
+        lowered = parts["step_fn"].lower(parts["abstract"], batch)
     try:
         return memory_lib.compiled_bytes(lowered.compile())
     except jax.errors.JaxRuntimeError as e:
@@ -200,11 +193,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
         _build_demo_corpus(config, workdir)
     loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
     hbm = memory_lib.device_hbm_bytes(jax.devices()[0])
-    config, memory_tried = memory_lib.choose(config, hbm, lambda c: step_bytes(c, architecture, mesh))
-    for record in memory_tried:
-        _log(f"memory rung {record['rung']} {record['options'] or '(config as written)'}: "
-             f"{record['bytes'] / 2**30:.2f} GiB of {hbm / 2**30:.2f} GiB HBM per device"
-             f"{'' if record['fits'] else ', does not fit'}")
+    if hbm is not None and config.memory == "auto":
+        config, _, tried = memory_lib.choose(config, batch_divisor(mesh), lambda c: step_bytes(c, architecture, mesh),
+                                             lambda need: need <= hbm)
+        for name, need in tried:
+            _log(f"memory: {name}: {need / 2**30:.2f} GiB of {hbm / 2**30:.2f} GiB HBM per device"
+                 f"{'' if need <= hbm else ', does not fit'}")
     parts = build_step(config, architecture, mesh)
     model_config, tx, abstract, shardings, step_fn = (
         parts["model_config"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
@@ -353,7 +347,6 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     table and, as the last line, a JSON object; returns 0 if it fits the chip's HBM, else 1 (after one
     `does not fit: ...` line on stderr)."""
     from vlm_jax.topology import parse_slice
-    from vlm_jax.training import aot
 
     if not os.environ.get("JAX_PLATFORMS"):  # nothing runs here: no accelerator backend needed
         jax.config.update("jax_platforms", "cpu")
@@ -364,7 +357,13 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     architecture = None
     if config.init_checkpoint and os.path.exists(os.path.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
         architecture = ckpt_lib.load_config(config.init_checkpoint)
-    report = aot.compile_train_step(config, resolve_model_config(config, architecture), tpu_slice)
+    mesh_shards = aot.batch_shards(config, tpu_slice)
+    config, report, tried = memory_lib.choose(
+        config, mesh_shards, lambda c: aot.compile_train_step(c, resolve_model_config(c, architecture), tpu_slice),
+        lambda r: r["fits"])
+    report["memory_options"] = tried[-1][0]
+    for name, r in tried[:-1]:
+        print(f"memory: {name}: {r['per_chip_gib']:.2f} GiB per chip, does not fit", flush=True)
     print(aot.format_table(report), flush=True)
     if not report["fits"]:
         print(f"does not fit: train step on {tpu_slice.name} {report['reason']}", file=sys.stderr, flush=True)

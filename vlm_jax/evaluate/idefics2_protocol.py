@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image as PILImage
+from vlm_jax.data.image import open_image_file
 
 from vlm_jax.convert.orbax_params import PARAMS_DIR, restore_params
 from vlm_jax.data import idefics2_processor as proc
@@ -101,11 +101,11 @@ def run_evaluation(config, ckpt: Path, model_config: Idefics2Config) -> dict:
     processor = proc.Idefics2Processor(str(ckpt), model_config.num_image_tokens, longest, shortest)
     model, params = Idefics2(model_config), restore_params(ckpt / PARAMS_DIR)
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0
-    demo_pixels = [proc.preprocess_image(PILImage.open(d.image_path), longest, shortest) for d in demos]
+    demo_pixels = [proc.preprocess_image(open_image_file(d.image_path), longest, shortest) for d in demos]
     answers, raw = {}, {}
     for query, prompt in zip(queries, prompts):
         ids, seg = left_pad([processor.encode(prompt.render())], pad_token_id=pad)
-        images = demo_pixels + [proc.preprocess_image(PILImage.open(query.image_path), longest, shortest)]
+        images = demo_pixels + [proc.preprocess_image(open_image_file(query.image_path), longest, shortest)]
         pixels, pixel_mask, image_mask = proc.pad_images([images])
         out = generate(model, params, ids, seg, pixels, image_mask, max_new_tokens=MAX_NEW_TOKENS,
                        eos_token_id=processor.tokenizer.eos_token_id, pad_token_id=pad,

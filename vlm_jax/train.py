@@ -356,12 +356,15 @@ def _main(argv: list[str]) -> int:
         return 0
     values = parse_flags(argv)
     config = values.config
+    source = values["config"].config_filename
+    # Before any field is read; a compile-only run needs no checkpoint, tokenizer or data.
+    validate_config(config, source, check_required=not values.compile_topology)
     logging.use_absl_handler()
     # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
     logging.set_verbosity(logging.WARNING if values.verbosity is None else values.verbosity)
     if values.compile_topology:
         return compile_for_topology(config, values.compile_topology)
-    summary = train(config, values.workdir or config.workdir, source=values["config"].config_filename)
+    summary = train(config, values.workdir or config.workdir, source=source)
     _log(json.dumps(summary, indent=2))
     return 0
 

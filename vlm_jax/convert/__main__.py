@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("hf-to-orbax needs --hf DIR, or --clip DIR and --llm DIR")
     if args.command == "hf-to-orbax" and args.hf is not None and args.llm is not None:
         parser.error("--llm goes with --clip only, not with --hf")
+    if args.command == "orbax-to-hf":
+        from vlm_jax.convert.safetensors_io import parse_size
+
+        try:
+            parse_size(args.max_shard_size)
+        except ValueError as e:
+            parser.error(f"--max-shard-size: {e}")
     return args
 
 

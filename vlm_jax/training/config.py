@@ -301,11 +301,9 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
             raise cli.InputError(f"init_checkpoint {config.init_checkpoint}: no {CONFIG_FILE}, not a vlm_jax params "
                                  "checkpoint (convert one with python -m vlm_jax.convert hf-to-orbax)")
     if config.data.tokenizer != "byte":
-        fix = "give 'byte' or a Hugging Face tokenizer folder (tokenizer.json or tokenizer.model)"
-        cli.require_dir(config.data.tokenizer, "data.tokenizer", fix)
-        if not any(os.path.isfile(os.path.join(config.data.tokenizer, name))
-                   for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-            raise cli.InputError(f"data.tokenizer {config.data.tokenizer}: no tokenizer files there; {fix}")
+        from vlm_jax.data.tokenizer import check_tokenizer_folder
+
+        check_tokenizer_folder(config.data.tokenizer, "data.tokenizer")
     if not config.demo_corpus.build:
         import glob
 

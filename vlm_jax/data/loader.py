@@ -4,7 +4,7 @@
       -> [process_index::process_count] -> shuffle(seed) -> repeat(num_epochs)
       -> DocumentProcessor (record decode, image decode + CLIP preprocessing, seed tokenization;
          in `num_workers` worker processes via mp_prefetch, else in `read_threads` threads)
-      -> count-and-drop (loader metrics, in the main process) -> first-fit packing -> batch
+      -> count-and-drop (loader metrics, in the main process) -> best-fit packing (look-ahead) -> batch
 
 Every step is deterministic given `seed`, and the per-record step is one-to-one, so the batches do
 not depend on `num_workers`. Shuffling reshuffles each epoch (Grain folds the epoch into the seed).
@@ -57,7 +57,7 @@ class LoaderConfig:
     image_token_id: defaults to the tokenizer's `<image>` id. max_length defaults to seq_len.
     preprocessor_config: a checkpoint's preprocessor_config.json; when given, its size, crop,
     mean and std replace image_size/crop_size/image_mean/image_std.
-    num_open_rows: rows the first-fit packer keeps open (default batch_size).
+    pack_lookahead: documents the best-fit packer looks ahead over (see `vlm_jax.data.packing`).
     num_epochs: None repeats forever (use that, with a step budget, for multi-host training:
     hosts may pack different numbers of rows from their shards).
     """
@@ -82,7 +82,7 @@ class LoaderConfig:
     num_workers: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 2
-    num_open_rows: int | None = None
+    pack_lookahead: int = 64
     process_index: int = 0
     process_count: int = 1
 
@@ -297,7 +297,7 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
         stream,
         seq_len=config.seq_len,
         max_images_per_row=config.max_images_per_row,
-        num_open_rows=config.num_open_rows or config.batch_size,
+        lookahead=config.pack_lookahead,
         pad_id=tokenizer.pad_id,
     )
     return rows.batch(config.batch_size, drop_remainder=True)

@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("hf-to-orbax needs --hf DIR, or --clip DIR and --llm DIR")
     if args.command == "hf-to-orbax" and args.hf is not None and args.llm is not None:
         parser.error("--llm goes with --clip only, not with --hf")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        kind = "a non-empty folder" if args.out.is_dir() else "a file"
+        raise cli.InputError(f"--out {args.out}: is {kind}; give a new or empty folder (nothing is overwritten)")
     if args.command == "orbax-to-hf":
         from vlm_jax.convert.safetensors_io import parse_size
 

@@ -144,6 +144,12 @@ def test_a_run_that_wrote_nothing_exits_1(env, capsys, content, reason):
     assert "no document written" in line and reason in line
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["manifest.json", "skipped.jsonl"]  # why, but no dataset
+    _jsonl(src, [GOOD])  # fixed input: the same --out is accepted again (it holds only that report)
+    assert _run(tmp_path, images, src) == 0 and len(_docs(out)) == 1
+    src.write_bytes(content)  # --overwrite with nothing to write: the previous corpus goes, the report stays
+    capsys.readouterr()
+    assert _run(tmp_path, images, src, "--overwrite") == 1 and "no document written" in _error_line(capsys)
+    assert sorted(os.listdir(out)) == ["manifest.json", "skipped.jsonl"]
 
 
 # --- bad records and images: skipped and counted, the rest converted -------------------------------------

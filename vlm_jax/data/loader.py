@@ -4,7 +4,7 @@
       -> [process_index::process_count] -> shuffle(seed) (unless shuffle=False: file order) -> repeat(num_epochs)
       -> DocumentProcessor (record decode, image decode + CLIP preprocessing, seed tokenization;
          in `num_workers` worker processes via mp_prefetch, else in `read_threads` threads)
-      -> count-and-drop (loader metrics, in the main process) -> first-fit packing (packing="first_fit")
+      -> count-and-drop (loader metrics, in the main process) -> best-fit packing (look-ahead, packing="best_fit")
          or one padded document per row (packing="none", the original's batches) -> batch
 
 Every step is deterministic given `seed`, and the per-record step is one-to-one, so the batches do
@@ -34,7 +34,7 @@ from vlm_jax.data import records as corpus_records
 from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, tokenize_interleaved
 
 COUNTS_KEY = "loader_counts"
-PACKINGS = ("first_fit", "none")
+PACKINGS = ("best_fit", "none")
 COUNTER_NAMES = (
     "documents_read",
     "documents_used",
@@ -59,9 +59,9 @@ class LoaderConfig:
     image_token_id: defaults to the tokenizer's `<image>` id. max_length defaults to seq_len.
     preprocessor_config: a checkpoint's preprocessor_config.json; when given, its size, crop,
     mean and std replace image_size/crop_size/image_mean/image_std.
-    num_open_rows: rows the first-fit packer keeps open (default batch_size).
+    pack_lookahead: documents the best-fit packer looks ahead over (see `vlm_jax.data.packing`).
     shuffle: False reads the records in file order (the original's sequential sampler).
-    packing: "first_fit" packs documents into rows; "none" pads each document to its own row.
+    packing: "best_fit" packs documents into rows; "none" pads each document to its own row.
     num_epochs: None repeats forever (use that, with a step budget, for multi-host training:
     hosts may pack different numbers of rows from their shards).
     """
@@ -86,9 +86,9 @@ class LoaderConfig:
     num_workers: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 2
-    num_open_rows: int | None = None
+    pack_lookahead: int = 64
     shuffle: bool = True
-    packing: str = "first_fit"
+    packing: str = "best_fit"
     process_index: int = 0
     process_count: int = 1
 
@@ -311,7 +311,7 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
             stream,
             seq_len=config.seq_len,
             max_images_per_row=config.max_images_per_row,
-            num_open_rows=config.num_open_rows or config.batch_size,
+            lookahead=config.pack_lookahead,
             pad_id=tokenizer.pad_id,
         )
     return rows.batch(config.batch_size, drop_remainder=True)

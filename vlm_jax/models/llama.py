@@ -112,12 +112,20 @@ class LlamaAttention(nn.Module):
             # (scanning it as xs / ys would copy every layer's cache on every decode step). It is kept
             # [layers, batch, kv_heads, max_len, head_dim]: the layout the one-token decode attention reads
             # directly (no per-step transpose of the whole cache).
+            # With `layer` None the buffers are this layer's own `[batch, kv_heads, max_len, head_dim]` (the
+            # unrolled decode of `Llama`, where the attention reads the buffer itself, not a sliced copy).
             cache_k, cache_v, layer = layer_cache
-            write = lambda cache, x: jax.lax.dynamic_update_slice(  # noqa: E731
-                cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype)[None], (layer, 0, 0, cache_index, 0))
-            cache_k, cache_v = write(cache_k, k), write(cache_v, v)
-            layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dtype)
-            layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dtype)
+            if layer is None:
+                write = lambda cache, x: jax.lax.dynamic_update_slice(  # noqa: E731
+                    cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype), (0, 0, cache_index, 0))
+                cache_k, cache_v = write(cache_k, k), write(cache_v, v)
+                layer_k, layer_v = cache_k.astype(dtype), cache_v.astype(dtype)
+            else:
+                write = lambda cache, x: jax.lax.dynamic_update_slice(  # noqa: E731
+                    cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype)[None], (layer, 0, 0, cache_index, 0))
+                cache_k, cache_v = write(cache_k, k), write(cache_v, v)
+                layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dtype)
+                layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dtype)
             if q.shape[1] == 1 and not _is_static_zero(cache_index):
                 out = decode_attention(q, layer_k, layer_v, segment_ids, kv_segment_ids, cache_index,
                                        sliding_window=c.sliding_window)
@@ -127,7 +135,7 @@ class LlamaAttention(nn.Module):
                                 q_offset=cache_index, implementation=c.attention_impl,
                                 block_q=c.attention_block_q, block_k=c.attention_block_k,
                                 sliding_window=c.sliding_window)
-            new_cache = (cache_k, cache_v, layer + 1)
+            new_cache = (cache_k, cache_v, None if layer is None else layer + 1)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)
         return out, new_cache
@@ -248,6 +256,21 @@ class Llama(nn.Module):
         if not c.tie_word_embeddings:
             self.lm_head = LMHead(c)
 
+    def _unrolled_layers(self, x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index):
+        """The layers one by one (a Python loop over the stacked params, sliced at static indices) on a
+        `split_cache` cache → (x, (k tuple, v tuple, None))."""
+        c = self.config
+        stacked_params = nn.unbox(self.layers.variables["params"])
+        layer = LlamaDecoderLayer(c, parent=None)  # applied functionally to each layer's slice
+        ks, vs = [], []
+        for i, (k, v) in enumerate(zip(cache["k"], cache["v"])):
+            params = jax.tree.map(lambda a: a[i], stacked_params)
+            (x, (k, v, _)), _ = layer.apply({"params": params}, (x, (k, v, None)), cos, sin, segment_ids,
+                                            kv_segment_ids, cache_index)
+            ks.append(k)
+            vs.append(v)
+        return x, (tuple(ks), tuple(vs), None)
+
     def embed(self, input_ids):
         """Token embeddings `[b, s, D]` in the compute dtype."""
         return self.embed_tokens(input_ids)
@@ -275,7 +298,11 @@ class Llama(nn.Module):
                 raise ValueError("Llama: cache given without cache_index")
             kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
             layer_caches = (cache["k"], cache["v"], jnp.int32(0))
-        (x, layer_caches), _ = self.layers((x, layer_caches), cos, sin, segment_ids, kv_segment_ids, cache_index)
+        if cache is not None and isinstance(cache["k"], tuple):
+            x, layer_caches = self._unrolled_layers(x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index)
+        else:
+            (x, layer_caches), _ = self.layers((x, layer_caches), cos, sin, segment_ids, kv_segment_ids,
+                                               cache_index)
         if last_logits_only:
             x = x[:, -1:]
         x = self.norm(x)
@@ -295,6 +322,15 @@ def output_kernel(config: TextConfig, params) -> jax.Array:
     if config.tie_word_embeddings:
         return params["embed_tokens"]["embedding"].T
     return params["lm_head"]["kernel"]
+
+
+def split_cache(cache: dict) -> dict:
+    """The cache with `k`, `v` as tuples of per-layer `[batch, kv_heads, max_len, head_dim]` buffers. `Llama`
+    then runs its layers unrolled, each attending over its own buffer in place (with the stacked layout, each
+    layer of each decode step reads a copied slice of the stack). `generation.decode_loop` decodes on this."""
+    if isinstance(cache["k"], tuple):
+        return cache
+    return {"k": tuple(cache["k"]), "v": tuple(cache["v"]), "segment_ids": cache["segment_ids"]}
 
 
 def init_cache(config: TextConfig, batch: int, max_len: int, dtype=None) -> dict:

@@ -90,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
         "num_epochs": 1,  # -1: repeat forever
         "seed": 0,  # shuffle seed
         "shuffle": True,  # False: records in file order (the original's sequential sampler)
-        "packing": "first_fit",  # "first_fit" packs documents into rows | "none": one padded document per row
+        "packing": "best_fit",  # "best_fit" packs documents into rows | "none": one padded document per row
         "num_workers": 0,  # Grain worker processes (0: threads in the main process)
         "read_threads": 2,
     })
@@ -223,7 +223,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "optim.eps": _float(0.0, lo_open=True), "optim.max_grad_norm": _float(0.0),
     "data.shards": _str, "data.tokenizer": _nonempty_str, "data.seq_len": _int(1), "data.max_images": _int(0),
     "data.max_images_per_row": _int(1), "data.image_aspect": _choice("pad", "none"),
-    "data.shuffle": _bool, "data.packing": _choice("first_fit", "none"),
+    "data.shuffle": _bool, "data.packing": _choice("best_fit", "none"),
     "data.preprocessor_config": _str, "data.num_epochs": _int(1, special=(-1,)), "data.seed": _int(),
     "data.num_workers": _int(0), "data.read_threads": _int(1),
     "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1), "checkpoint.async_save": _bool,

@@ -37,8 +37,8 @@ class SourceDocument:
 
 def is_json_input(path: str) -> bool:
     """True for a .json/.jsonl file or a folder that is not a converted corpus (no dataset_info.json)."""
-    if os.path.isdir(path):
-        return not os.path.isfile(os.path.join(path, "dataset_info.json"))
+    if os.path.isdir(path):  # a folder a conversion wrote into (even unfinished) is read as a corpus
+        return not any(os.path.exists(os.path.join(path, name)) for name in ("dataset_info.json", records.PARTIAL_DIR))
     return path.endswith(JSON_SUFFIXES)
 
 

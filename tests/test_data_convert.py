@@ -239,3 +239,12 @@ def test_leftovers_of_a_killed_run_are_never_read(tmp_path, images_root):
     batches = list(make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
                                             num_image_tokens=4, max_images=3, image_size=8)))
     assert sum(int(b["image_mask"].sum()) for b in batches) == 3
+
+
+def test_a_listed_shard_that_is_empty_is_refused_not_read(tmp_path, images_root):
+    out = tmp_path / "out"
+    assert _cli(tmp_path, images_root, out, "--shard-size", "1") == 0
+    (out / "corpus-train.array_record-00001-of-00002").write_bytes(b"")  # truncated after the conversion
+    with pytest.raises(CorpusError, match="00001-of-00002 listed in dataset_info.json is missing or empty"):
+        make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
+                                 num_image_tokens=4, max_images=3, image_size=8))

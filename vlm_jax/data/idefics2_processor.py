@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from vlm_jax.data.tokenizer import IGNORE_INDEX, TokenizedDocument
+
 FAKE_IMAGE_TOKEN = "<fake_token_around_image>"
 IMAGE_TOKEN = "<image>"
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -109,3 +111,56 @@ class Idefics2Processor:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _cut(self, ids: np.ndarray) -> np.ndarray:
+        return _drop_partial_block(ids, self.image_token_id, self.fake_image_token_id, self.image_seq_len)
+
+    def tokenize_document(self, texts: Sequence[str | None], max_length: int) -> TokenizedDocument | None:
+        """A training document (`texts`: pieces, None at images, as `data_prep --format textbook_clips` writes
+        them) as the original's Idefics2 collator tokenizes it: the pieces joined with "" and `<image>` at each
+        image, expanded and tokenized as `encode` (BOS added; the string's own leading `<s>` stays, so it starts
+        `<s><s>` as in the original); labels = the ids with the pad token and `<image>` tokens ignored — BOS,
+        the fake tokens, `Image:` and the text before the first image are trained (unlike LLaVA's rule).
+        Past `max_length` the document is cut, never inside an image block (the original's tokenizer truncation
+        could cut one, which transformers then rejects); None when no image block fits."""
+        ids = np.asarray(self.encode(document_text(texts)), np.int32)
+        truncated = len(ids) > max_length
+        if truncated:
+            ids = self._cut(ids[:max_length])
+        n_images = len(_image_blocks(ids, self.image_token_id))
+        if n_images == 0:
+            return None
+        labels = ids.copy()
+        pad = self.tokenizer.pad_token_id
+        if pad is not None:
+            labels[ids == pad] = IGNORE_INDEX
+        labels[ids == self.image_token_id] = IGNORE_INDEX
+        return TokenizedDocument(input_ids=ids, labels=labels, num_images=n_images, truncated=truncated)
+
+
+def _drop_partial_block(ids: np.ndarray, image_token_id: int, fake_id: int, image_seq_len: int) -> np.ndarray:
+    """`ids` cut so that it ends with no partial image block: a last run of image tokens that is short or not
+    closed by a fake token goes, with its opening fake token unless that one closes the previous image; a
+    trailing opening fake token goes too."""
+    blocks = _image_blocks(ids, image_token_id)
+    closes = {e for _, e in blocks}  # positions of closing fake tokens
+    if blocks:
+        s, e = blocks[-1]
+        if e - s != image_seq_len or e >= len(ids) or ids[e] != fake_id:
+            shared = len(blocks) > 1 and blocks[-2][1] == s - 1
+            ids = ids[:s if shared or s == 0 or ids[s - 1] != fake_id else s - 1]
+    if len(ids) and ids[-1] == fake_id and len(ids) - 1 not in closes:
+        ids = ids[:-1]
+    return ids
+
+
+def _image_blocks(ids: np.ndarray, image_token_id: int) -> list[tuple[int, int]]:
+    """(start, end) of each run of image tokens in `ids`."""
+    is_img = np.concatenate([[0], (ids == image_token_id).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(is_img))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def document_text(texts: Sequence[str | None]) -> str:
+    """A record's pieces joined with "" and `<image>` at each image position (the original's string)."""
+    return "".join(IMAGE_TOKEN if t is None else t for t in texts)

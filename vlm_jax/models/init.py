@@ -13,9 +13,10 @@ import numpy as np
 from vlm_jax.models import clip, config as config_lib, idefics2, llama, llava, siglip
 
 
-# Model families: top-level config class -> (Flax module, boxed-variables init). One line per family.
-FAMILIES = {config_lib.LlavaConfig: (llava.Llava, llava.init_variables),
-            config_lib.Idefics2Config: (idefics2.Idefics2, idefics2.init_variables)}
+# Model families: top-level config class -> (Flax module, boxed-variables init, name of the text model's params
+# subtree). One line per family.
+FAMILIES = {config_lib.LlavaConfig: (llava.Llava, llava.init_variables, "language_model"),
+            config_lib.Idefics2Config: (idefics2.Idefics2, idefics2.init_variables, "text_model")}
 _TOWERS = {config_lib.VisionConfig: clip.init_variables, config_lib.TextConfig: llama.init_variables,
            config_lib.SiglipVisionConfig: siglip.init_variables}
 
@@ -25,6 +26,11 @@ def model_for(cfg):
     if type(cfg) not in FAMILIES:
         raise ValueError(f"no model family for {type(cfg).__name__}")
     return FAMILIES[type(cfg)][0](cfg)
+
+
+def text_model_params(cfg, params) -> dict:
+    """The text model's (Llama's) subtree of a family's params (`language_model` / `text_model`)."""
+    return params[FAMILIES[type(cfg)][2]]
 
 
 def init_variables(cfg, rng) -> dict:

@@ -94,7 +94,8 @@ class Connector(nn.Module):
     @nn.compact
     def __call__(self, features, valid):
         c = self.config
-        projected = LlamaMLP(c.text_config, name="modality_projection")(features)
+        projected = LlamaMLP(c.text_config, in_features=c.vision_config.hidden_size,
+                             name="modality_projection")(features)
         return PerceiverResampler(c, name="perceiver_resampler")(projected, valid)
 
 

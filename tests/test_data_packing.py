@@ -122,3 +122,19 @@ def test_oversized_document_is_rejected_clearly():
     big = {k: np.concatenate([v] * 20) for k, v in big.items()}
     with pytest.raises(ValueError, match="truncated to max length"):
         _pack([big], 1)
+
+
+def test_pad_documents_is_packing_one_document_per_row():
+    from vlm_jax.data.packing import pad_documents
+
+    docs = _documents(6, seed=2)
+    ds = grain.MapDataset.source(docs).to_iter_dataset()
+    padded = list(pad_documents(ds, seq_len=SEQ, max_images_per_row=SLOTS, pad_id=7))
+    assert len(padded) == len(docs)
+    for doc, row in zip(docs, padded):
+        alone = _pack([doc], lookahead=1)
+        assert len(alone) == 1
+        want = {**alone[0], "input_ids": np.where(alone[0]["segment_ids"] > 0, alone[0]["input_ids"], 7)}
+        assert set(row) == set(ROW_KEYS)
+        for key in ROW_KEYS:
+            np.testing.assert_array_equal(row[key], want[key], err_msg=key)

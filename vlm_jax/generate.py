@@ -214,10 +214,14 @@ def _run_idefics2(args: argparse.Namespace, config: Idefics2Config) -> dict:
     images = []
     for path in args.image:
         try:
-            with Image.open(path) as img:
+            with open_image_file(path) as img:
                 images.append(proc.preprocess_image(img, longest, shortest))
-        except OSError as e:
-            raise cli.InputError(f"--image {path}: cannot read the image ({e})") from e
+        except ImageRejected as e:
+            raise cli.InputError(f"--image {path}: {e}") from e
+        except FileNotFoundError as e:
+            raise cli.InputError(f"--image {path}: no such file") from e
+        except OSError as e:  # unreadable or not an image
+            raise cli.InputError(f"--image {path}: cannot read the image ({cli.one_line(e)})") from e
     pixels, pixel_mask, image_mask = proc.pad_images([images]) if images else (None, None, None)
     eos = processor.tokenizer.eos_token_id if processor is not None else config.text_config.eos_token_id
     pad = config.pad_token_id if config.pad_token_id is not None else 0

@@ -24,12 +24,17 @@ from absl import flags, logging
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import cli, config_file
 from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_iterator
+from vlm_jax.models.config import LlavaConfig
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
+from vlm_jax.training import aot
+from vlm_jax.training import memory as memory_lib
 from vlm_jax.training.config import check_inputs, model_config as resolve_model_config
 from vlm_jax.training.config import validate as validate_config
-from vlm_jax.training.distributed import batch_divisor, global_batch, maybe_initialize_distributed
+from vlm_jax.training.distributed import batch_divisor, global_batch, host_line, maybe_initialize_distributed
+from vlm_jax.training.preemption import PreemptionFlag
+from vlm_jax.training.profiling import StepProfiler
 from vlm_jax.training.flops import peak_flops_per_device, train_step_flops
 from vlm_jax.training.metrics import MetricsWriter, Throughput
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
@@ -69,6 +74,8 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
         "preprocessor_config": d.preprocessor_config or None,
         "seed": d.seed,
         "num_epochs": None if d.num_epochs < 0 else d.num_epochs,
+        "shuffle": d.shuffle,
+        "packing": d.packing,
         "num_workers": d.num_workers,
         "read_threads": d.read_threads,
         "process_index": jax.process_index(),
@@ -122,16 +129,55 @@ def _build_demo_corpus(config, workdir: str) -> None:
             config.heldout.file = paths["heldout"]
 
 
+def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[str, Any]:
+    """The pieces of a run that depend on the config's model and memory options: model_config, frozen,
+    schedule, tx, abstract (state of ShapeDtypeStructs), shardings, step_fn (jitted, state donated)."""
+    model_config = resolve_model_config(config, architecture)
+    frozen = parse_module_list(config.frozen)
+    schedule = make_schedule(config.optim, _schedule_steps(config))
+    tx = make_optimizer(config.optim, schedule)
+    abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
+    step_fn = jit_train_step(
+        make_train_step(Llava(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
+                        nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
+                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh)),
+        shardings, batch_sharding(mesh))
+    return {"model_config": model_config, "frozen": frozen, "schedule": schedule, "tx": tx, "abstract": abstract,
+            "shardings": shardings, "step_fn": step_fn}
+
+
+def step_bytes(config: ml_collections.ConfigDict, architecture, mesh) -> float:
+    """Device bytes the compiled train step of `config` needs (`memory_lib.compiled_bytes`); inf when the
+    compiler itself reports that it does not fit."""
+    parts = build_step(config, architecture, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        batch = aot.abstract_batch(parts["model_config"], batch=config.global_batch_size, seq_len=config.data.seq_len,
+                                   max_images_per_row=config.data.max_images_per_row, sharding=batch_sharding(mesh))
+        lowered = parts["step_fn"].lower(parts["abstract"], batch)
+    try:
+        return memory_lib.compiled_bytes(lowered.compile())
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "memory" in str(e).lower():
+            return float("inf")
+        raise
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the config") -> dict[str, Any]:
     """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON).
     The config and the inputs it names are checked first (`source` names the config file in errors)."""
     validate_config(config, source)
     check_inputs(config, workdir)
-    maybe_initialize_distributed()
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    maybe_initialize_distributed(config.distributed)
+    print(host_line(), flush=True)  # every host: which process it is and its devices
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy
     workdir = os.path.abspath(workdir)
     architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
     model_config = resolve_model_config(config, architecture)
+    if not isinstance(model_config, LlavaConfig):
+        raise cli.UsageError(f"{type(model_config).__name__}: the training CLI's data pipeline (tokenization, image "
+                             "preprocessing, held-out set) is LLaVA's; Idefics2 training from the CLI is not there yet")
     frozen = parse_module_list(config.frozen)
     model = Llava(model_config)
     try:
@@ -155,15 +201,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     if config.demo_corpus.build:
         _build_demo_corpus(config, workdir)
     loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
-    tx = make_optimizer(config.optim, schedule)
-    abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
+    hbm = memory_lib.device_hbm_bytes(jax.devices()[0])
+    if hbm is not None and config.memory == "auto":
+        config, _, tried = memory_lib.choose(config, batch_divisor(mesh), lambda c: step_bytes(c, architecture, mesh),
+                                             lambda need: need <= hbm)
+        for name, need in tried:
+            _log(f"memory: {name}: {need / 2**30:.2f} GiB of {hbm / 2**30:.2f} GiB HBM per device"
+                 f"{'' if need <= hbm else ', does not fit'}")
+    parts = build_step(config, architecture, mesh)
+    model_config, tx, abstract, shardings, step_fn = (
+        parts["model_config"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
+    model = Llava(model_config)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                               save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save)
-    step_fn = jit_train_step(
-        make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
-                        nan_policy=config.nan_policy),
-        shardings, batch_sharding(mesh))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump({"train": config.to_dict(), "model": model_config.to_dict()}, f, indent=2)
@@ -198,6 +249,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
         summary.update(loop_summary)
         checkpointer.wait()
         checkpointer.close()
+        if summary["preempted"]:  # exit promptly: the rerun continues from the checkpoint just saved
+            return summary
         if score is not None:
             summary["heldout_end"] = score(state.params)
             _log(f"held-out at step {summary['final_step']}: {_fmt(summary['heldout_end'])}")
@@ -214,7 +267,8 @@ def _fmt(metrics: dict) -> str:
 
 
 def _progress(config, start_step: int, total: int | None):
-    if not config.progress_bar or jax.process_index() != 0:
+    """A tqdm bar on process 0 when stdout is a terminal (pods and batch logs get log lines instead)."""
+    if not config.progress_bar or jax.process_index() != 0 or not sys.stdout.isatty():
         return None
     from tqdm import tqdm
 
@@ -260,7 +314,8 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
                     record["mfu"] = rates["flops"] / (peak * jax.device_count())
             record.update({f"loader/{k}": v for k, v in loader_metrics(loader).items()})
             if bar is None:
-                _log(f"step {step}: " + _fmt({k: v for k, v in record.items() if "/" not in k}))
+                _log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step}: "
+                     + _fmt({k: v for k, v in record.items() if "/" not in k}))
         writer.write(step, record)
         if bar is not None:
             bar.update(step - bar.n)
@@ -268,20 +323,28 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
 
     step = start_step
     start_time = time.perf_counter()
+    preemption = PreemptionFlag()
+    profiler = StepProfiler(os.path.join(workdir, "profile"), first_step=start_step + 2, steps=config.profile_steps)
     try:
         while total is None or step < total:
+            if preemption.stop:
+                _log(f"{preemption.signal_name} received: saved step {step}, exiting (rerun to continue)")
+                break
             try:
                 local = next(loader)
             except StopIteration:
                 _log(f"data exhausted after step {step}")
                 break
+            profiler.before(step)
             state, metrics = step_fn(state, global_batch(local, mesh))
             step += 1
+            profiler.after(step, metrics)
+            preemption.poll()  # all processes agree on stopping here (one tiny collective with several)
             while pending:
                 report(*pending.pop())
-            if checkpointer.should_save(step):
+            if checkpointer.should_save(step) or preemption.stop:
                 report(step, metrics)  # a non-finite step must not be saved
-                checkpointer.save(step, state, loader)
+                checkpointer.save(step, state, loader, force=preemption.stop)
             else:
                 pending.append((step, metrics))
         while pending:
@@ -289,10 +352,13 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
         if step > start_step and checkpointer.latest_step() != step:
             checkpointer.save(step, state, loader, force=True)
     finally:
+        preemption.restore()
+        profiler.stop()
         writer.close()
         if bar is not None:
             bar.close()
-    summary = {"start_step": start_step, "final_step": step, "seconds": time.perf_counter() - start_time}
+    summary = {"start_step": start_step, "final_step": step, "seconds": time.perf_counter() - start_time,
+               "preempted": preemption.stop}
     if losses:
         k = max(1, len(losses) // 10)
         summary.update(first_loss=losses[0], last_loss=losses[-1], first_10pct_mean_loss=float(np.mean(losses[:k])),
@@ -305,7 +371,6 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     table and, as the last line, a JSON object; returns 0 if it fits the chip's HBM, else 1 (after one
     `does not fit: ...` line on stderr)."""
     from vlm_jax.topology import parse_slice
-    from vlm_jax.training import aot
 
     if not os.environ.get("JAX_PLATFORMS"):  # nothing runs here: no accelerator backend needed
         jax.config.update("jax_platforms", "cpu")
@@ -316,7 +381,13 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     architecture = None
     if config.init_checkpoint and os.path.exists(os.path.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
         architecture = ckpt_lib.load_config(config.init_checkpoint)
-    report = aot.compile_train_step(config, resolve_model_config(config, architecture), tpu_slice)
+    mesh_shards = aot.batch_shards(config, tpu_slice)
+    config, report, tried = memory_lib.choose(
+        config, mesh_shards, lambda c: aot.compile_train_step(c, resolve_model_config(c, architecture), tpu_slice),
+        lambda r: r["fits"])
+    report["memory_options"] = tried[-1][0]
+    for name, r in tried[:-1]:
+        print(f"memory: {name}: {r['per_chip_gib']:.2f} GiB per chip, does not fit", flush=True)
     print(aot.format_table(report), flush=True)
     if not report["fits"]:
         print(f"does not fit: train step on {tpu_slice.name} {report['reason']}", file=sys.stderr, flush=True)

@@ -187,3 +187,30 @@ def row_spec(seq_len: int, max_images_per_row: int, image_size: int) -> dict[str
             "positions": tokens, "segment_ids": tokens,
             "pixel_values": ((max_images_per_row, image_size, image_size, 3), np.dtype(np.float32)),
             "image_mask": ((max_images_per_row,), np.dtype(np.bool_))}
+
+
+def pad_documents(docs: grain.IterDataset, *, seq_len: int, max_images_per_row: int, pad_id: int = 0
+                  ) -> grain.IterDataset:
+    """One document per row, no packing (the original's batches): each `document_example` padded to
+    `seq_len` tokens and `max_images_per_row` image slots, in the row layout of `pack_documents`
+    (segment id 1 on the document, 0 on padding; positions 0.. on the document, 0 on padding)."""
+
+    def pad(doc: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n, k = doc["input_ids"].shape[0], doc["pixel_values"].shape[0]
+        if n > seq_len or k > max_images_per_row:
+            raise ValueError(f"document of {n} tokens and {k} images does not fit a row of {seq_len} tokens "
+                             f"and {max_images_per_row} image slots")
+        tokens = np.arange(seq_len) < n
+        pixels = np.zeros((max_images_per_row,) + doc["pixel_values"].shape[1:], doc["pixel_values"].dtype)
+        pixels[:k] = doc["pixel_values"]
+        return {
+            "input_ids": np.where(tokens, np.pad(doc["input_ids"], (0, seq_len - n)), pad_id).astype(np.int32),
+            "targets": np.pad(doc["targets"], (0, seq_len - n)).astype(np.int32),
+            "loss_mask": np.pad(doc["loss_mask"], (0, seq_len - n)).astype(np.float32),
+            "positions": np.where(tokens, np.arange(seq_len), 0).astype(np.int32),
+            "segment_ids": tokens.astype(np.int32),
+            "pixel_values": pixels,
+            "image_mask": np.arange(max_images_per_row) < k,
+        }
+
+    return docs.map(pad)

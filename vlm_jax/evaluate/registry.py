@@ -72,7 +72,7 @@ def register_loader(name: str, loader: Callable[..., list[Example]]) -> None:
 
 def _ensure_families() -> None:
     # the family modules register themselves on import
-    from vlm_jax.evaluate import scienceqa, visual_math, vqa  # noqa: F401
+    from vlm_jax.evaluate import demo_questions, scienceqa, visual_math, vqa  # noqa: F401
 
 
 def get(name: str) -> Benchmark:

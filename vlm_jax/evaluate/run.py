@@ -34,7 +34,7 @@ from vlm_jax.evaluate.prompt_tokens import load_tokenizer, prompt_token_ids
 from vlm_jax.evaluate.prompts import Prompt, build_prompt
 from vlm_jax.evaluate.run_config import NTK_FACTOR, check_config, max_new_tokens, uses_ntk_rope
 from vlm_jax.generation import gather_rows, local_data_mesh, process_slice
-from vlm_jax.models.config import LlavaConfig, RopeScaling
+from vlm_jax.models.config import Idefics2Config, LlavaConfig, RopeScaling
 from vlm_jax.models.llava import Llava
 
 
@@ -172,6 +172,11 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     an interrupted run with the same prompts is resumed."""
     check_config(config)
     ckpt = Path(ckpt)
+    stored = read_config(ckpt)
+    if isinstance(stored, Idefics2Config):  # the model family picks the protocol: the original's Idefics2 one
+        from vlm_jax.evaluate import idefics2_protocol
+
+        return idefics2_protocol.run_evaluation(config, ckpt, stored)
     started = time.time()
     benchmark = registry.get(config.benchmark)
     model_config = model_config_for_run(config, ckpt)

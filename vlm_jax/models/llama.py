@@ -10,15 +10,17 @@ attends over the whole cache with `q_offset=cache_index`.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from vlm_jax.models.attention import attention, decode_attention
 from vlm_jax.models.config import TextConfig
-from vlm_jax.models.layers import DenseGeneral, RMSNorm, normal_init, stacked
+from vlm_jax.models.layers import LAYER_INPUT, DenseGeneral, RMSNorm, normal_init, stacked
 
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
@@ -139,19 +141,55 @@ class LlamaAttention(nn.Module):
         return out, new_cache
 
 
+class _Kernel(nn.Module):
+    """One `kernel` parameter (the params layout of a bias-free `nn.Dense`), returned as an array."""
+
+    shape: tuple
+    initializer: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", self.initializer, self.shape, self.param_dtype)
+
+
+def _gated_mlp(x, gate, up, down, dtype):
+    """`down(silu(gate(x)) * up(x))` on x `[b, s, D]` with kernels `[D, F]`, `[D, F]`, `[F, D]` cast to `dtype`."""
+    x = x.astype(dtype)
+    h = nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+    h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+    return h @ down.astype(dtype)
+
+
 class LlamaMLP(nn.Module):
+    """SiLU-gated MLP. With `config.mlp_chunk` > 0 (dividing the sequence) it runs on that many positions
+    at a time in a rematerialised `lax.scan`: the same math (the MLP is position-wise; the kernels'
+    gradients are summed over chunks in the params' dtype) without `[seq, intermediate]` buffers.
+    `in_features` (default `hidden_size`): the input width (Idefics2's modality projection maps the vision
+    width to the text width with this MLP)."""
+
     config: TextConfig
+    in_features: int | None = None
 
     @nn.compact
     def __call__(self, x):
         c = self.config
-        dense = partial(nn.Dense, use_bias=False, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        pdtype = jnp.dtype(c.param_dtype)
+        d_in = c.hidden_size if self.in_features is None else self.in_features
         up_init = normal_init(c.initializer_range, ("embed", "mlp"))
-        h = nn.silu(dense(c.intermediate_size, kernel_init=up_init, name="gate_proj")(x))
-        h = h * dense(c.intermediate_size, kernel_init=up_init, name="up_proj")(x)
-        h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-        return dense(c.hidden_size, kernel_init=normal_init(c.initializer_range, ("mlp", "embed")),
-                     name="down_proj")(h)
+        gate = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="gate_proj")()
+        up = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="up_proj")()
+        down = _Kernel((c.intermediate_size, c.hidden_size), normal_init(c.initializer_range, ("mlp", "embed")),
+                       pdtype, name="down_proj")()
+        dtype = jnp.dtype(c.dtype)
+        b, s, d = x.shape
+        chunk = c.mlp_chunk
+        if chunk <= 0 or chunk >= s or s % chunk:
+            return _gated_mlp(x, gate, up, down, dtype)
+        chunks = jnp.swapaxes(x.reshape(b, s // chunk, chunk, d), 0, 1)
+        body = jax.checkpoint(lambda _, xc: (None, _gated_mlp(xc, gate, up, down, dtype)))
+        _, out = jax.lax.scan(body, None, chunks)
+        return jnp.swapaxes(out, 0, 1).reshape(b, s, c.hidden_size)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -164,6 +202,7 @@ class LlamaDecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, carry, cos, sin, segment_ids, kv_segment_ids, cache_index):
         x, layer_cache = carry
+        x = checkpoint_name(x, LAYER_INPUT)  # the residual the "offload" remat policy moves to host memory
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         h = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x)
@@ -240,11 +279,14 @@ class Llama(nn.Module):
         """Token embeddings `[b, s, D]` in the compute dtype."""
         return self.embed_tokens(input_ids)
 
-    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None, last_logits_only=False):
+    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None, last_logits_only=False,
+                 hidden_only=False):
         """embeddings `[b, s, D]`, positions / segment_ids int `[b, s]` (segment 0 = padding).
         With `cache` (from `init_cache`) the chunk is written at `cache_index` (int scalar, may be
         traced) and attends to every filled slot before it; returns the updated cache.
-        `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill)."""
+        `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill).
+        `hidden_only`: the final-norm hidden states `[b, s, D]` instead of logits (the training loss
+        applies the head itself, in sequence chunks, with `output_kernel`)."""
         c = self.config
         if self.is_initializing():  # create the embedding table even though the caller embeds
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))
@@ -268,12 +310,22 @@ class Llama(nn.Module):
         if last_logits_only:
             x = x[:, -1:]
         x = self.norm(x)
+        if hidden_only:
+            return x, None
         logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         new_cache = None
         if cache is not None:
             new_cache = {"k": layer_caches[0], "v": layer_caches[1], "segment_ids": kv_segment_ids}
         return logits, new_cache
+
+
+def output_kernel(config: TextConfig, params) -> jax.Array:
+    """The LM head `[embed, vocab]` of a Llama params tree (the token embedding, transposed, when tied);
+    `hidden @ output_kernel` in the compute dtype with float32 accumulation gives the logits."""
+    if config.tie_word_embeddings:
+        return params["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
 
 
 def split_cache(cache: dict) -> dict:

@@ -24,6 +24,7 @@ from absl import flags, logging
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import cli, config_file
 from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_iterator
+from vlm_jax.models.config import LlavaConfig
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
@@ -169,6 +170,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     workdir = os.path.abspath(workdir)
     architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
     model_config = resolve_model_config(config, architecture)
+    if not isinstance(model_config, LlavaConfig):
+        raise cli.UsageError(f"{type(model_config).__name__}: the training CLI's data pipeline (tokenization, image "
+                             "preprocessing, held-out set) is LLaVA's; Idefics2 training from the CLI is not there yet")
     frozen = parse_module_list(config.frozen)
     model = Llava(model_config)
     try:

@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from vlm_jax import cli
-from vlm_jax.models.config import ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, LlavaConfig, preset
+from vlm_jax.models.config import (ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, LlavaConfig,
+                                   model_config_from_dict, preset)
 
 REQUIRED = "REQUIRED: "  # the value of a field a config file leaves for the command line (see `required`)
 
@@ -132,7 +133,7 @@ def model_config(config: ml_collections.ConfigDict, architecture: LlavaConfig | 
     `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy, mlp_chunk)."""
     base = architecture if architecture is not None else preset(config.model_preset)
     try:
-        merged = LlavaConfig.from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
+        merged = model_config_from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
         return merged.with_runtime(dtype=config.dtype, param_dtype=config.param_dtype,
                                    attention_impl=config.attention_impl, remat_policy=config.remat_policy,
                                    mlp_chunk=config.mlp_chunk)

@@ -101,7 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10  # console + throughput metrics every N steps (loss goes to metrics.jsonl every step)
     c.nan_policy = "stop"  # non-finite loss: "stop" with an error naming the step | "skip" the update
     c.peak_tflops_per_device = 0.0  # for MFU; 0: look up the device kind (unknown kinds: no MFU)
-    c.progress_bar = True
+    c.progress_bar = True  # a tqdm bar on process 0 when stdout is a terminal; else a log line every log_every
+    c.distributed = "auto"  # "auto": join a multi-process job when one is detected (training.distributed); "off"
+    c.profile_steps = 0  # > 0: a jax.profiler trace of this many steps after warm-up into WORKDIR/profile
+    c.compilation_cache_dir = ""  # a persistent XLA compilation cache directory ("": none)
     c.tensorboard = True
 
     # Held-out multiple-choice set (vlm_jax.training.heldout), scored before and after training.
@@ -230,6 +233,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1), "checkpoint.async_save": _bool,
     "save_final_params": _bool, "log_every": _int(1), "nan_policy": _choice("stop", "skip"),
     "peak_tflops_per_device": _float(0.0), "progress_bar": _bool, "tensorboard": _bool,
+    "distributed": _choice("auto", "off"), "profile_steps": _int(0), "compilation_cache_dir": _str,
     "heldout.file": _str, "heldout.batch_size": _int(1),
     "demo_corpus.build": _bool, "demo_corpus.dir": _str, "demo_corpus.train_documents": _int(1),
     "demo_corpus.heldout_per_class": _int(0), "demo_corpus.image_size": _int(8), "demo_corpus.seed": _int(),

@@ -22,7 +22,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
-from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params  # noqa: E402
+from vlm_jax.checkpoint import load_config, load_params  # noqa: E402
 from vlm_jax.generation import generate, left_pad  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
@@ -84,8 +84,8 @@ def main() -> None:
         root = Path(tmp)
         hf_model = build_model(root / "hf", args)
         assert convert_main(["hf-to-orbax", "--hf", str(root / "hf"), "--out", str(root / "ckpt")]) == 0
-        config = read_config(root / "ckpt")
-        llava, params = Llava(config), restore_params(root / "ckpt" / PARAMS_DIR)
+        config = load_config(root / "ckpt")
+        llava, params = Llava(config), load_params(root / "ckpt", sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     rows, images = prompts(args, config.num_image_tokens, np.random.default_rng(0))
     prompt_tokens = sum(len(r) for r in rows)
 

@@ -29,7 +29,7 @@ from PIL import Image
 from data_prep.corpus_reader import SourceDocument, iter_source_documents
 from data_prep.formats import FORMATS
 from data_prep.similarity import ClipFeaturizer, document_similarity, grey, random_vision_tower
-from vlm_jax.convert.orbax_params import load_vision_tower
+from vlm_jax.checkpoint import load_config, load_vision_tower, tokenizer_spec as checkpoint_tokenizer
 from data_prep.stats_plots import write_histograms
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
 
@@ -260,22 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", default=None, help="histogram folder (default: <out>_plots)")
     args = parser.parse_args(argv)
 
-    from vlm_jax.data.loader import make_tokenizer
+    from vlm_jax.data.tokenizer import make_tokenizer
 
     tokenizer_spec = args.tokenizer
     num_image_tokens = args.num_image_tokens
     if args.clip_ckpt:
-        from vlm_jax.convert.orbax_params import read_config
-
-        if tokenizer_spec is None and os.path.isfile(os.path.join(args.clip_ckpt, "tokenizer_config.json")):
-            tokenizer_spec = args.clip_ckpt
-        num_image_tokens = num_image_tokens or read_config(args.clip_ckpt).num_image_tokens
+        tokenizer_spec = tokenizer_spec or checkpoint_tokenizer(args.clip_ckpt)
+        num_image_tokens = num_image_tokens or load_config(args.clip_ckpt).num_image_tokens
     tokenizer_spec = tokenizer_spec or "byte"
     num_image_tokens = num_image_tokens or 576
     featurizer = make_featurizer(args.clip_ckpt, args.batch_size)
     notes = {}
     if tokenizer_spec == "byte":
-        notes["tokenizer_note"] = "byte tokenizer (no --tokenizer and no tokenizer in --clip-ckpt): text token counts are UTF-8 bytes"
+        notes["tokenizer_note"] = "byte tokenizer (--tokenizer, --clip-ckpt's record, or neither given): text token counts are UTF-8 bytes"
     for line in (f"[stats] CLIP: {featurizer.source}; features: {featurizer.feature}", notes.get("tokenizer_note")):
         if line:
             print(line if line.startswith("[stats]") else f"[stats] {line}", file=sys.stderr)

@@ -20,7 +20,7 @@ from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
 import tiny_hf_models as tiny
 from vlm_jax.convert.__main__ import main as convert_main
-from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
+from vlm_jax.checkpoint import load_config, load_params
 from vlm_jax.generate import main as generate_main
 from vlm_jax.generation import (bucket_length, gather_rows, generate, left_pad, local_data_mesh, process_slice,
                                  sample_tokens)
@@ -143,7 +143,7 @@ def batch_arrays(pixels, rows, row_images):
 @pytest.fixture(scope="module")
 def loaded(setup):
     root, _, images = setup
-    return Llava(read_config(root / "ckpt")), restore_params(root / "ckpt" / PARAMS_DIR), hf_pixels(root, images)
+    return Llava(load_config(root / "ckpt")), load_params(root / "ckpt", sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), hf_pixels(root, images)
 
 
 def test_batched_left_padded_rows_match_per_row_and_stop_at_eos(setup, loaded):

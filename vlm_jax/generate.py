@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
-from vlm_jax.convert.side_files import TOKENIZER_FILES
-from vlm_jax.data.image import preprocess_image, processor_settings_from_hf
+import jax
+
+from vlm_jax.checkpoint import PARAMS_DIR, load_config, load_params, tokenizer_spec
+from vlm_jax.data.image import checkpoint_image_settings, preprocess_image
+from vlm_jax.data.tokenizer import make_tokenizer
 from vlm_jax.generation import generate, left_pad
 from vlm_jax.models.config import LlavaConfig
 from vlm_jax.models.llava import Llava
@@ -50,9 +52,7 @@ def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str)
     """Images → `[n, H, W, 3]` float32 with the checkpoint's preprocessor_config.json when it has one."""
     if not paths:
         return None
-    pre = ckpt / "preprocessor_config.json"
-    settings = (processor_settings_from_hf(json.loads(pre.read_text())) if pre.is_file()
-                else {"image_size": config.vision_config.image_size})
+    settings = checkpoint_image_settings(ckpt, config.vision_config.image_size)
     out = []
     for path in paths:
         try:
@@ -104,18 +104,15 @@ def prompt_to_ids(prompt: str, tokenizer, n_images: int, image_token_id: int, nu
 
 
 def _tokenizer(ckpt: Path):
-    if not any((ckpt / name).is_file() for name in TOKENIZER_FILES):
-        return None
-    from vlm_jax.data.tokenizer import HFTokenizer
-
-    return HFTokenizer(str(ckpt))
+    spec = tokenizer_spec(ckpt)
+    return None if spec is None else make_tokenizer(spec)
 
 
 def run(args: argparse.Namespace) -> dict:
     """Generates for one prompt; returns {"token_ids": new ids (EOS included), "text": decoded or None}."""
     if not args.ckpt.is_dir():
         raise ValueError(f"--ckpt {args.ckpt}: no such folder")
-    config = read_config(args.ckpt)
+    config = load_config(args.ckpt)
     if not (args.ckpt / PARAMS_DIR).is_dir():
         raise ValueError(f"{args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint)")
     tokenizer = _tokenizer(args.ckpt)
@@ -127,13 +124,13 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
     else:
         if tokenizer is None:
-            raise ValueError(f"{args.ckpt} has no tokenizer files; use --input-ids")
+            raise ValueError(f"{args.ckpt} records no tokenizer (no tokenizer files, no tokenizer_spec.json); use --input-ids")
         ids = prompt_to_ids(args.prompt, tokenizer, len(args.image), config.image_token_id, n_tokens)
     pixels = load_images(args.image, args.ckpt, config, args.image_aspect_ratio)
     eos = tokenizer.eos_id if tokenizer is not None else config.text_config.eos_token_id
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     input_ids, segment_ids = left_pad([ids], pad_token_id=pad)
-    out = generate(Llava(config), restore_params(args.ckpt / PARAMS_DIR), input_ids, segment_ids,
+    out = generate(Llava(config), load_params(args.ckpt, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), input_ids, segment_ids,
                    None if pixels is None else pixels[None], None if pixels is None else np.ones((1, len(pixels)), bool),
                    max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
                    temperature=args.temperature, top_p=args.top_p, seed=args.seed)

@@ -23,7 +23,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vlm_jax import checkpoint as ckpt_lib
-from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_iterator
+from vlm_jax.data.loader import loader_metrics, make_train_iterator
+from vlm_jax.data.tokenizer import make_tokenizer
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
@@ -157,8 +158,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                         nan_policy=config.nan_policy),
         shardings, batch_sharding(mesh))
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump({"train": config.to_dict(), "model": model_config.to_dict()}, f, indent=2)
+        with open(os.path.join(workdir, ckpt_lib.RUN_CONFIG_FILE), "w") as f:
+            json.dump({"train": config.to_dict(), "model": ckpt_lib.architecture_dict(model_config)}, f, indent=2)
 
     summary: dict[str, Any] = {"workdir": workdir}
     latest = checkpointer.latest_step()
@@ -194,7 +195,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             summary["heldout_end"] = score(state.params)
             _log(f"held-out at step {summary['final_step']}: {_fmt(summary['heldout_end'])}")
         if config.save_final_params:
-            ckpt_lib.save_params(os.path.join(workdir, "final"), state.params, model_config)
+            ckpt_lib.save_params(os.path.join(workdir, "final"), state.params, model_config,
+                                 tokenizer=config.data.tokenizer, preprocessor_config=config.data.preprocessor_config)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

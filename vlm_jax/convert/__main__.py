@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vlm_jax.convert.safetensors_io import CheckpointError
+from vlm_jax.checkpoint import CheckpointError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ export we pad to that form only because transformers looks the id up — see `or
 from __future__ import annotations
 
 from vlm_jax.convert.hf_layouts import LANGUAGE, LM_HEAD, PROJECTOR, VISION
-from vlm_jax.convert.safetensors_io import CheckpointError
+from vlm_jax.checkpoint import CheckpointError
 
 # Vision configs of the CLIP towers LLaVA names in `mm_vision_tower`, used when the original-layout checkpoint
 # carries the tower's weights but no --clip folder is given for its config.json.

@@ -14,9 +14,8 @@ import ml_dtypes
 import numpy as np
 
 from vlm_jax.convert import hf_configs, hf_layouts, param_map
-from vlm_jax.convert.orbax_params import save_numpy_params
-from vlm_jax.convert.safetensors_io import CheckpointError, SafetensorsDir
-from vlm_jax.convert.side_files import copy_side_files
+from vlm_jax.checkpoint import SIDE_FILES, CheckpointError, copy_files, save_params
+from vlm_jax.convert.safetensors_io import SafetensorsDir
 from vlm_jax.models.config import LlavaConfig
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
@@ -180,6 +179,6 @@ def convert(out: Path, *, hf: Path | None = None, clip: Path | None = None, llm:
     config = LlavaConfig.from_hf(src.hf_config, param_dtype=np_dtype.name)
     params = build_params(src, config, np_dtype, seed)
     out = Path(out)
-    save_numpy_params(out, params, config)
-    copy_side_files(src.side_dirs, out)
+    save_params(out, params, config)
+    copy_files(src.side_dirs, out, SIDE_FILES)
     return config

@@ -21,9 +21,9 @@ import numpy as np
 
 from vlm_jax.convert import hf_configs, hf_layouts, param_map
 from vlm_jax.convert.hf_to_orbax import DTYPES
-from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf
-from vlm_jax.convert.safetensors_io import CheckpointError, parse_size, write_sharded
-from vlm_jax.convert.side_files import copy_side_files
+from vlm_jax.checkpoint import (PARAMS_DIR, RUN_CONFIG_FILE, SIDE_FILES, CheckpointError, config_from_dict, copy_files,
+                                load_config, record_tokenizer, restore_leaf, tokenizer_spec, tree_metadata)
+from vlm_jax.convert.safetensors_io import parse_size, write_sharded
 from vlm_jax.models.config import LlavaConfig
 
 _HUB_NAMES = [
@@ -65,7 +65,7 @@ def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np
     for path, _ in param_map.iter_leaves(metadata):
         if path not in by_leaf:
             raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has no Hugging Face tensor")
-        leaf = restore_numpy_leaf(params_dir, prefix + path, full_metadata)
+        leaf = restore_leaf(params_dir, prefix + path, full_metadata)
         for layer, name, slot, hf_shape in sorted(by_leaf.pop(path)):
             value = leaf[layer] if slot.layer is not None else leaf
             if value.shape != slot.shape:
@@ -81,12 +81,14 @@ def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np
 @dataclasses.dataclass(frozen=True)
 class ParamsSource:
     """Where a checkpoint's params live: the orbax folder, the key path of the params inside its tree,
-    the model config, and the folders whose tokenizer / preprocessor files go with it."""
+    the model config, the folders whose tokenizer / preprocessor files go with it, and the tokenizer spec of
+    a training run (recorded in the export when those folders hold none)."""
 
     params_dir: Path
     prefix: tuple[str, ...]
     config: LlavaConfig
     side_file_dirs: list[Path]
+    tokenizer: str | None = None
 
 
 def training_steps(checkpoints: Path) -> list[int]:
@@ -97,16 +99,16 @@ def training_steps(checkpoints: Path) -> list[int]:
 
 def params_source(ckpt: Path, step: int | None) -> ParamsSource:
     """Resolves `--ckpt` (and `--step`): a params checkpoint (`config.json` + `params/`, e.g. `hf-to-orbax`
-    output or a run's `final/`) or a training workdir (`config.json` + `checkpoints/<step>/state`, default
-    the latest step)."""
+    output or a run's `final/`) or a training workdir (`train_config.json` + `checkpoints/<step>/state`,
+    default the latest step)."""
     if (ckpt / PARAMS_DIR).is_dir():
         if step is not None:
             raise CheckpointError(f"{ckpt}: --step applies to training workdirs only (this is a params checkpoint)")
-        return ParamsSource(ckpt / PARAMS_DIR, (), read_config(ckpt), [ckpt])
+        return ParamsSource(ckpt / PARAMS_DIR, (), load_config(ckpt), [ckpt])
     checkpoints = ckpt / "checkpoints"
     if not checkpoints.is_dir():
         raise CheckpointError(f"{ckpt}: neither a params checkpoint ({PARAMS_DIR}/ + config.json) nor a training "
-                              "workdir (checkpoints/ + config.json)")
+                              f"workdir (checkpoints/ + {RUN_CONFIG_FILE})")
     steps = training_steps(checkpoints)
     if not steps:
         raise CheckpointError(f"{checkpoints}: no completed training checkpoint")
@@ -114,15 +116,17 @@ def params_source(ckpt: Path, step: int | None) -> ParamsSource:
         step = steps[-1]
     elif step not in steps:
         raise CheckpointError(f"{checkpoints}: no checkpoint for step {step} (have {steps})")
-    run_config = ckpt / "config.json"
+    run_config = ckpt / RUN_CONFIG_FILE
     if not run_config.is_file():
         raise CheckpointError(f"{run_config} not found: the training run's config (it names the model)")
     run = json.loads(run_config.read_text())
     if "model" not in run:
         raise CheckpointError(f"{run_config}: no 'model' entry (not written by vlm_jax.train)")
-    tokenizer = (run.get("train") or {}).get("data", {}).get("tokenizer")
-    side = [ckpt] + ([Path(tokenizer)] if isinstance(tokenizer, str) and Path(tokenizer).is_dir() else [])
-    return ParamsSource(checkpoints / str(step) / "state", ("params",), LlavaConfig.from_dict(run["model"]), side)
+    data = (run.get("train") or {}).get("data", {})
+    preprocessor = data.get("preprocessor_config")
+    side = [Path(preprocessor).parent] if preprocessor and Path(preprocessor).is_file() else []
+    return ParamsSource(checkpoints / str(step) / "state", ("params",), config_from_dict(run["model"]), side,
+                        data.get("tokenizer") or None)
 
 
 def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None = None,
@@ -136,7 +140,7 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None 
     hf = config.to_hf()
     vocab = config.text_config.vocab_size
     rows = padded_vocab(vocab, config.image_token_id)
-    metadata = params_metadata(params_dir)
+    metadata = tree_metadata(params_dir)
     for key in source.prefix:
         if key not in metadata:
             raise CheckpointError(f"{params_dir}: no '{key}' in the stored tree")
@@ -150,7 +154,9 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None 
     hf_out = {"architectures": ["LlavaForConditionalGeneration"], **hf, "dtype": stored.name}
     hf_out["text_config"] = {**hf["text_config"], "vocab_size": rows}
     (out / "config.json").write_text(json.dumps(hf_out, indent=2) + "\n")
-    copy_side_files(source.side_file_dirs, out)
+    copy_files(source.side_file_dirs, out, SIDE_FILES)
+    if source.tokenizer and tokenizer_spec(out) is None:
+        record_tokenizer(out, source.tokenizer)
     _write_generation_config(out, config, vocab, rows)
     return hf_out
 

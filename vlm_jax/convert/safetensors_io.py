@@ -21,6 +21,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from vlm_jax.checkpoint import CheckpointError
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -40,10 +42,6 @@ _DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint on disk is missing, malformed, or disagrees with its config; the message names the file/tensor."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ length budget that counts image tokens and never splits an image block.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -20,6 +21,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 IGNORE_INDEX = -100
+BYTE_SPEC = "byte"  # the tokenizer spec of `ByteTokenizer`; any other spec is a Hugging Face tokenizer folder
+# The files of a Hugging Face tokenizer folder (any one of them makes a folder a tokenizer).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "chat_template.json", "chat_template.jinja", "vocab.json", "merges.txt",
+)
 _IMAGE_SENTINEL = "\uffff<image>\uffff"  # \uffff is a Unicode noncharacter; stripped from input text.
 
 
@@ -95,6 +102,19 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def make_tokenizer(spec: "str | Tokenizer") -> "Tokenizer":
+    """The one tokenizer-spec grammar: `"byte"` -> `ByteTokenizer`; a folder with Hugging Face tokenizer files
+    -> `HFTokenizer`; a Tokenizer passes through. ValueError names a spec that is neither."""
+    if not isinstance(spec, str):
+        return spec
+    if spec == BYTE_SPEC:
+        return ByteTokenizer()
+    if not os.path.isdir(spec) or not any(os.path.isfile(os.path.join(spec, n)) for n in TOKENIZER_FILES):
+        raise ValueError(f"tokenizer {spec!r}: neither {BYTE_SPEC!r} nor a folder with tokenizer files "
+                         f"({', '.join(TOKENIZER_FILES[:3])}, ...)")
+    return HFTokenizer(spec)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sys
 
 from absl.flags import Error as FlagsError
 
-from vlm_jax.convert.safetensors_io import CheckpointError
+from vlm_jax.checkpoint import CheckpointError
 from vlm_jax.evaluate import score_cli
 from vlm_jax.evaluate.examples import BenchmarkFileError
 from vlm_jax.evaluate.judge import JudgeError

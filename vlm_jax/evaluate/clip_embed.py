@@ -15,8 +15,9 @@ from typing import Sequence
 import numpy as np
 from jax.sharding import Mesh
 
-from vlm_jax.convert.orbax_params import CONFIG_NAME, load_vision_tower
-from vlm_jax.evaluate.pixels import load_pixels, pixel_settings
+from vlm_jax.checkpoint import CONFIG_FILE, load_vision_tower
+from vlm_jax.data.image import checkpoint_image_settings
+from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.rices import EmbedFn
 from vlm_jax.models.clip import image_feature_fn
 from vlm_jax.models.config import VisionConfig
@@ -26,7 +27,7 @@ def embedding_model_id(ckpt: str | Path) -> str:
     """Cache key part naming the embedding model: the checkpoint folder name + a digest of its absolute path
     and config (a re-converted or different checkpoint at the same place gets a new key through the config)."""
     ckpt = Path(ckpt).absolute()
-    digest = hashlib.sha256(str(ckpt).encode() + (ckpt / CONFIG_NAME).read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(str(ckpt).encode() + (ckpt / CONFIG_FILE).read_bytes()).hexdigest()[:12]
     return f"{ckpt.name}-{digest}"
 
 
@@ -49,6 +50,6 @@ def checkpoint_embedder(ckpt: str | Path, *, batch_size: int = 64, aspect: str =
                         mesh: Mesh | None = None) -> tuple[EmbedFn, str]:
     """(embed function, model id for the embedding cache) of a checkpoint's vision tower."""
     config, params = load_vision_tower(ckpt)
-    embed = clip_embedder(config, params, pixel_settings(ckpt, config.image_size), batch_size=batch_size,
+    embed = clip_embedder(config, params, checkpoint_image_settings(ckpt, config.image_size), batch_size=batch_size,
                           aspect=aspect, mesh=mesh)
     return embed, embedding_model_id(ckpt)

@@ -18,13 +18,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_params
+from vlm_jax.checkpoint import load_config, load_params
 from vlm_jax.evaluate import rices
 from vlm_jax.evaluate.batched_generation import Request, generate_requests
 from vlm_jax.evaluate.clip_embed import checkpoint_embedder
 from vlm_jax.evaluate.examples import Example, sample_query_set
 from vlm_jax.evaluate.judge import JudgeConfig, judge_extractor
-from vlm_jax.evaluate.pixels import load_pixels, pixel_settings
+from vlm_jax.data.image import checkpoint_image_settings
+from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.prompt_tokens import load_tokenizer, prompt_token_ids
 from vlm_jax.evaluate.prompts import Prompt, build_prompt
 from vlm_jax.evaluate.run_config import check_config
@@ -102,8 +103,8 @@ def generate_answers(config: ConfigDict, ckpt: Path, model_config: LlavaConfig, 
                                                model_config.num_image_tokens)), p.image_paths) for p in prompts]
     shard = process_slice(len(requests))
     replicated = NamedSharding(mesh, PartitionSpec())
-    params = restore_params(ckpt / PARAMS_DIR, jax.tree.map(lambda _: replicated, params_metadata(ckpt / PARAMS_DIR)))
-    settings = pixel_settings(ckpt, model_config.vision_config.image_size)
+    params = load_params(ckpt, sharding=replicated)
+    settings = checkpoint_image_settings(ckpt, model_config.vision_config.image_size)
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else tokenizer.pad_id
     with tqdm(total=len(shard), desc=f"{config.benchmark} {config.shots}-shot", unit="q",
               disable=jax.process_index() != 0) as progress:
@@ -134,7 +135,7 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     check_config(config)
     ckpt = Path(ckpt)
     started = time.time()
-    model_config = read_config(ckpt).with_runtime(dtype=config.dtype, attention_impl=config.attention_impl)
+    model_config = load_config(ckpt, dtype=config.dtype, attention_impl=config.attention_impl)
     tokenizer = load_tokenizer(config.tokenizer, ckpt)
     scorer_kwargs = _scorer_kwargs(config)
     queries, pool = load_questions_and_pool(config)

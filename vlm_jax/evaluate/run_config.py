@@ -28,7 +28,7 @@ def base_config(benchmark: str, eval_split: Mapping[str, Any], demo_split: Mappi
     c.dtype = "bfloat16"  # compute dtype of both towers
     c.attention_impl = "xla"  # "xla", "cudnn" or "pallas" for the prefill
     c.image_aspect_ratio = "pad"  # LLaVA-1.5 pads images to a square first; "none" to skip
-    c.tokenizer = ""  # "": the checkpoint's own tokenizer files; "bytes": ByteTokenizer; or a tokenizer folder
+    c.tokenizer = ""  # "": the tokenizer the checkpoint records; "byte": ByteTokenizer; or a tokenizer folder
     c.rices = ConfigDict({"ckpt": "",  # the CLIP tower to embed with ("": the evaluated checkpoint's)
                           "cache_dir": "",  # embeddings cache ("": OUTPUT_DIR/rices_cache)
                           "batch_size": 64})

@@ -12,7 +12,6 @@ counted by reason, logged one per line to `DIR/skipped.jsonl`, and summarised in
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import io
@@ -28,6 +27,7 @@ from PIL import Image
 
 from data_prep.formats import FORMATS, MalformedDocument, parse_keyframe_name, to_interleaved
 from data_prep.json_stream import Malformed, iter_documents
+from vlm_jax import cli
 from vlm_jax.data.records import RECORD_FORMAT, ShardWriter, encode_document
 
 SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "undecodable_image", "escaping_path")
@@ -232,7 +232,12 @@ def _summary(manifest: dict[str, Any], out_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.convert", description=__doc__.split("\n\n")[0])
+    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog="python -m data_prep.convert")
+
+
+def _main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(prog="python -m data_prep.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help=".json (array), .jsonl, or a directory of them")
     parser.add_argument("--images", required=True, help="root folder; image paths must resolve inside it")

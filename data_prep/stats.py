@@ -12,7 +12,6 @@ Per-document rows stream to `<out>.documents.jsonl`; only a few numbers per docu
 
 from __future__ import annotations
 
-import argparse
 import array
 import collections
 import dataclasses
@@ -29,6 +28,7 @@ from PIL import Image
 from data_prep.corpus_reader import SourceDocument, iter_source_documents
 from data_prep.formats import FORMATS
 from data_prep.similarity import ClipFeaturizer, document_similarity, grey, random_vision_tower
+from vlm_jax import cli
 from vlm_jax.checkpoint import load_config, load_vision_tower, tokenizer_spec as checkpoint_tokenizer
 from data_prep.stats_plots import write_histograms
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
@@ -244,7 +244,12 @@ def make_featurizer(clip_ckpt: str | None, batch_size: int, seed: int = 0) -> Cl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.stats", description=__doc__.split("\n\n")[0])
+    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog="python -m data_prep.stats")
+
+
+def _main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(prog="python -m data_prep.stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, nargs="+", help="shards (file/glob/dir/manifest.json) or seed JSON/JSONL")
     parser.add_argument("--out", required=True, help="report JSON path")
     parser.add_argument("--clip-ckpt", default=None, help="vlm_jax params checkpoint (python -m vlm_jax.convert)")

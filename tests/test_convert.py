@@ -126,7 +126,7 @@ def test_clip_plus_llm_start(tmp_path):
 
 
 def error_of(argv, capsys) -> str:
-    assert convert_main([str(a) for a in argv]) == 2
+    assert convert_main([str(a) for a in argv]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     return err

@@ -252,18 +252,19 @@ def test_bad_inputs_fail_with_clear_errors(setup, loaded, capsys, tmp_path):
     root, _, images = setup
     llava, params, pixels = loaded
     base = ["--ckpt", str(root / "ckpt"), "--image", str(images[0]), "--max-new-tokens", "2"]
-    cases = [
-        (base + ["--input-ids", f"1,{IMG},5,{IMG}"], "mark 2 images but 1 --image"),
-        (base + ["--input-ids", f"1,{IMG},{IMG}"], "a run of 2 image tokens"),
-        (base + ["--prompt", "w5 <image> w6 <image>"], "2 <image> placeholders but 1 --image"),
-        (["--ckpt", str(tmp_path / "nope"), "--input-ids", "1,2", "--max-new-tokens", "2"], "no such folder"),
-        (["--ckpt", str(tmp_path), "--input-ids", "1,2", "--max-new-tokens", "2"], "config.json not found"),
+    cases = [  # usage errors (the arguments disagree) exit 2, bad inputs (files, ids) exit 1
+        (base + ["--input-ids", f"1,{IMG},5,{IMG}"], "mark 2 images but 1 --image", 2),
+        (base + ["--input-ids", f"1,{IMG},{IMG}"], "a run of 2 image tokens", 2),
+        (base + ["--prompt", "w5 <image> w6 <image>"], "2 <image> placeholders but 1 --image", 2),
+        (["--ckpt", str(tmp_path / "nope"), "--input-ids", "1,2", "--max-new-tokens", "2"], "no such folder", 1),
+        (["--ckpt", str(tmp_path), "--input-ids", "1,2", "--max-new-tokens", "2"], "config.json not found", 1),
         (["--ckpt", str(root / "ckpt"), "--image", str(tmp_path / "x.png"), "--input-ids", f"1,{IMG}",
-          "--max-new-tokens", "2"], "x.png: cannot read the image"),
+          "--max-new-tokens", "2"], "x.png: cannot read the image", 1),
     ]
-    for argv, message in cases:
-        assert generate_main(argv) == 2
-        assert message in capsys.readouterr().err
+    for argv, message, code in cases:
+        assert generate_main(argv) == code
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.startswith("error: ") and "\n" not in err
     ids, seg, pv, mask = batch_arrays(pixels, ROWS[:2], ROW_IMAGES[:2])
     mask[1, 1] = True
     with pytest.raises(ValueError, match="row 1 has 4 image tokens .* but 2 real images"):

@@ -53,5 +53,5 @@ def test_config_file_errors_name_the_file(tmp_path):
     bad.write_text("def get_config():\n    return {'text_config': {'hidden_act': 'gelu'}}\n")
     with pytest.raises(ValueError, match=r"bad\.py.*hidden_act"):
         config_lib.from_config_file(str(bad))
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(ValueError, match="missing.py: no such file"):
         config_lib.from_config_file(str(tmp_path / "missing.py"))

@@ -43,6 +43,7 @@ from flax import traverse_util
 from orbax.checkpoint import type_handlers
 from orbax.checkpoint._src.serialization import type_handler_registry
 
+from vlm_jax.cli import InputError
 from vlm_jax.data.image import PREPROCESSOR_FILE
 from vlm_jax.data.tokenizer import BYTE_SPEC, TOKENIZER_FILES
 from vlm_jax.models.config import RUNTIME_FIELDS, LlavaConfig, VisionConfig
@@ -63,8 +64,9 @@ NOT_STORED = tuple(f for f in RUNTIME_FIELDS if f != "param_dtype")
 OCDBT_DATA_FILE_BYTES = 64 << 20
 
 
-class CheckpointError(ValueError):
-    """A checkpoint on disk is missing, malformed, or disagrees with its config; the message names the file/tensor."""
+class CheckpointError(InputError):
+    """A checkpoint on disk is missing, malformed, or disagrees with its config; the message names the file/tensor
+    (a bad input: exit 1 at the command line)."""
 
 
 # --- config.json -------------------------------------------------------------------------------------------

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image
 
-import jax
-
+from vlm_jax import cli
 from vlm_jax.checkpoint import PARAMS_DIR, load_config, load_params, tokenizer_spec
 from vlm_jax.data.image import checkpoint_image_settings, preprocess_image
 from vlm_jax.data.tokenizer import make_tokenizer
@@ -28,24 +29,33 @@ from vlm_jax.models.config import LlavaConfig
 from vlm_jax.models.llava import Llava
 
 IMAGE_PLACEHOLDER = "<image>"
+DEFAULT_MAX_NEW_TOKENS = 128  # the original evaluation's max_new_tokens
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vlm_jax.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m vlm_jax.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True, help="vlm_jax params checkpoint folder")
     parser.add_argument("--image", type=Path, action="append", default=[], help="image file (repeatable)")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompt", help="text with <image> placeholders (needs the checkpoint's tokenizer)")
     group.add_argument("--input-ids", help="comma-separated token ids (image token id marks each image)")
-    parser.add_argument("--max-new-tokens", type=int, required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"tokens to generate at most (default {DEFAULT_MAX_NEW_TOKENS}, as the original evaluation)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-aspect-ratio", choices=["pad", "none"], default="pad",
                         help="pad: pad to a square with the mean colour first (LLaVA-1.5)")
     parser.add_argument("--json", action="store_true", help='print {"token_ids": [...], "text": ...}')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        parser.error(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (0 < args.top_p <= 1):
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    return args
 
 
 def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str) -> np.ndarray | None:
@@ -59,7 +69,7 @@ def load_images(paths: list[Path], ckpt: Path, config: LlavaConfig, aspect: str)
             with Image.open(path) as img:
                 out.append(preprocess_image(img, aspect=aspect, **settings))
         except OSError as e:  # missing file, unreadable or not an image
-            raise ValueError(f"--image {path}: cannot read the image ({e})") from e
+            raise cli.InputError(f"--image {path}: cannot read the image ({e})") from e
     return np.stack(out)
 
 
@@ -81,11 +91,28 @@ def expand_image_tokens(ids: list[int], image_token_id: int, num_image_tokens: i
         elif run % num_image_tokens == 0:
             n_images += run // num_image_tokens
         else:
-            raise ValueError(f"--input-ids: a run of {run} image tokens ({image_token_id}) at position {i} is "
+            raise cli.UsageError(f"--input-ids: a run of {run} image tokens ({image_token_id}) at position {i} is "
                              f"neither 1 per image nor a multiple of num_image_tokens={num_image_tokens}")
         out.extend([image_token_id] * (num_image_tokens * (1 if run == 1 else run // num_image_tokens)))
         i = j
     return out, n_images
+
+
+def parse_input_ids(text: str, vocab_size: int) -> list[int]:
+    """`--input-ids` "1,2,3" -> ids, each checked to lie in [0, vocab_size)."""
+    ids = []
+    for k, token in enumerate(t for t in text.replace(" ", "").split(",") if t):
+        try:
+            ids.append(int(token))
+        except ValueError:
+            raise cli.UsageError(f"--input-ids: item {k} {token!r} is not an integer (give comma-separated "
+                                 "token ids, e.g. 1,32000,450)") from None
+        if not 0 <= ids[-1] < vocab_size:
+            raise cli.InputError(f"--input-ids: item {k} = {ids[-1]} is outside the checkpoint's vocabulary "
+                                 f"[0, {vocab_size}); give ids of this checkpoint's tokenizer")
+    if not ids:
+        raise cli.UsageError("--input-ids is empty; give comma-separated token ids, e.g. 1,32000,450")
+    return ids
 
 
 def prompt_to_ids(prompt: str, tokenizer, n_images: int, image_token_id: int, num_image_tokens: int) -> list[int]:
@@ -94,7 +121,7 @@ def prompt_to_ids(prompt: str, tokenizer, n_images: int, image_token_id: int, nu
         prompt = (IMAGE_PLACEHOLDER + "\n") * n_images + prompt
     pieces = prompt.split(IMAGE_PLACEHOLDER)
     if len(pieces) - 1 != n_images:
-        raise ValueError(f"--prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} --image")
+        raise cli.UsageError(f"--prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} --image")
     ids = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     for k, piece in enumerate(pieces):
         if k:
@@ -111,20 +138,22 @@ def _tokenizer(ckpt: Path):
 def run(args: argparse.Namespace) -> dict:
     """Generates for one prompt; returns {"token_ids": new ids (EOS included), "text": decoded or None}."""
     if not args.ckpt.is_dir():
-        raise ValueError(f"--ckpt {args.ckpt}: no such folder")
+        cli.require_dir(args.ckpt, "--ckpt", "give a vlm_jax params checkpoint (e.g. workdir/demo/final)")
     config = load_config(args.ckpt)
     if not (args.ckpt / PARAMS_DIR).is_dir():
-        raise ValueError(f"{args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint)")
+        raise cli.InputError(f"--ckpt {args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint; "
+                             "convert a Hugging Face one with python -m vlm_jax.convert hf-to-orbax)")
     tokenizer = _tokenizer(args.ckpt)
     n_tokens = config.num_image_tokens
     if args.input_ids is not None:
-        raw = [int(t) for t in args.input_ids.replace(" ", "").split(",") if t]
+        raw = parse_input_ids(args.input_ids, config.text_config.vocab_size)
         ids, n_images = expand_image_tokens(raw, config.image_token_id, n_tokens)
         if n_images != len(args.image):
-            raise ValueError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
+            raise cli.UsageError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
     else:
         if tokenizer is None:
-            raise ValueError(f"{args.ckpt} records no tokenizer (no tokenizer files, no tokenizer_spec.json); use --input-ids")
+            raise cli.InputError(f"--ckpt {args.ckpt} records no tokenizer (no tokenizer files, no tokenizer_spec.json); "
+                                 "use --input-ids")
         ids = prompt_to_ids(args.prompt, tokenizer, len(args.image), config.image_token_id, n_tokens)
     pixels = load_images(args.image, args.ckpt, config, args.image_aspect_ratio)
     eos = tokenizer.eos_id if tokenizer is not None else config.text_config.eos_token_id
@@ -139,12 +168,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog="python -m vlm_jax.generate")
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run(args)
     if args.json:
         print(json.dumps(result))
     else:

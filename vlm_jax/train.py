@@ -19,10 +19,10 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from vlm_jax import checkpoint as ckpt_lib
+from vlm_jax import cli, config_file
 from vlm_jax.data.loader import loader_metrics, make_train_iterator
 from vlm_jax.data.tokenizer import make_tokenizer
 from vlm_jax.models.llava import Llava
@@ -37,12 +37,10 @@ from vlm_jax.training.params import count_params, parse_module_list
 from vlm_jax.training.state import abstract_train_state, init_train_state, state_from_params
 from vlm_jax.training.step import jit_train_step, make_train_step, token_losses
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; overrides config.workdir.")
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The loss or gradient norm of a step was NaN or infinite (nan_policy="stop")."""
+class NonFiniteLoss(cli.UserError, FloatingPointError):
+    """The loss or gradient norm of a step was NaN or infinite (nan_policy="stop"): exit 1 at the command line."""
 
 
 def _log(message: str) -> None:
@@ -294,18 +292,50 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
     return state, summary
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required (e.g. --config configs/demo.py)")
-    if not flags.FLAGS["verbosity"].present:
-        # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
-        logging.set_verbosity(logging.WARNING)
-    summary = train(config, _WORKDIR.value or config.workdir)
+PROG = "python -m vlm_jax.train"
+
+
+def _define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Run directory; overrides config.workdir.", flag_values=values)
+    flags.DEFINE_integer("verbosity", None, "absl log level (0: INFO, with orbax's per-save lines; default WARNING)",
+                         short_name="v", flag_values=values)
+
+
+def parse_flags(argv: list[str]) -> flags.FlagValues:
+    """Parses `--config FILE [--config.key=value ...] [--workdir DIR] [-v N]`; errors (missing or broken config
+    file, unknown key with the closest valid one, bad value) are one line (`vlm_jax.cli`)."""
+    return config_file.parse_flags(PROG, argv, define=_define_flags, config_help="Training config file (configs/NAME.py).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog=PROG)
+
+
+def _main(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        print(f"flags: --config FILE (required), --config.FIELD=VALUE (any field of vlm_jax/training/config.py), "
+              f"--workdir DIR, --verbosity N\n{_CONFIG_FIELDS_HELP}")
+        return 0
+    values = parse_flags(argv)
+    config = values.config
+    logging.use_absl_handler()
+    # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
+    logging.set_verbosity(logging.WARNING if values.verbosity is None else values.verbosity)
+    summary = train(config, values.workdir or config.workdir)
     _log(json.dumps(summary, indent=2))
+    return 0
+
+
+_CONFIG_FIELDS_HELP = """main config fields (defaults in vlm_jax/training/config.py):
+  init_checkpoint, model_preset, model_overrides   the model (a converted checkpoint, or a preset)
+  data.shards, data.tokenizer, data.seq_len         ArrayRecord shards, tokenizer folder or 'byte', row length
+  global_batch_size, grad_accum_steps, num_train_steps, schedule_steps
+  optim.learning_rate, optim.schedule, optim.warmup_ratio, optim.weight_decay, optim.max_grad_norm
+  mesh.data, mesh.fsdp, mesh.tensor                 device mesh (-1: the remaining devices)
+  checkpoint.save_every, checkpoint.keep, frozen, dtype, attention_impl, remat_policy, nan_policy"""
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -5,11 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from vlm_jax.checkpoint import CheckpointError
+from vlm_jax import cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vlm_jax.convert", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m vlm_jax.convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("hf-to-orbax", help="Hugging Face safetensors -> vlm_jax params checkpoint")
     imp.add_argument("--hf", type=Path, help="llava-hf or original-LLaVA checkpoint folder")
@@ -34,22 +34,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit status (0, 1 bad checkpoint/input, 2 usage) after one `error:` line."""
+    return cli.run(_main, argv, prog="python -m vlm_jax.convert")
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        if args.command == "hf-to-orbax":
-            from vlm_jax.convert.hf_to_orbax import convert
+    if args.command == "hf-to-orbax":
+        from vlm_jax.convert.hf_to_orbax import convert
 
-            config = convert(args.out, hf=args.hf, clip=args.clip, llm=args.llm, dtype=args.dtype, seed=args.seed)
-            print(f"wrote {args.out} (image_token_id={config.image_token_id}, "
-                  f"vocab_size={config.text_config.vocab_size}, param_dtype={config.text_config.param_dtype})")
-        else:
-            from vlm_jax.convert.orbax_to_hf import export
+        config = convert(args.out, hf=args.hf, clip=args.clip, llm=args.llm, dtype=args.dtype, seed=args.seed)
+        print(f"wrote {args.out} (image_token_id={config.image_token_id}, "
+              f"vocab_size={config.text_config.vocab_size}, param_dtype={config.text_config.param_dtype})")
+    else:
+        from vlm_jax.convert.orbax_to_hf import export
 
-            export(args.ckpt, args.out, dtype=args.dtype, step=args.step, max_shard_size=args.max_shard_size)
-            print(f"wrote {args.out}")
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        export(args.ckpt, args.out, dtype=args.dtype, step=args.step, max_shard_size=args.max_shard_size)
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -331,21 +331,20 @@ class LlavaConfig:
 def from_config_file(path: str) -> LlavaConfig:
     """The LlavaConfig of an ml_collections config file (`get_config()` returning `LlavaConfig.to_dict()`
     fields, as configs/llava_1_5_7b.py). Errors name the file."""
-    import importlib.util
-    from pathlib import Path
+    from vlm_jax import cli, config_file
 
-    spec = importlib.util.spec_from_file_location(f"vlm_jax_model_config_{Path(path).stem}", path)
-    if spec is None or not Path(path).is_file():
-        raise ValueError(f"model config file {path}: not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"model config file {path}: no get_config()")
-    config = module.get_config()
+    config = config_file.load(path, what="model config file")
     try:
-        return LlavaConfig.from_dict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"model config file {path}: {e}") from e
+        d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        if "vision_config" not in d and "text_config" not in d:
+            raise ValueError(f"not a model config (no vision_config/text_config; top-level fields: {sorted(d)[:8]}); "
+                             "give a model shape file such as configs/llava_1_5_7b.py")
+        return LlavaConfig.from_dict(d)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise cli.InputError(f"model config file {path}: {cli.one_line(e)}") from e
+
+
+PRESETS = ("llava-1.5-7b", "tiny")
 
 
 def preset(name: str) -> LlavaConfig:
@@ -371,4 +370,4 @@ def preset(name: str) -> LlavaConfig:
             image_token_id=255,
             pad_token_id=0,
         )
-    raise ValueError(f"unknown preset {name!r}; known: 'llava-1.5-7b', 'tiny'")
+    raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")

@@ -12,6 +12,7 @@ reason. JAX's reference kernels have no GQA, so for them k/v are repeated to all
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -125,6 +126,9 @@ def main(argv=None):
   print(header)
   print("-" * len(header))
   impls = implementations(platform, interpret, args.block_q, args.block_k)
+  figures = {"device": jax.devices()[0].device_kind, "platform": platform, "interpret": interpret,
+             "dtype": dtype.name, "batch": args.batch, "heads": heads, "kv_heads": kv_heads,
+             "head_dim": head_dim, "rows": []}
   for seq in seqs:
     key = jax.random.PRNGKey(seq)
     kq, kk, kv = jax.random.split(key, 3)
@@ -137,17 +141,25 @@ def main(argv=None):
     for name, attend in impls.items():
       if isinstance(attend, str):
         print(f"{seq:>6}  {name:<16} n/a ({attend})")
+        figures["rows"].append({"seq": seq, "impl": name, "unavailable": attend})
         continue
       try:
         fwd_ms, both_ms = time_impl(attend, q, k, v, scale, warmup, iters)
       except Exception as err:  # noqa: BLE001 - report and continue with the next implementation
         print(f"{seq:>6}  {name:<16} n/a ({short_reason(err)})")
+        figures["rows"].append({"seq": seq, "impl": name, "unavailable": short_reason(err)})
         continue
       if name == "xla":
         baseline = (fwd_ms, both_ms)
       ratio = lambda ms, i: f"{baseline[i] / ms:6.2f}x" if baseline else "    n/a"
       print(f"{seq:>6}  {name:<16} {fwd_ms:9.3f} {fwd_flops / fwd_ms / 1e9:8.2f} {ratio(fwd_ms, 0)}   "
             f"{both_ms:10.3f} {3.5 * fwd_flops / both_ms / 1e9:8.2f} {ratio(both_ms, 1)}")
+      figures["rows"].append({
+          "seq": seq, "impl": name, "fwd_ms": fwd_ms, "fwd_tflops": fwd_flops / fwd_ms / 1e9,
+          "fwd_bwd_ms": both_ms, "fwd_bwd_tflops": 3.5 * fwd_flops / both_ms / 1e9,
+          "fwd_vs_xla": baseline[0] / fwd_ms if baseline else None,
+          "fwd_bwd_vs_xla": baseline[1] / both_ms if baseline else None})
+  print(json.dumps(figures))
 
 
 if __name__ == "__main__":

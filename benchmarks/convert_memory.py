@@ -104,6 +104,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, _, rss, wall in rows:
         print(f"| {name} | {rss / 2**30:.2f} | {rss / model_bytes:.2f} | {wall:.1f} |")
+    print(json.dumps({"params": n_params, "safetensors_bytes": model_bytes, "rows": [
+        {"step": name, "peak_rss_bytes": rss, "peak_rss_over_safetensors": rss / model_bytes, "wall_s": wall}
+        for name, _, rss, wall in rows]}))
 
 if __name__ == "__main__":
     main()

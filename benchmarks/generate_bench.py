@@ -2,20 +2,27 @@
 on the same small random LLaVA (saved to disk, converted with hf-to-orbax), the same prompts, on this machine.
 
 Prefill tokens/s = prompt tokens (image tokens included, padding excluded) / time of a 1-new-token call;
-decode tokens/s = batch * (N - 1) / (time of an N-token call - time of the 1-token call). Greedy, EOS
-disabled so every row makes N tokens; compile time excluded (one warm-up call each); the fastest of --repeats interleaved runs.
+decode tokens/s = batch * (N - 1) / (time of an N-token call - time of the 1-token call of the same repeat).
+Greedy, EOS disabled so every row makes N tokens; compile time excluded (one warm-up call each); --repeats
+interleaved repeats (vlm_jax and transformers in turns), medians and ranges, ratios per repeat. Then the
+decode step-time curve: ms per decode step at cache lengths --curve (batch --curve-batch) on a filled cache.
+The last line is one JSON object of the figures.
 
-    python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5]
+    python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5] [--curve 16,256,1000,4000]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -23,7 +30,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
 from vlm_jax.checkpoint import load_config, load_params  # noqa: E402
-from vlm_jax.generation import generate, left_pad  # noqa: E402
+from vlm_jax.generation import decode_loop, generate, left_pad  # noqa: E402
+from vlm_jax.models.llama import init_cache  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
 IMAGE_TOKEN = 1000
@@ -57,20 +65,71 @@ def prompts(args, n_image_tokens: int, rng: np.random.Generator):
     return rows, images
 
 
-def best_seconds(short, long, repeats: int) -> tuple[float, float]:
-    """Fastest of `repeats` interleaved timings of `short()` and `long()` (after one warm-up each): the
-    least disturbed run on a shared machine."""
-    short(), long()  # warm-up / compile
-    times = {short: [], long: []}
+def interleaved_seconds(fns, repeats: int) -> list[list[float]]:
+    """`repeats` timings of each of `fns`, taken in turns (after one warm-up call each, compile included
+    there), so every function sees the same machine load."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn in (short, long):
+        for fn, t in zip(fns, times):
             start = time.perf_counter()
             fn()
-            times[fn].append(time.perf_counter() - start)
-    return min(times[short]), min(times[long])
+            t.append(time.perf_counter() - start)
+    return times
 
 
-def main() -> None:
+def rates(one: list[float], full: list[float], prompt_tokens: int, batch: int, new_tokens: int):
+    """Per repeat: prefill tokens/s = prompt tokens / (1-token call), decode tokens/s = batch * (N - 1) /
+    (N-token call - 1-token call) of the same repeat (None when noise made it non-positive)."""
+    prefill = [prompt_tokens / a for a in one]
+    decode = [batch * (new_tokens - 1) / (b - a) if b > a else None for a, b in zip(one, full)]
+    return prefill, decode
+
+
+def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int) -> dict[int, list[float]]:
+    """Decode step ms at each cache length: `generation.decode_loop` (the loop `generate` runs after prefill)
+    on a KV cache whose first `length` slots are filled (random values, one segment), `steps` + 1 vs 1 tokens,
+    step ms = time difference / steps. Lengths measured in turns, `repeats` times each → ms per repeat."""
+    text = model.config.text_config
+
+    @partial(jax.jit, static_argnames=("n", "length"))
+    def run(params, cache, n, length):
+        first = jnp.full((batch,), 5, jnp.int32)
+        return decode_loop(model, params, cache, first, jnp.full((batch,), length, jnp.int32), length,
+                           jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(0),
+                           max_new_tokens=n)
+
+    caches = {}
+    for length in lengths:
+        empty = init_cache(text, batch, length + steps + 1)
+        key = jax.random.PRNGKey(length)
+        caches[length] = {"k": jax.random.normal(key, empty["k"].shape, empty["k"].dtype),
+                          "v": jax.random.normal(jax.random.fold_in(key, 1), empty["v"].shape, empty["v"].dtype),
+                          "segment_ids": empty["segment_ids"].at[:, :length].set(1)}
+    fns = []
+    for length in lengths:
+        for n in (1, steps + 1):
+            fns.append(partial(lambda c, n, length: run(params, c, n=n, length=length).block_until_ready(),
+                               caches[length], n, length))
+    times = interleaved_seconds(fns, repeats)
+    return {length: [(b - a) / steps * 1e3 for a, b in zip(times[2 * i], times[2 * i + 1])]
+            for i, length in enumerate(lengths)}
+
+
+def spread(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "too noisy"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -79,7 +138,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--curve", default="16,256,1000,4000",
+                        help="cache lengths for the decode step-time curve ('' to skip)")
+    parser.add_argument("--curve-batch", type=int, default=8)
+    parser.add_argument("--curve-steps", type=int, default=32)
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="genbench") as tmp:
         root = Path(tmp)
         hf_model = build_model(root / "hf", args)
@@ -111,23 +174,49 @@ def main() -> None:
         return run
 
     same = ours(args.new_tokens)().tolist() == theirs(args.new_tokens)()[:, ids.shape[1]:].tolist()
-    results = {}
-    for name, make in (("vlm_jax (jit prefill + while_loop decode)", ours), ("transformers generate", theirs)):
-        one, full = best_seconds(make(1), make(args.new_tokens), args.repeats)
-        # None when noise made the long call no slower than the short one (rerun with more --repeats)
-        decode = args.batch * (args.new_tokens - 1) / (full - one) if full > one else None
-        results[name] = (prompt_tokens / one, decode)
+    times = interleaved_seconds([ours(1), ours(args.new_tokens), theirs(1), theirs(args.new_tokens)], args.repeats)
+    names = ("vlm_jax (jit prefill + while_loop decode)", "transformers generate")
+    results = {name: rates(times[2 * i], times[2 * i + 1], prompt_tokens, args.batch, args.new_tokens)
+               for i, name in enumerate(names)}
     print(f"model: text {args.layers}x{args.hidden}, vision 4x128 @ {args.image_size}px "
           f"({config.num_image_tokens} tokens/image); batch {args.batch}, {prompt_tokens} prompt tokens, "
           f"{args.new_tokens} new tokens/row; jax {jax.__version__} on {jax.devices()[0].platform}, torch "
-          f"{torch.__version__} ({torch.get_num_threads()} threads); greedy tokens identical: {same}")
+          f"{torch.__version__} ({torch.get_num_threads()} threads); greedy tokens identical: {same}; "
+          f"{args.repeats} interleaved repeats, median (min-max)")
     print("| implementation | prefill tokens/s | decode tokens/s |")
     print("|---|---|---|")
     for name, (prefill, decode) in results.items():
-        print(f"| {name} | {prefill:,.0f} | {'too noisy' if decode is None else f'{decode:,.0f}'} |")
+        print(f"| {name} | {spread(prefill)} | {spread(decode)} |")
     (p_ours, d_ours), (p_hf, d_hf) = results.values()
-    d_ratio = "n/a" if d_ours is None or d_hf is None else f"{d_ours / d_hf:.2f}x"
-    print(f"| ratio vlm_jax / transformers | {p_ours / p_hf:.2f}x | {d_ratio} |")
+    # per-repeat ratios: each repeat's vlm_jax figure against transformers' figure of the same repeat
+    p_ratios = [a / b for a, b in zip(p_ours, p_hf)]
+    d_ratios = [a / b for a, b in zip(d_ours, d_hf) if a is not None and b is not None]
+    fmt = lambda r: f"{median(r):.2f}x ({min(r):.2f}-{max(r):.2f})" if r else "n/a"  # noqa: E731
+    print(f"| ratio vlm_jax / transformers | {fmt(p_ratios)} | {fmt(d_ratios)} |")
+    figures = {"batch": args.batch, "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
+               "greedy_tokens_identical": same,
+               "vlm_jax_prefill_tokens_per_s": median(p_ours), "torch_prefill_tokens_per_s": median(p_hf),
+               "vlm_jax_decode_tokens_per_s": median(d_ours), "torch_decode_tokens_per_s": median(d_hf),
+               "prefill_ratio": median(p_ratios), "prefill_ratio_min": min(p_ratios), "prefill_ratio_max": max(p_ratios),
+               "decode_ratio": median(d_ratios), "decode_ratio_min": min(d_ratios, default=None),
+               "decode_ratio_max": max(d_ratios, default=None)}
+    if args.curve:
+        lengths = [int(x) for x in args.curve.split(",")]
+        curve = decode_curve(llava, params, lengths, args.curve_batch, args.curve_steps, args.repeats)
+        base = median(curve[lengths[0]])
+        print(f"decode step time vs filled cache length (vlm_jax decode_loop, batch {args.curve_batch}, "
+              f"{args.curve_steps} steps; median (min-max) of {args.repeats})")
+        print("| cache length | step ms | vs first |")
+        print("|---:|---:|---:|")
+        for length in lengths:
+            ms = curve[length]
+            print(f"| {length} | {median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | {median(ms) / base:.2f}x |")
+        figures["decode_curve_batch"] = args.curve_batch
+        figures["decode_step_ms"] = {str(length): median(ms) for length, ms in curve.items()}
+        figures["decode_step_ms_all"] = {str(length): ms for length, ms in curve.items()}
+        figures["decode_step_growth"] = {str(length): median(ms) / base for length, ms in curve.items()}
+    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":

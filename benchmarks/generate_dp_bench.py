@@ -22,6 +22,7 @@ batch: `generate` puts rows `[b, ...]` straight onto a `NamedSharding` of the me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -188,6 +189,7 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(f"| {name} | {row['devices']} | {row['batch']} | {made} | {row['seconds']:.4f} | "
               f"{row['tokens_per_s']:.1f} | {row['ratio']:.2f}x | {row['first']:.2f} |")
+    print(json.dumps({"identical": identical, "rows": rows}))
     if not identical:
         raise AssertionError(f"pmap and generate(mesh=...) tokens differ:\n{a.rows()}\n{b.rows()}")
     return {"identical": identical, "rows": rows}

@@ -180,14 +180,24 @@ def main() -> None:
               f"{'efficiency':>12}{'1st batch s':>13}")
     print(header)
     print("-" * len(header))
+    figures = []
     for name, fn in (("grain packed (ours)", lambda w: bench_grain(shards, args, w)),
                      ("torch DataLoader, padded", lambda w: bench_torch(corpus_path, images_dir, args, w))):
         for workers in (int(w) for w in args.workers.split(",")):
             r = fn(workers)
             print(f"{name:<26}{workers:>8}{r['documents_per_s']:>9.1f}{r['real_tokens_per_s']:>12.0f}"
                   f"{r['total_tokens_per_s']:>11.0f}{r['efficiency']:>11.1%}{r['first_batch']:>13.2f}", flush=True)
+            figures.append({"pipeline": name, "workers": workers, **r})
     print("rates: steady state after the first batch (startup is the last column); efficiency = real tokens / "
           "(rows x seq_len);\nrow tok/s = rows x seq_len per second, the token throughput the model sees")
+    best = {name: max((f for f in figures if f["pipeline"] == name), key=lambda f: f["documents_per_s"])
+            for name in dict.fromkeys(f["pipeline"] for f in figures)}
+    ours, theirs = best.get("grain packed (ours)"), best.get("torch DataLoader, padded")
+    print(json.dumps({"seq_len": args.seq_len, "batch": args.batch_size, "docs": args.docs, "rows": figures,
+                      "best_docs_per_s_ratio": ours["documents_per_s"] / theirs["documents_per_s"]
+                      if ours and theirs else None,
+                      "best_real_tokens_per_s_ratio": ours["real_tokens_per_s"] / theirs["real_tokens_per_s"]
+                      if ours and theirs else None}))
 
 
 if __name__ == "__main__":

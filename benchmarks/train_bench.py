@@ -6,12 +6,15 @@ Both frameworks train the same LLaVA shape (below: CLIP-like tower 4x256 on 112p
 projector, Llama 4x512 with a 32064-token vocabulary), float32, on the same batch (one image and
 `seq - 64` text tokens per row) on this machine: forward, backward, global-norm clipping, AdamW, with
 the vision tower frozen as in LLaVA training. PyTorch uses its default SDPA attention and all CPU
-threads. Prints the median step time over `--steps` timed steps (after 2 warm-up steps, which include
-JAX's compilation) and tokens/s, with the vlm_jax / PyTorch ratio.
+threads. The two steps are timed in turns (vlm_jax, PyTorch, vlm_jax, ...) after 2 warm-up steps each (JAX's
+compilation included there); prints the median step time of `--steps` timed steps, its range, tokens/s,
+the ratio of medians and the spread of the per-pair ratios; the last line is one JSON object of the figures.
+`--size large` trains a second, larger shape (~177M parameters, GQA).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -24,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.models.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
+from vlm_jax.models.init import param_count  # noqa: E402
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh  # noqa: E402
 from vlm_jax.training.optimizer import make_optimizer, make_schedule  # noqa: E402
 from vlm_jax.training.state import abstract_train_state, init_train_state  # noqa: E402
@@ -45,6 +49,20 @@ def bench_config() -> LlavaConfig:
         image_token_id=32000, pad_token_id=0)
 
 
+def large_config() -> LlavaConfig:
+    """A second, larger shape (~177M parameters): CLIP-like 6x512 tower on 224px images (256 image tokens),
+    Llama 8x1024 with grouped-query attention (16 heads, 4 kv heads)."""
+    return LlavaConfig(
+        vision_config=VisionConfig(hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
+                                   num_attention_heads=8, image_size=224, patch_size=14),
+        text_config=TextConfig(vocab_size=32064, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                               num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=4096),
+        image_token_id=32000, pad_token_id=0)
+
+
+CONFIGS = {"small": bench_config, "large": large_config}
+
+
 def make_batch(config: LlavaConfig, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
     """DESIGN.md batch: per row one image block then random text; loss on the text tokens."""
     rng = np.random.default_rng(seed)
@@ -61,14 +79,18 @@ def make_batch(config: LlavaConfig, batch: int, seq: int, seed: int = 0) -> dict
             "image_mask": np.ones((batch, 1), bool)}
 
 
-def time_steps(step, n_warmup: int, n_timed: int) -> list[float]:
-    for _ in range(n_warmup):
-        step()
-    times = []
+def interleaved_times(steps, n_warmup: int, n_timed: int) -> list[list[float]]:
+    """Seconds of `n_timed` calls of each of `steps`, taken in turns (a, b, a, b, ...) after `n_warmup`
+    untimed calls each, so both see the same machine load."""
+    for step in steps:
+        for _ in range(n_warmup):
+            step()
+    times = [[] for _ in steps]
     for _ in range(n_timed):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+        for step, t in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            t.append(time.perf_counter() - start)
     return times
 
 
@@ -114,31 +136,45 @@ def torch_step_fn(config: LlavaConfig, batch: dict):
     return run
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--size", choices=sorted(CONFIGS), default="small", help="model shape (see CONFIGS)")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    config = bench_config()
+    config = CONFIGS[args.size]()
     batch = make_batch(config, args.batch, args.seq)
     tokens = args.batch * args.seq
-    rows = []
-    for name, make in (("vlm_jax (JAX)", jax_step_fn), ("transformers (PyTorch)", torch_step_fn)):
-        times = time_steps(make(config, batch), 2, args.steps)
-        rows.append((name, statistics.median(times)))
-    print(f"LLaVA train step, float32, batch {args.batch} x seq {args.seq} ({tokens} tokens, "
-          f"{config.num_image_tokens} image tokens/row), vision tower frozen; {jax.devices()[0].device_kind}, "
-          f"{os.cpu_count()} CPU threads, jax {jax.__version__}, torch {torch.__version__}")
-    print(f"| {'implementation':24s} | step ms | tokens/s | vs PyTorch |")
-    print(f"|{'-' * 26}|--------:|---------:|-----------:|")
-    torch_time = rows[1][1]
-    for name, seconds in rows:
-        print(f"| {name:24s} | {seconds * 1e3:7.0f} | {tokens / seconds:8.0f} | {torch_time / seconds:9.2f}x |")
+    names = ("vlm_jax (JAX)", "transformers (PyTorch)")
+    steps = [make(config, batch) for make in (jax_step_fn, torch_step_fn)]
+    times = interleaved_times(steps, 2, args.steps)
+    medians = [statistics.median(t) for t in times]
+    # per-pair ratios: each timed vlm_jax step against the PyTorch step right after it (same machine load)
+    pair_ratios = sorted(t / j for j, t in zip(*times))
+    print(f"LLaVA train step ({args.size}: {param_count(config) / 1e6:.1f}M params), float32, batch {args.batch} x "
+          f"seq {args.seq} ({tokens} tokens, {config.num_image_tokens} image tokens/row), vision tower frozen; "
+          f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads, jax {jax.__version__}, torch "
+          f"{torch.__version__}; {args.steps} interleaved timed steps each")
+    print(f"| {'implementation':24s} | step ms (median) | min-max ms | tokens/s | vs PyTorch |")
+    print(f"|{'-' * 26}|-----------------:|-----------:|---------:|-----------:|")
+    for name, t, med in zip(names, times, medians):
+        print(f"| {name:24s} | {med * 1e3:16.0f} | {min(t) * 1e3:.0f}-{max(t) * 1e3:.0f} | {tokens / med:8.0f} | "
+              f"{medians[1] / med:9.2f}x |")
+    print(f"vlm_jax / PyTorch per interleaved pair: median {statistics.median(pair_ratios):.2f}x, "
+          f"range {pair_ratios[0]:.2f}-{pair_ratios[-1]:.2f}x")
+    figures = {"size": args.size, "params": param_count(config), "batch": args.batch, "seq": args.seq,
+               "vlm_jax_step_ms": medians[0] * 1e3, "torch_step_ms": medians[1] * 1e3,
+               "vlm_jax_tokens_per_s": tokens / medians[0], "torch_tokens_per_s": tokens / medians[1],
+               "ratio": medians[1] / medians[0], "pair_ratio_median": statistics.median(pair_ratios),
+               "pair_ratio_min": pair_ratios[0], "pair_ratio_max": pair_ratios[-1],
+               "vlm_jax_step_ms_all": [t * 1e3 for t in times[0]], "torch_step_ms_all": [t * 1e3 for t in times[1]]}
+    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ the CLIP ViT-L/14-336 tower is frozen, the projector and the LM train; lr 2e-5, 
 at most 12 images per document; one epoch; a checkpoint every 100 steps, the last 5 kept; full remat.
 Set `schedule_steps` to the epoch's step count (the warmup is 3% of it) and the mesh to the slice.
 """
-from vlm_jax.training.config import base_config
+from vlm_jax.training.config import base_config, required
 
 
 def get_config():
     c = base_config()
     c.workdir = "workdir/llava_textbook_7b"
-    c.init_checkpoint = ""  # required: the converted llava-v1.5-7b directory
+    c.init_checkpoint = required("the converted llava-v1.5-7b folder, from python -m vlm_jax.convert hf-to-orbax "
+                                 "--hf llava-v1.5-7b --out DIR")
     c.model_preset = "llava-1.5-7b"  # only used if init_checkpoint is left empty (from-scratch runs)
     c.dtype = "bfloat16"
     c.param_dtype = "float32"
@@ -33,7 +34,8 @@ def get_config():
     c.optim.warmup_ratio = 0.03
     c.optim.weight_decay = 0.0
     c.optim.max_grad_norm = 1.0
-    c.data.tokenizer = ""  # required: the llava-v1.5-7b tokenizer directory
+    c.data.tokenizer = required("the llava-v1.5-7b tokenizer folder (the converted folder holds it)")
+    c.data.shards = required("the converted textbook corpus folder, the --out of python -m data_prep.convert")
     c.data.seq_len = 32768
     c.data.max_images = 12
     c.data.max_images_per_row = 12

@@ -1,23 +1,27 @@
-"""Offline conversion: interleaved JSON/JSONL corpora + image folders -> ArrayRecord shards.
+"""Offline conversion: interleaved JSON/JSONL corpora + image folders -> a TFDS ArrayRecord dataset.
 
     python -m data_prep.convert --format {textbook,obelics,mmc4} --input JSON_OR_JSONL_OR_DIR \
-        --images ROOT --out DIR --shard-size N [--text-field texts|text_ocr_list] [--workers K]
+        --images ROOT --out DIR [--shard-size N] [--text-field texts|text_ocr_list] [--workers K]
 
 Streams the input (jsonl line by line, .json arrays element by element), reads and fully decodes
 every referenced image in a process pool (to reject corrupt files now, not at training time), and
-writes one msgpack record per document (`vlm_jax.data.records`) with the original image bytes
-inside, `--shard-size` documents per shard. Image paths are confined to `--images`. Skips are
+writes one record per document in the corpus format of `vlm_jax.data.records` (a TFDS dataset:
+`tfds.builder_from_directory(DIR).as_data_source(split="train")` opens it) with the original image
+bytes inside, `--shard-size` documents per shard. Image paths are confined to `--images`. Skips are
 counted by reason, logged one per line to `DIR/skipped.jsonl`, and summarised in `DIR/manifest.json`.
+Output is atomic: shards go to `DIR/.partial/` and are published with the metadata at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import io
 import json
 import multiprocessing
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -28,9 +32,14 @@ from PIL import Image
 from data_prep.formats import FORMATS, MalformedDocument, parse_keyframe_name, to_interleaved
 from data_prep.json_stream import Malformed, iter_documents
 from vlm_jax import cli
-from vlm_jax.data.records import RECORD_FORMAT, ShardWriter, encode_document
+from vlm_jax.data import records
 
-SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "undecodable_image", "escaping_path")
+SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "not_regular_file", "undecodable_image",
+                "image_too_large", "extreme_aspect_ratio", "escaping_path")
+MAX_IMAGE_PIXELS = 50_000_000  # width x height; ~150 MB decoded RGB (Pillow warns at 89M, refuses at 179M)
+MAX_ASPECT_RATIO = 50.0  # long side / short side; a 1 x 60000 strip would become a 60000^2 square when padded
+MAX_IMAGE_BYTES = 256 << 20  # the encoded file
+DEFAULT_SHARD_SIZE = 500  # documents per shard: ~250 MB for textbook documents (10 keyframes of ~50 KB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +50,8 @@ class ConvertSettings:
     images_root: str
     text_field: str = "texts"
     strip_prefix: str | None = None
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
 
 
 @dataclasses.dataclass
@@ -62,6 +73,8 @@ def resolve_image_path(root: str, ref: str, strip_prefix: str | None = None) -> 
     `strip_prefix`, if given and `ref` starts with it, is removed first (for corpora that store
     absolute paths of the machine they were built on).
     """
+    if "\x00" in ref:
+        raise RefusedPath(f"{ref!r} contains a NUL character")
     if strip_prefix and ref.startswith(strip_prefix):
         ref = ref[len(strip_prefix) :].lstrip("/")
     if os.path.isabs(ref):
@@ -72,17 +85,51 @@ def resolve_image_path(root: str, ref: str, strip_prefix: str | None = None) -> 
     return path
 
 
-def _read_image(path: str) -> tuple[bytes, dict[str, Any]]:
-    """Reads and fully decodes an image file; returns its bytes and size/format info."""
-    with open(path, "rb") as f:
+class SkippedImage(ValueError):
+    """An image refused by a rule; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _read_image(path: str, max_pixels: int, max_aspect: float) -> tuple[bytes, dict[str, Any]]:
+    """Reads a regular image file within the limits and fully decodes it; returns bytes and size/format.
+
+    The file is opened non-blocking and checked to be a regular file before reading (a named pipe
+    would block forever); the size limits are checked on the header, before any pixel is decoded.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SkippedImage("not_regular_file", "not a regular file (named pipe, device or socket)")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise SkippedImage("image_too_large", f"file of {info.st_size} bytes > {MAX_IMAGE_BYTES}")
         data = f.read()
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:  # Pillow's own limit, above ours: header says > 179 M pixels
+        raise SkippedImage("image_too_large", str(err)) from err
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise SkippedImage("image_too_large", f"{width}x{height} = {width * height} pixels > {max_pixels}")
+        if min(width, height) < 1 or max(width, height) / min(width, height) > max_aspect:
+            raise SkippedImage("extreme_aspect_ratio", f"{width}x{height}: aspect ratio above {max_aspect:g}")
         img.load()
-        return data, {"width": img.width, "height": img.height, "format": img.format}
+        return data, {"width": width, "height": height, "format": img.format}
 
 
 def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
     """Source document -> Result. Bad images are dropped with their position; never raises on data."""
+    try:
+        return _convert_one(settings, location, raw)
+    except Exception as err:  # noqa: BLE001 - a record nothing above foresaw is one malformed record, not a crash.
+        return Result(None, 0, [("malformed_record", location, f"{type(err).__name__}: {err}")])
+
+
+def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
     if isinstance(raw, Malformed):
         return Result(None, 0, [("malformed_record", location, raw.message)])
     try:
@@ -98,9 +145,13 @@ def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
             continue
         where = f"{location} image {ref!r}"
         try:
-            data, info = _read_image(resolve_image_path(settings.images_root, ref, settings.strip_prefix))
+            path = resolve_image_path(settings.images_root, ref, settings.strip_prefix)
+            data, info = _read_image(path, settings.max_image_pixels, settings.max_aspect_ratio)
         except RefusedPath as err:
             skips.append(("escaping_path", where, str(err)))
+            continue
+        except SkippedImage as err:
+            skips.append((err.reason, where, str(err)))
             continue
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
             skips.append(("missing_file", where, err.strerror or str(err)))
@@ -113,9 +164,8 @@ def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
         image_meta.append({"path": ref, **info, **(parse_keyframe_name(ref) or {})})
     if not any(image is not None for image in images):
         return Result(None, 0, skips + [("no_images", location, "no readable image left")])
-    record = encode_document(
-        {"id": doc.doc_id, "texts": texts, "images": images, "image_meta": image_meta, "metadata": doc.metadata}
-    )
+    record = records.encode_document(
+        {"id": doc.doc_id, "texts": texts, "images": images, "image_meta": image_meta, "metadata": doc.metadata})
     return Result(record, sum(image is not None for image in images), skips)
 
 
@@ -155,84 +205,155 @@ def convert(
     images_root: str,
     out_dir: str,
     fmt: str,
-    shard_size: int,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     text_field: str = "texts",
     workers: int = 0,
     strip_prefix: str | None = None,
-    prefix: str = "data",
+    prefix: str = "corpus",
     progress_every_s: float = 10.0,
     log: TextIO | None = None,
+    overwrite: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
 ) -> dict[str, Any]:
     """Runs the conversion; returns (and writes to `out_dir/manifest.json`) the manifest dict.
 
-    Progress lines and the final summary go to `log` (default: sys.stderr).
+    `prefix` names the dataset (and its shard files). Progress lines and the final summary go to
+    `log` (default: sys.stderr). Raises `NothingWritten` (after writing `manifest.json` and
+    `skipped.jsonl`, but no dataset) when every document was skipped.
     """
     log = log or sys.stderr
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if shard_size < 1:
-        raise ValueError("shard_size must be >= 1")
+        raise ValueError(f"--shard-size {shard_size} must be >= 1")
+    records.check_name(prefix)
     if not os.path.isdir(images_root):
         raise FileNotFoundError(f"--images {images_root!r} is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
+    if not os.path.exists(input_path):
+        raise FileNotFoundError(f"--input {input_path!r} does not exist")
     workers = workers or (os.cpu_count() or 1)
-    settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field, strip_prefix)
+    settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field, strip_prefix, max_image_pixels,
+                               max_aspect_ratio)
+    writer = records.CorpusWriter(out_dir, shard_size, name=prefix, overwrite=overwrite)
     skipped: collections.Counter = collections.Counter()
     documents_read = documents_written = images_written = 0
     start = last_report = time.monotonic()
-    writer = ShardWriter(out_dir, prefix, shard_size)
-    with open(os.path.join(out_dir, "skipped.jsonl"), "w") as skip_log:
-        for result in _results(settings, iter_documents(input_path), workers, chunk_size=16):
-            documents_read += 1
-            for reason, location, detail in result.skips:
-                skipped[reason] += 1
-                skip_log.write(json.dumps({"reason": reason, "location": location, "detail": detail}) + "\n")
-            if result.record is not None:
-                writer.write(result.record)
-                documents_written += 1
-                images_written += result.images
-            now = time.monotonic()
-            if now - last_report >= progress_every_s:
-                last_report = now
-                print(f"[convert] {documents_read} documents read, {documents_written} written, "
-                      f"{images_written} images, {documents_read / (now - start):.1f} docs/s", file=log, flush=True)
-    writer.close()
-    manifest = {
-        "format": fmt,
-        "text_field": text_field,
-        "input": os.path.abspath(input_path),
-        "images_root": settings.images_root,
-        "record_format": RECORD_FORMAT,
-        "shards": writer.shards,
-        "documents_read": documents_read,
-        "documents_written": documents_written,
-        "images_written": images_written,
-        "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
-        "elapsed_s": round(time.monotonic() - start, 3),
-    }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
+    skip_path = os.path.join(writer.partial, "skipped.jsonl")
+    try:
+        with open(skip_path, "w") as skip_log:
+            for result in _results(settings, iter_documents(input_path), workers, chunk_size=16):
+                documents_read += 1
+                for reason, location, detail in result.skips:
+                    skipped[reason] += 1
+                    skip_log.write(json.dumps({"reason": reason, "location": location, "detail": detail}) + "\n")
+                if result.record is not None:
+                    writer.write_record(result.record)
+                    documents_written += 1
+                    images_written += result.images
+                now = time.monotonic()
+                if now - last_report >= progress_every_s:
+                    last_report = now
+                    print(f"[convert] {documents_read} documents read, {documents_written} written, "
+                          f"{images_written} images, {documents_read / (now - start):.1f} docs/s", file=log, flush=True)
+        manifest = {
+            "format": fmt,
+            "text_field": text_field,
+            "image_limits": {"max_pixels": max_image_pixels, "max_aspect_ratio": max_aspect_ratio},
+            "input": os.path.abspath(input_path),
+            "images_root": settings.images_root,
+            "record_format": records.RECORD_FORMAT,
+            "name": prefix,
+            "shards": [],
+            "documents_read": documents_read,
+            "documents_written": documents_written,
+            "images_written": images_written,
+            "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
+        }
+        manifest_path = os.path.join(writer.partial, "manifest.json")
+        extra = {"skipped.jsonl": skip_path, "manifest.json": manifest_path}
+        if documents_written == 0:
+            manifest["elapsed_s"] = round(time.monotonic() - start, 3)
+            _write_json(manifest_path, manifest)
+            for name, path in extra.items():
+                os.replace(path, os.path.join(writer.out_dir, name))
+            writer.abort()
+            raise NothingWritten(_nothing_reason(manifest, out_dir))
+        manifest["shards"] = writer.shards()
+        manifest["elapsed_s"] = round(time.monotonic() - start, 3)
+        _write_json(manifest_path, manifest)
+        writer.publish(extra, description=f"{fmt} corpus converted from {os.path.basename(input_path)} "
+                                          f"by python -m data_prep.convert")
+    except BaseException:
+        writer.abort()
+        raise
     print(_summary(manifest, out_dir), file=log, flush=True)
     return manifest
+
+
+class NothingWritten(cli.InputError):
+    """Every document was skipped: there is no corpus to publish."""
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def _nothing_reason(manifest: dict[str, Any], out_dir: str) -> str:
+    if manifest["documents_read"] == 0:
+        return "no document written: the input holds no document"
+    reasons = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items() if v)
+    return (f"no document written: all {manifest['documents_read']} documents were skipped ({reasons}); "
+            f"see {os.path.join(out_dir, 'skipped.jsonl')}")
+
+
+_IMAGE_REASON_NAMES = {"missing_file": "missing file", "not_regular_file": "not a regular file",
+                       "undecodable_image": "undecodable", "image_too_large": "too large",
+                       "extreme_aspect_ratio": "extreme aspect ratio", "escaping_path": "outside --images"}
 
 
 def _summary(manifest: dict[str, Any], out_dir: str) -> str:
     skipped = manifest["skipped"]
     doc_skips = skipped["malformed_record"] + skipped["no_images"]
-    image_skips = skipped["missing_file"] + skipped["undecodable_image"] + skipped["escaping_path"]
+    image_skips = sum(skipped[reason] for reason in _IMAGE_REASON_NAMES)
+    image_detail = ", ".join(f"{name}: {skipped[reason]}" for reason, name in _IMAGE_REASON_NAMES.items())
     return "\n".join([
         f"[convert] documents: {manifest['documents_written']} written, {doc_skips} skipped "
         f"(malformed record: {skipped['malformed_record']}, no image left: {skipped['no_images']})",
-        f"[convert] images: {manifest['images_written']} written, {image_skips} skipped "
-        f"(missing file: {skipped['missing_file']}, undecodable: {skipped['undecodable_image']}, "
-        f"outside --images: {skipped['escaping_path']})",
+        f"[convert] images: {manifest['images_written']} written, {image_skips} skipped ({image_detail})",
         f"[convert] {len(manifest['shards'])} shards in {out_dir}; every skip with its line/index in "
         f"{os.path.join(out_dir, 'skipped.jsonl')}",
     ])
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Checks the command line before anything is read or written: UsageError for a bad flag value,
+    InputError for a path that is missing or of the wrong kind."""
+    if args.shard_size < 1:
+        raise cli.UsageError(f"--shard-size {args.shard_size}: must be >= 1")
+    if args.workers < 0:
+        raise cli.UsageError(f"--workers {args.workers}: must be >= 0 (0: all cores)")
+    if args.max_image_pixels < 1 or not args.max_aspect_ratio >= 1:
+        raise cli.UsageError(f"--max-image-pixels {args.max_image_pixels} / --max-aspect-ratio "
+                             f"{args.max_aspect_ratio}: must be >= 1")
+    try:
+        records.check_name(args.prefix)
+    except ValueError as err:
+        raise cli.UsageError(f"--prefix: {err}") from err
+    cli.require_dir(args.images, "--images", "give the folder the corpus' image paths are relative to")
+    if not os.path.exists(args.input):
+        raise cli.InputError(f"--input {args.input}: no such file or folder")
+    if not (os.path.isdir(args.input) or os.path.isfile(args.input)):
+        raise cli.InputError(f"--input {args.input}: not a regular file or a folder (named pipes are not read)")
+    if not os.path.isdir(args.input) and not args.input.endswith((".json", ".jsonl")):
+        raise cli.InputError(f"--input {args.input}: expected a .json or .jsonl file or a folder of them")
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
+        raise cli.InputError(f"--out {args.out}: exists and is not a folder; choose a new or empty folder")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
+    """The CLI; returns the exit status (0; 1 bad input or nothing written; 2 usage) after one `error:` line."""
     return cli.run(_main, argv, prog="python -m data_prep.convert")
 
 
@@ -241,17 +362,25 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help=".json (array), .jsonl, or a directory of them")
     parser.add_argument("--images", required=True, help="root folder; image paths must resolve inside it")
-    parser.add_argument("--out", required=True, help="output directory for shards and manifest.json")
-    parser.add_argument("--shard-size", type=int, required=True, help="documents per shard")
+    parser.add_argument("--out", required=True, help="output folder (empty, or a previous conversion with --overwrite)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                        help=f"documents per shard (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--text-field", default="texts", choices=("texts", "text_ocr_list"),
                         help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR)")
     parser.add_argument("--workers", type=int, default=0, help="image-reading processes (default: all cores)")
     parser.add_argument("--strip-prefix", default=None, help="prefix removed from image paths before resolving")
-    parser.add_argument("--prefix", default="data", help="shard file name prefix")
+    parser.add_argument("--prefix", default="corpus", help="dataset name, also the shard file name prefix")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous conversion in --out")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help=f"larger images are skipped and counted (default {MAX_IMAGE_PIXELS})")
+    parser.add_argument("--max-aspect-ratio", type=float, default=MAX_ASPECT_RATIO,
+                        help=f"images with long/short side above this are skipped and counted (default {MAX_ASPECT_RATIO:g})")
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
+    _check_args(args)
     convert(args.input, args.images, args.out, args.format, args.shard_size, args.text_field, args.workers,
-            args.strip_prefix, args.prefix, args.progress_every)
+            args.strip_prefix, args.prefix, args.progress_every, overwrite=args.overwrite,
+            max_image_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio)
     return 0
 
 

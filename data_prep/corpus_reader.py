@@ -1,6 +1,6 @@
-"""One stream of interleaved documents from either ArrayRecord shards or the seeds' JSON/JSONL.
+"""One stream of interleaved documents from either converted corpora or the seeds' JSON/JSONL.
 
-Shards (files, globs, directories, or a convert `manifest.json`) are read record by record. JSON input
+Converted corpus folders (`vlm_jax.data.records`) are read record by record. JSON input
 goes through the converter's own per-document step (`data_prep.convert.convert_one`), so image paths
 are resolved and confined to `images_root` exactly as in a conversion, and unreadable images are
 dropped and reported with their reason. Nothing holds more than one document.
@@ -15,18 +15,18 @@ from typing import Any
 
 from data_prep.convert import ConvertSettings, convert_one
 from data_prep.json_stream import iter_documents
-from vlm_jax.data.records import decode_document
+from vlm_jax.data import records
 
 JSON_SUFFIXES = (".json", ".jsonl")
 
 
 @dataclasses.dataclass
 class SourceDocument:
-    """A decoded record (`vlm_jax.data.records` map) or None, with the problems met on the way.
+    """A decoded record (`vlm_jax.data.records` in-memory document) or None, with the problems met on the way.
 
     `skips` lists `(reason, detail)`: convert's reasons for JSON input (`missing_file`,
     `undecodable_image`, `escaping_path`, `malformed_record`, `no_images`), `malformed_record` for
-    shard records that do not decode.
+    corpus records that do not decode.
     """
 
     location: str
@@ -35,31 +35,21 @@ class SourceDocument:
 
 
 def is_json_input(path: str) -> bool:
-    """True for a .json/.jsonl file or a directory holding such files but no .array_record shard."""
+    """True for a .json/.jsonl file or a folder that is not a converted corpus (no dataset_info.json)."""
     if os.path.isdir(path):
-        names = [n for _, _, files in os.walk(path) for n in files]
-        return not any(n.endswith(".array_record") for n in names) and any(n.endswith(JSON_SUFFIXES) for n in names)
-    return path.endswith(".jsonl") or (path.endswith(".json") and not _is_manifest(path))
+        return not os.path.isfile(os.path.join(path, "dataset_info.json"))
+    return path.endswith(JSON_SUFFIXES)
 
 
-def _is_manifest(path: str) -> bool:
-    return os.path.basename(path) == "manifest.json"
-
-
-def iter_shard_documents(specs: Sequence[str]) -> Iterator[SourceDocument]:
-    """Documents of ArrayRecord shards, in shard order then record order."""
-    import grain
-
-    from vlm_jax.data.loader import resolve_shards
-
-    for shard in resolve_shards(specs):
-        source = grain.sources.ArrayRecordDataSource([shard])
-        for index in range(len(source)):
-            location = f"{shard}[record {index}]"
-            try:
-                yield SourceDocument(location, decode_document(source[index]), [])
-            except ValueError as err:
-                yield SourceDocument(location, None, [("malformed_record", str(err))])
+def iter_corpus_documents(path: str) -> Iterator[SourceDocument]:
+    """Documents of a converted corpus folder, in record order."""
+    source = records.open_corpus(path).source
+    for index in range(len(source)):
+        location = f"{path}[record {index}]"
+        try:
+            yield SourceDocument(location, records.decode_document(source[index]), [])
+        except ValueError as err:
+            yield SourceDocument(location, None, [("malformed_record", str(err))])
 
 
 def iter_json_documents(path: str, fmt: str, images_root: str, text_field: str = "texts") -> Iterator[SourceDocument]:
@@ -69,17 +59,17 @@ def iter_json_documents(path: str, fmt: str, images_root: str, text_field: str =
     settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field)
     for location, raw in iter_documents(path):
         result = convert_one(settings, location, raw)
-        doc = None if result.record is None else decode_document(result.record)
+        doc = None if result.record is None else records.decode_document(result.record)
         yield SourceDocument(location, doc, [(reason, f"{where}: {detail}") for reason, where, detail in result.skips])
 
 
 def iter_source_documents(data: Sequence[str], fmt: str = "textbook", images_root: str | None = None,
                           text_field: str = "texts") -> Iterator[SourceDocument]:
-    """Shards or JSON, chosen per `data` entry by `is_json_input`."""
+    """Converted corpora or JSON, chosen per `data` entry by `is_json_input`."""
     for spec in data:
         if is_json_input(spec):
             if images_root is None:
                 raise ValueError(f"{spec!r} is JSON input: pass --images ROOT (the folder its image paths are in)")
             yield from iter_json_documents(spec, fmt, images_root, text_field)
         else:
-            yield from iter_shard_documents([spec])
+            yield from iter_corpus_documents(spec)

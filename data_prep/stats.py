@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(prog="python -m data_prep.stats", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, nargs="+", help="shards (file/glob/dir/manifest.json) or seed JSON/JSONL")
+    parser.add_argument("--data", required=True, nargs="+", help="converted corpus folders or seed JSON/JSONL")
     parser.add_argument("--out", required=True, help="report JSON path")
     parser.add_argument("--clip-ckpt", default=None, help="vlm_jax params checkpoint (python -m vlm_jax.convert)")
     parser.add_argument("--tokenizer", default=None,

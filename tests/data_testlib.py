@@ -1,14 +1,13 @@
-"""Helpers for the data tests: real encoded images and small ArrayRecord corpora built in-test."""
+"""Helpers for the data tests: real encoded images and small converted corpora built in-test."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
-from vlm_jax.data.records import encode_document
+from vlm_jax.data.records import CorpusWriter
 
 
 def image_bytes(width: int, height: int, seed: int, fmt: str = "JPEG") -> bytes:
@@ -41,9 +40,13 @@ def document(doc_index: int, n_images: int, words: int = 4, corrupt: tuple[int, 
             "metadata": {"n": doc_index}}
 
 
-def write_shard(path: str, records: list) -> None:
-    """Writes documents (dicts, encoded) or raw bytes as records of one ArrayRecord file."""
-    writer = ArrayRecordWriter(path, "group_size:1")
+def write_corpus_dir(path: str, records: list, shard_size: int = 1000) -> str:
+    """Writes documents (dicts, encoded) or raw bytes (malformed records) as a corpus folder; returns it."""
+    writer = CorpusWriter(path, shard_size)
     for record in records:
-        writer.write(record if isinstance(record, bytes) else encode_document(record))
-    writer.close()
+        if isinstance(record, bytes):
+            writer.write_record(record)
+        else:
+            writer.write(record)
+    writer.publish()
+    return path

@@ -68,3 +68,36 @@ def pixels_nchw(n: int, size: int, seed: int) -> torch.Tensor:
 
 def to_nhwc(pixels: torch.Tensor) -> np.ndarray:
     return pixels.numpy().transpose(0, 2, 3, 1)
+
+
+def idefics2_config() -> config_lib.Idefics2Config:
+    """Tiny Idefics2: SigLIP 56 px / patch 14 (4×4 position grid), perceiver 8 latents (GQA 4/2), Mistral with
+    GQA and a sliding window of 8 slots (shorter than the test sequences, so the window matters)."""
+    text = config_lib.TextConfig.from_hf(dict(
+        model_type="mistral", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=8, rms_norm_eps=1e-5, initializer_range=STD,
+        pad_token_id=0, max_position_embeddings=128))
+    return config_lib.Idefics2Config(
+        vision_config=config_lib.SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                                    num_attention_heads=4, image_size=56, patch_size=14,
+                                                    initializer_range=STD),
+        perceiver_config=config_lib.PerceiverConfig(resampler_n_latents=8, resampler_depth=2, resampler_n_heads=4,
+                                                    resampler_head_dim=8, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                                    initializer_range=STD),
+        text_config=text, image_token_id=127)
+
+
+IDEFICS2_FAKE_TOKEN = 126  # <fake_token_around_image> of the tiny configs' made-up vocabulary
+
+
+@functools.cache
+def hf_idefics2():
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration
+
+    torch.manual_seed(3)
+    model = Idefics2ForConditionalGeneration(Idefics2Config(**idefics2_config().to_hf(), attn_implementation="eager"))
+    with torch.no_grad():  # HF initialises latents to ones and norms to ones: randomise so the test sees them
+        for name, p in model.named_parameters():
+            if "latents" in name or "norm" in name:
+                p.add_(torch.randn_like(p) * STD)
+    return model.eval()

@@ -1,17 +1,17 @@
-"""data_prep.convert: textbook/obelics/mmc4 inputs -> ArrayRecord shards, with counted skips."""
+"""data_prep.convert: textbook/obelics/mmc4 inputs -> a TFDS ArrayRecord dataset, with counted skips."""
 
 import json
 import os
 
 import pytest
-from array_record.python.array_record_module import ArrayRecordReader
+import tensorflow_datasets as tfds
 
 from data_prep import convert as convert_mod
 from data_prep.formats import parse_keyframe_name, url_file_name
 from data_prep.json_stream import Malformed, iter_json_array, iter_jsonl
 from data_testlib import image_bytes
 from vlm_jax.data.loader import loader_metrics, make_train_iterator
-from vlm_jax.data.records import decode_document
+from vlm_jax.data.records import CorpusError, from_example
 
 KEYFRAMES = ["-1uixJ1V-As/-1uixJ1V-As@10.0_55.0#2.jpg", "-1uixJ1V-As/-1uixJ1V-As@55.0_80.5#1.jpg",
              "B5Cj_yJ-Okg/B5Cj_yJ-Okg@2240.26_2250.2000000000003#3.jpg"]
@@ -32,13 +32,12 @@ def images_root(tmp_path):
 
 
 def _records(out_dir):
+    """The corpus as any TFDS user opens it (no vlm_jax reader), in file order."""
     manifest = json.loads((out_dir / "manifest.json").read_text())
-    docs = []
-    for shard in manifest["shards"]:
-        reader = ArrayRecordReader(str(out_dir / shard["path"]))
-        assert reader.num_records() == shard["num_records"]
-        docs += [decode_document(r) for r in reader.read(list(range(reader.num_records())))]
-    return manifest, docs
+    source = tfds.builder_from_directory(str(out_dir)).as_data_source(split="train")
+    assert len(source) == sum(s["num_records"] for s in manifest["shards"])
+    assert sorted(p.name for p in out_dir.glob("*.array_record-*")) == [s["path"] for s in manifest["shards"]]
+    return manifest, [from_example(source[i]) for i in range(len(source))]
 
 
 def _skips(out_dir):
@@ -68,7 +67,8 @@ def test_textbook_json_array_with_ocr_text(tmp_path, images_root):
     manifest = convert_mod.convert(str(src), str(images_root), str(out), "textbook", shard_size=1,
                                    text_field="text_ocr_list", workers=1)
     assert manifest["documents_read"] == 5 and manifest["documents_written"] == 2 and manifest["images_written"] == 3
-    assert manifest["skipped"] == {"malformed_record": 1, "no_images": 2, "missing_file": 1, "undecodable_image": 1,
+    assert manifest["skipped"] == {"malformed_record": 1, "no_images": 2, "missing_file": 1, "not_regular_file": 0,
+                                   "undecodable_image": 1, "image_too_large": 0, "extreme_aspect_ratio": 0,
                                    "escaping_path": 3}
     assert [s["num_records"] for s in manifest["shards"]] == [1, 1]
     _, docs = _records(out)
@@ -125,7 +125,7 @@ def test_converted_shards_feed_the_loader(tmp_path, images_root):
     src.write_text("\n".join(json.dumps(d) for d in _textbook_docs(tmp_path)[:2]) + "\n")
     out = tmp_path / "out"
     convert_mod.convert(str(src), str(images_root), str(out), "textbook", shard_size=1, workers=1)
-    it = make_train_iterator(dict(shards=[str(out / "manifest.json")], batch_size=1, seq_len=64, max_images_per_row=3,
+    it = make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
                                   num_image_tokens=4, max_images=3, image_size=8, num_epochs=1))
     batches = list(it)
     assert sum(int(b["image_mask"].sum()) for b in batches) == 3
@@ -157,3 +157,46 @@ def test_json_array_stream_across_tiny_chunks(tmp_path):
     lines.write_text('{"a": 1}\n\n{bad\n[2]\n')
     assert [(loc.split(":")[-1], isinstance(v, Malformed)) for loc, v in iter_jsonl(str(lines))] == [
         ("line 1", False), ("line 3", True), ("line 4", False)]
+
+
+def _cli(tmp_path, images_root, out, *extra):
+    src = tmp_path / "textbook.jsonl"
+    src.write_text("\n".join(json.dumps(d) for d in _textbook_docs(tmp_path)[:2]) + "\n")
+    return convert_mod.main(["--format", "textbook", "--input", str(src), "--images", str(images_root),
+                             "--out", str(out), "--workers", "1", *extra])
+
+
+def test_output_is_a_self_describing_tfds_dataset_published_at_the_end(tmp_path, images_root, capsys):
+    out = tmp_path / "out"
+    assert _cli(tmp_path, images_root, out) == 0  # no --shard-size: the default
+    manifest, docs = _records(out)
+    assert len(manifest["shards"]) == 1 and manifest["shards"][0]["num_records"] == 2
+    assert manifest["shards"][0]["path"] == "corpus-train.array_record-00000-of-00001"
+    assert sorted(os.listdir(out)) == sorted(["dataset_info.json", "features.json", "manifest.json", "skipped.jsonl",
+                                              manifest["shards"][0]["path"]])  # .partial/ is gone
+    info = tfds.builder_from_directory(str(out)).info
+    assert set(info.features.keys()) == {"id", "layout", "texts", "images", "metadata"}
+    assert info.splits["train"].num_examples == 2
+    # A second run into the same folder is refused (exit 1, one line) unless --overwrite.
+    capsys.readouterr()
+    assert _cli(tmp_path, images_root, out) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty" in err[0] and "--overwrite" in err[0]
+    assert _cli(tmp_path, images_root, out, "--overwrite", "--shard-size", "1") == 0
+    manifest, docs2 = _records(out)
+    assert [s["num_records"] for s in manifest["shards"]] == [1, 1] and docs2 == docs
+
+
+def test_leftovers_of_a_killed_run_are_never_read(tmp_path, images_root):
+    out = tmp_path / "out"
+    (out / ".partial").mkdir(parents=True)
+    (out / ".partial" / "shard-00000").write_bytes(b"")  # what a kill leaves behind
+    with pytest.raises(CorpusError, match="a conversion did not finish"):
+        make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
+                                 num_image_tokens=4, max_images=3, image_size=8))
+    assert _cli(tmp_path, images_root, out) == 0  # a leftover .partial/ is ours to replace
+    (out / "corpus-train.array_record-00005-of-00009").write_bytes(b"")  # stray 0-byte shard: not listed
+    assert len(tfds.builder_from_directory(str(out)).as_data_source(split="train")) == 2
+    batches = list(make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
+                                            num_image_tokens=4, max_images=3, image_size=8)))
+    assert sum(int(b["image_mask"].sum()) for b in batches) == 3

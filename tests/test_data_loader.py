@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 
 import grain
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_testlib import document, write_shard
+from data_testlib import document, write_corpus_dir
 from vlm_jax.data.image import preprocess_image
+from vlm_jax.data.records import CorpusError
 from vlm_jax.data.loader import COUNTER_NAMES, LoaderConfig, loader_metrics, make_train_iterator
 from vlm_jax.data.tokenizer import ByteTokenizer
 
@@ -21,10 +23,9 @@ BAD = {5: dict(corrupt=(0,)), 7: dict(empty=(1,)), 11: dict(corrupt=(0,))}  # do
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Two shards: 24 documents (1-3 images each, some bad images) plus one malformed record."""
-    root = tmp_path_factory.mktemp("shards")
+    root = tmp_path_factory.mktemp("shards") / "corpus"
     docs = [document(i, n_images=1 if i == 11 else 1 + i % 3, **BAD.get(i, {})) for i in range(N_DOCS)]
-    write_shard(str(root / "a.array_record"), docs[:13] + [b"\x93not a record"])
-    write_shard(str(root / "b.array_record"), docs[13:])
+    write_corpus_dir(str(root), docs[:13] + [b"\x93not a record"] + docs[13:], shard_size=14)
     return str(root), docs
 
 
@@ -197,12 +198,12 @@ def test_config_inputs_and_errors(corpus):
         LoaderConfig.from_dict({**_config(shards), "batchsize": 3})
     with pytest.raises(ValueError, match="max_images"):
         make_train_iterator(_config(shards, max_images=5))
-    with pytest.raises(FileNotFoundError, match="no ArrayRecord shard"):
-        make_train_iterator(_config(shards + "/nothing-*.array_record"))
+    with pytest.raises(CorpusError, match="no dataset_info.json: not a converted corpus"):
+        make_train_iterator(_config(os.path.dirname(shards)))
 
 
 def test_all_bad_corpus_stops_with_an_error_instead_of_looping(tmp_path):
-    write_shard(str(tmp_path / "bad.array_record"), [document(0, 1, corrupt=(0,)), b"junk"])
-    it = make_train_iterator(_config(str(tmp_path), num_epochs=None))
+    bad = write_corpus_dir(str(tmp_path / "bad"), [document(0, 1, corrupt=(0,)), b"junk"])
+    it = make_train_iterator(_config(bad, num_epochs=None))
     with pytest.raises(RuntimeError, match="no usable document"):
         next(it)

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 from data_prep import stats
 from data_prep.similarity import ClipFeaturizer, document_similarity, grey, random_vision_tower
-from data_testlib import image_bytes, write_shard
+from data_testlib import image_bytes, write_corpus_dir
 from vlm_jax.checkpoint import load_vision_tower, save_params
 from vlm_jax.data.image import preprocess_image
 from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, tokenize_interleaved
@@ -75,8 +75,7 @@ def _direct_similarity(params, config, encoded):
 
 
 def _run(tmp_path, docs, featurizer, tokenizer=None, num_image_tokens=4):
-    shard = str(tmp_path / "data.array_record")
-    write_shard(shard, docs)
+    shard = write_corpus_dir(str(tmp_path / "corpus"), docs)
     out = str(tmp_path / "report.json")
     report = stats.compute_stats([shard], out, tokenizer=tokenizer or ByteTokenizer(), featurizer=featurizer,
                                  num_image_tokens=num_image_tokens)

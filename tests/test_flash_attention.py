@@ -15,7 +15,7 @@ import pytest
 from vlm_jax.kernels.flash_attention import FlashConfig, block_ranges, flash_attention
 
 
-def reference_attention(q, k, v, q_seg, kv_seg, do, *, causal, scale):
+def reference_attention(q, k, v, q_seg, kv_seg, do, *, causal, scale, window=None):
   """Float64 NumPy attention and its VJP: (out, dq, dk, dv). Shapes as flash_attention."""
   q, k, v, do = (np.asarray(x, np.float64) for x in (q, k, v, do))
   b, s, h, d = q.shape
@@ -27,6 +27,8 @@ def reference_attention(q, k, v, q_seg, kv_seg, do, *, causal, scale):
     visible = visible & (np.asarray(q_seg)[:, None, :, None] == np.asarray(kv_seg)[:, None, None, :])
   if causal:
     visible = visible & np.tril(np.ones((s, s), bool))[None, None]
+  if window is not None:
+    visible = visible & (np.arange(s)[None, :] > np.arange(s)[:, None] - window)[None, None]
   logits = np.where(visible, np.einsum("bqhd,bkhd->bhqk", q, kr) * scale, -np.inf)
   row_max = logits.max(-1, keepdims=True)
   row_max = np.where(np.isfinite(row_max), row_max, 0.0)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from data_testlib import document, write_shard
+from data_testlib import document, write_corpus_dir
 from vlm_jax.data.loader import make_train_iterator
 from vlm_jax.models.config import LlavaConfig, preset
 from vlm_jax.models.llava import Llava
@@ -41,10 +41,8 @@ def tiny_config() -> LlavaConfig:
 
 
 def write_corpus(directory, n_docs: int = 24) -> str:
-    """One ArrayRecord shard of `n_docs` interleaved documents with real images; returns its path."""
-    path = str(directory / "docs.array_record")
-    write_shard(path, [document(i, n_images=1 + i % 3) for i in range(n_docs)])
-    return path
+    """A corpus folder of `n_docs` interleaved documents with real images; returns its path."""
+    return write_corpus_dir(str(directory / "corpus"), [document(i, n_images=1 + i % 3) for i in range(n_docs)])
 
 
 def packed_batches(shard: str, config: LlavaConfig, n: int, batch_size: int = 8, seq_len: int = 64) -> list[dict]:

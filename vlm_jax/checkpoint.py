@@ -46,7 +46,7 @@ from orbax.checkpoint._src.serialization import type_handler_registry
 from vlm_jax.cli import InputError
 from vlm_jax.data.image import PREPROCESSOR_FILE
 from vlm_jax.data.tokenizer import BYTE_SPEC, TOKENIZER_FILES
-from vlm_jax.models.config import RUNTIME_FIELDS, LlavaConfig, VisionConfig
+from vlm_jax.models.config import RUNTIME_FIELDS, Idefics2Config, LlavaConfig, VisionConfig, model_config_from_dict
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -58,6 +58,7 @@ SIDE_FILES = TOKENIZER_FILES + (TOKENIZER_SPEC_FILE, PREPROCESSOR_FILE, "process
                                 "generation_config.json")
 # Run-time options a params checkpoint never stores (param_dtype does describe the stored params).
 NOT_STORED = tuple(f for f in RUNTIME_FIELDS if f != "param_dtype")
+ModelConfig = LlavaConfig | Idefics2Config
 # OCDBT buffers a data file's encoded chunks in memory until the file is written: with the default (one
 # file per write) that is a second, compressed copy of the model (1.9x the model at peak, measured);
 # 64 MiB files bound it (1.2x).
@@ -71,27 +72,26 @@ class CheckpointError(InputError):
 
 # --- config.json -------------------------------------------------------------------------------------------
 
-def architecture_dict(config: LlavaConfig) -> dict:
+def _strip_runtime(d: dict) -> dict:
+    """`d` with the run-time options removed from each sub-config dict (vision_config, text_config, ...)."""
+    return {k: ({f: x for f, x in v.items() if f not in NOT_STORED} if isinstance(v, dict) else v)
+            for k, v in d.items()}
+
+
+def architecture_dict(config: ModelConfig) -> dict:
     """`config.to_dict()` without the run-time options (`NOT_STORED`): what `config.json` holds."""
-    d = config.to_dict()
-    for tower in ("vision_config", "text_config"):
-        d[tower] = {k: v for k, v in d[tower].items() if k not in NOT_STORED}
-    return d
+    return _strip_runtime(config.to_dict())
 
 
-def config_from_dict(d: dict, **runtime) -> LlavaConfig:
-    """The LlavaConfig of a stored architecture dict; stored run-time options (older checkpoints, run files)
-    are dropped, `runtime` (dtype=..., attention_impl=..., ...) applied."""
-    d = dict(d)
-    for tower in ("vision_config", "text_config"):
-        if isinstance(d.get(tower), dict):
-            d[tower] = {k: v for k, v in d[tower].items() if k not in NOT_STORED}
-    config = LlavaConfig.from_dict(d)
+def config_from_dict(d: dict, **runtime) -> ModelConfig:
+    """The model config (its family from the dict: LlavaConfig or Idefics2Config) of a stored architecture dict;
+    stored run-time options (older checkpoints, run files) are dropped, `runtime` (dtype=..., ...) applied."""
+    config = model_config_from_dict(_strip_runtime(dict(d)))
     return config.with_runtime(**runtime) if runtime else config
 
 
-def load_config(directory: str | Path, **runtime) -> LlavaConfig:
-    """The LlavaConfig stored beside the params, with the run-time options `runtime` (default: the model
+def load_config(directory: str | Path, **runtime) -> ModelConfig:
+    """The model config stored beside the params, with the run-time options `runtime` (default: the model
     config's defaults, float32 / xla / no remat), never the ones of the run that wrote it."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
@@ -162,7 +162,7 @@ def _checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
 
 
-def save_params(directory: str | Path, params: Any, config: LlavaConfig, *, tokenizer: str | None = None,
+def save_params(directory: str | Path, params: Any, config: ModelConfig, *, tokenizer: str | None = None,
                 preprocessor_config: str | Path | None = None) -> None:
     """Writes `params` (a tree of jax arrays with any sharding, or host numpy arrays of any float dtype incl.
     ml_dtypes.bfloat16), the architecture of `config`, and the tokenizer record (`record_tokenizer`) and

@@ -11,9 +11,9 @@ the subject, not memorise pixels.
                                                 followed by a sentence naming its subject
                                                 ("<image> This is a cat." / "<image> What is in the
                                                 image? Answer: cat.")
-    out_dir/shards/                            the same documents as ArrayRecord shards + manifest.json
-                                                (`vlm_jax.data.records`, the format `data_prep.convert`
-                                                writes), with the image bytes inside
+    out_dir/shards/                            the same documents as a corpus folder (TFDS ArrayRecord
+                                                dataset + manifest.json, `vlm_jax.data.records`, the
+                                                format `data_prep.convert` writes), image bytes inside
     out_dir/heldout.jsonl + images/heldout/    multiple-choice questions on *other* augmentations
                                                 (another random stream): "What is in the image?
                                                 Answer:" with every class name as a choice
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from vlm_jax.data.records import RECORD_FORMAT, ShardWriter, encode_document
+from vlm_jax.data.records import RECORD_FORMAT, CorpusWriter
 
 QUESTION = "What is in the image? Answer:"
 BUILD_FILE = "build.json"
@@ -122,8 +122,7 @@ def build(out_dir: str, *, train_documents: int = 600, heldout_per_class: int = 
     sources = [load_subject(s) for s in SUBJECTS]
     train_rng, heldout_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
 
-    os.makedirs(paths["shards"])
-    writer = ShardWriter(paths["shards"], "data", max(train_documents // 4, 1))
+    writer = CorpusWriter(paths["shards"], max(train_documents // 4, 1))
     images_written = 0
     with open(paths["train_jsonl"], "w") as f:
         for d in range(train_documents):
@@ -145,13 +144,14 @@ def build(out_dir: str, *, train_documents: int = 600, heldout_per_class: int = 
                 image_meta += [{"path": rel, "width": image_size, "height": image_size, "format": "JPEG"}, None]
                 images_written += 1
             f.write(json.dumps({"images": images, "texts": texts, "metadata": {"demo_document": d}}) + "\n")
-            writer.write(encode_document({"id": f"demo-{d:05d}", "texts": texts, "images": image_bytes,
-                                          "image_meta": image_meta, "metadata": {"metadata": {"demo_document": d}}}))
-    writer.close()
-    with open(os.path.join(paths["shards"], "manifest.json"), "w") as f:
+            writer.write({"id": f"demo-{d:05d}", "texts": texts, "images": image_bytes, "image_meta": image_meta,
+                          "metadata": {"metadata": {"demo_document": d}}})
+    manifest = os.path.join(writer.partial, "manifest.json")
+    with open(manifest, "w") as f:
         json.dump({"format": "textbook", "input": paths["train_jsonl"], "images_root": out_dir,
-                   "record_format": RECORD_FORMAT, "shards": writer.shards, "documents_read": train_documents,
+                   "record_format": RECORD_FORMAT, "shards": writer.shards(), "documents_read": train_documents,
                    "documents_written": train_documents, "images_written": images_written}, f, indent=2)
+    writer.publish({"manifest.json": manifest}, description="vlm_jax CPU demo corpus")
 
     names = [s.name for s in SUBJECTS]
     with open(paths["heldout"], "w") as f:

@@ -88,20 +88,38 @@ def sample_tokens(logits, rng, temperature, top_p, row_offset=0):
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
-              eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int):
+              eos_token_id, pad_token_id, row_offset=0, pixel_attention_mask=None, *, max_new_tokens: int):
     """The per-device program: prefill the padded rows `[b, s]`, then decode until `max_new_tokens` or every
     row of this call has emitted EOS → (tokens int32 `[b, max_new_tokens]`, num_tokens int32 `[b]`).
-    `row_offset` is the global index of row 0 (for the per-row sampling keys) when this is one device's shard."""
+    `row_offset` is the global index of row 0 (for the per-row sampling keys) when this is one device's shard.
+    `pixel_attention_mask` `[b, n_img, H, W]` (Idefics2's padded images) goes to the model's prefill when given."""
     batch, prompt_len = input_ids.shape
     real = segment_ids > 0
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
     prompt_lengths = jnp.sum(real, axis=1).astype(jnp.int32)
     cache = init_cache(model.config.text_config, batch, prompt_len + max_new_tokens)
-    variables = {"params": params}
-    logits, cache = model.apply(variables, input_ids, pixel_values, image_mask, positions, segment_ids,
-                                cache=cache, cache_index=0, last_logits_only=True)
+    pixel_kwargs = {} if pixel_attention_mask is None else {"pixel_attention_mask": pixel_attention_mask}
+    logits, cache = model.apply({"params": params}, input_ids, pixel_values, image_mask, positions, segment_ids,
+                                cache=cache, cache_index=0, last_logits_only=True, **pixel_kwargs)
     rng, step_rng = jax.random.split(rng)
     first = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
+    tokens = decode_loop(model, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
+                         eos_token_id, pad_token_id, row_offset, max_new_tokens=max_new_tokens)
+    is_eos = tokens == eos_token_id
+    num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
+    return tokens, num_tokens.astype(jnp.int32)
+
+
+def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
+                eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int):
+    """One-token KV-cache decode steps in a `lax.while_loop` (traceable; `_generate` runs it after prefill).
+
+    cache: `init_cache` layout, its first `prompt_len` slots filled; first int32 `[b]`: the token sampled from
+    the prefill; prompt_lengths int32 `[b]`: real prompt tokens per row (the next position). Stops after
+    `max_new_tokens` tokens or when every row has emitted EOS → tokens int32 `[b, max_new_tokens]` (first
+    included; `pad_token_id` after a row's EOS)."""
+    batch = first.shape[0]
+    variables = {"params": params}
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id
 
@@ -122,30 +140,30 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
         return step + 1, cache, tokens, done | (new == eos_token_id), rng
 
     _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, tokens, done, rng))
-    is_eos = tokens == eos_token_id
-    num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
-    return tokens, num_tokens.astype(jnp.int32)
+    return tokens
 
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "mesh"))
 def _generate_data_parallel(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, rng,
-                            temperature, top_p, eos_token_id, pad_token_id, *, max_new_tokens: int, mesh: Mesh):
+                            temperature, top_p, eos_token_id, pad_token_id, pixel_attention_mask=None, *,
+                            max_new_tokens: int, mesh: Mesh):
     """`_generate` on every device of `mesh` (a `shard_map`): rows `[b, ...]` split over all mesh axes, params
     and scalars replicated; device d's rows start at global row `d * b / mesh.size`."""
     rows = PartitionSpec(mesh.axis_names)
 
-    def per_device(params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p, eos, pad):
+    def per_device(params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p, eos, pad,
+                   pixel_attention_mask):
         row_offset = jax.lax.axis_index(mesh.axis_names) * input_ids.shape[0]
         return _generate(model, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
-                         eos, pad, row_offset, max_new_tokens=max_new_tokens)
+                         eos, pad, row_offset, pixel_attention_mask, max_new_tokens=max_new_tokens)
 
     # check_vma=False as in jax's own pmap: the program has no collectives, and its KV cache starts as
     # (device-invariant) zeros that the layer scan fills with per-device rows, which the check would reject.
     scalar = PartitionSpec()
-    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(scalar, rows, rows, rows, rows) + (scalar,) * 5,
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(scalar, rows, rows, rows, rows) + (scalar,) * 5 + (rows,),
                            out_specs=(rows, rows), check_vma=False)
     return mapped(params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p, eos_token_id,
-                  pad_token_id)
+                  pad_token_id, pixel_attention_mask)
 
 
 def _pad_axis(x: np.ndarray, axis: int, before: int, after: int, value) -> np.ndarray:
@@ -169,7 +187,8 @@ def place_params(params, mesh: Mesh):
 
 def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, *, max_new_tokens: int,
              eos_token_id: int, pad_token_id: int = 0, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0, mesh: Mesh | None = None, bucket_prompts: bool = True) -> GenerationOutput:
+             seed: int = 0, mesh: Mesh | None = None, bucket_prompts: bool = True,
+             pixel_attention_mask=None) -> GenerationOutput:
     """Continues each left-padded prompt row by up to `max_new_tokens` tokens.
 
     input_ids / segment_ids int32 `[b, s]` (from `left_pad`; image positions hold `image_token_id` repeated
@@ -180,6 +199,8 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
     (batch padded to a multiple of `mesh.size` with empty rows, dropped again), each device running prefill and
     its own decode loop on its rows (`jax.shard_map`, like `jax.pmap`); results keep the input order and equal
     the single-device ones; params are replicated over the mesh (see `place_params`).
+    `model` is a `Llava` or an `Idefics2`; for Idefics2, `pixel_attention_mask` bool `[b, n_img, H, W]` marks each
+    image's valid pixels (images padded to one size; None = all valid).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -205,6 +226,11 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
     arrays = [input_ids, segment_ids]
     if pixel_values is not None:
         arrays += [_pad_axis(pixel_values, 0, 0, extra_rows, 0.0), _pad_axis(image_mask, 0, 0, extra_rows, False)]
+    if pixel_attention_mask is not None:
+        if pixel_values is None or np.shape(pixel_attention_mask) != pixel_values.shape[:4]:
+            raise ValueError(f"generate: pixel_attention_mask {np.shape(pixel_attention_mask)} must be [batch, n_img, H, W] "
+                             "of pixel_values")
+        arrays.append(_pad_axis(np.asarray(pixel_attention_mask, bool), 0, 0, extra_rows, False))
     if mesh is not None:
         arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec(mesh.axis_names)))
         params = place_params(params, mesh)
@@ -212,11 +238,13 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
     else:
         arrays = [jnp.asarray(a) for a in arrays]
         run = _generate
+    pam = arrays.pop() if pixel_attention_mask is not None else None
     if pixel_values is None:
         arrays += [None, None]
+    extra = () if mesh is not None else (0,)  # row_offset of the single-device program
     tokens, num_tokens = run(
         model, params, *arrays, jax.random.PRNGKey(seed), jnp.float32(temperature), jnp.float32(top_p),
-        jnp.int32(eos_token_id), jnp.int32(pad_token_id), max_new_tokens=max_new_tokens)
+        jnp.int32(eos_token_id), jnp.int32(pad_token_id), *extra, pam, max_new_tokens=max_new_tokens)
     return GenerationOutput(np.asarray(tokens)[:batch], np.asarray(num_tokens)[:batch])
 
 

@@ -28,7 +28,8 @@ from vlm_jax.data.tokenizer import make_tokenizer
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
-from vlm_jax.training.config import model_config as resolve_model_config
+from vlm_jax.training.config import check_inputs, model_config as resolve_model_config
+from vlm_jax.training.config import validate as validate_config
 from vlm_jax.training.distributed import batch_divisor, global_batch, maybe_initialize_distributed
 from vlm_jax.training.flops import peak_flops_per_device, train_step_flops
 from vlm_jax.training.metrics import MetricsWriter, Throughput
@@ -52,11 +53,9 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
     """`vlm_jax.data.LoaderConfig` fields for this process."""
     d = config.data
     if config.global_batch_size % jax.process_count():
-        raise ValueError(f"global_batch_size {config.global_batch_size} does not divide by "
-                         f"{jax.process_count()} processes")
+        raise cli.UsageError(f"global_batch_size={config.global_batch_size} must be a multiple of the "
+                             f"{jax.process_count()} processes")
     shards = [s for s in d.shards.split(",") if s]
-    if not shards:
-        raise ValueError("config.data.shards is empty: give ArrayRecord shards (or set demo_corpus.build)")
     return {
         "shards": tuple(shards),
         "batch_size": config.global_batch_size // jax.process_count(),
@@ -80,11 +79,12 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
 
 def _check_tokenizer(tokenizer, model_config) -> None:
     if tokenizer.vocab_size > model_config.text_config.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
-                         f"{model_config.text_config.vocab_size}")
+        raise cli.UsageError(f"data.tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                             f"{model_config.text_config.vocab_size}: give the model's own tokenizer")
     image_id = getattr(tokenizer, "image_token_id", None)
     if image_id is not None and image_id != model_config.image_token_id:
-        raise ValueError(f"tokenizer's <image> id {image_id} != model image_token_id {model_config.image_token_id}")
+        raise cli.UsageError(f"data.tokenizer's <image> id {image_id} != the model's image_token_id "
+                             f"{model_config.image_token_id}: give the model's own tokenizer")
 
 
 def _schedule_steps(config) -> int:
@@ -123,29 +123,39 @@ def _build_demo_corpus(config, workdir: str) -> None:
             config.heldout.file = paths["heldout"]
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON)."""
+def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the config") -> dict[str, Any]:
+    """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON).
+    The config and the inputs it names are checked first (`source` names the config file in errors)."""
+    validate_config(config, source)
+    check_inputs(config, workdir)
     maybe_initialize_distributed()
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if config.demo_corpus.build:
-        _build_demo_corpus(config, workdir)
     architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
     model_config = resolve_model_config(config, architecture)
     frozen = parse_module_list(config.frozen)
     model = Llava(model_config)
-    mesh = make_mesh(**config.mesh)
+    try:
+        mesh = make_mesh(**config.mesh)
+    except ValueError as e:
+        raise cli.UsageError(f"mesh {dict(config.mesh)} does not fit {jax.device_count()} devices ({e})") from e
     if config.global_batch_size % (batch_divisor(mesh) * config.grad_accum_steps):
-        raise ValueError(f"global_batch_size {config.global_batch_size} must be a multiple of data*fsdp "
-                         f"({batch_divisor(mesh)}) x grad_accum_steps ({config.grad_accum_steps})")
-    if config.num_train_steps < 0 and config.data.num_epochs < 0:
-        raise ValueError("num_train_steps=-1 (until the data ends) needs data.num_epochs >= 1")
-
+        raise cli.UsageError(f"global_batch_size={config.global_batch_size} must be a multiple of data*fsdp "
+                             f"({batch_divisor(mesh)}) x grad_accum_steps ({config.grad_accum_steps})")
+    if config.data.seq_len < model_config.num_image_tokens + 2:
+        raise cli.UsageError(f"data.seq_len={config.data.seq_len} cannot hold one image "
+                             f"({model_config.num_image_tokens} tokens) and its text: make it larger")
+    try:
+        schedule = make_schedule(config.optim, _schedule_steps(config))
+    except ValueError as e:
+        raise cli.UsageError(f"optim: {e}") from e
     tokenizer = make_tokenizer(config.data.tokenizer)
     _check_tokenizer(tokenizer, model_config)
+
+    os.makedirs(workdir, exist_ok=True)  # everything above is checked before anything is written
+    if config.demo_corpus.build:
+        _build_demo_corpus(config, workdir)
     loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
-    schedule = make_schedule(config.optim, _schedule_steps(config))
     tx = make_optimizer(config.optim, schedule)
     abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
@@ -323,7 +333,7 @@ def _main(argv: list[str]) -> int:
     logging.use_absl_handler()
     # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
     logging.set_verbosity(logging.WARNING if values.verbosity is None else values.verbosity)
-    summary = train(config, values.workdir or config.workdir)
+    summary = train(config, values.workdir or config.workdir, source=values["config"].config_filename)
     _log(json.dumps(summary, indent=2))
     return 0
 

@@ -18,7 +18,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     imp.add_argument("--out", type=Path, required=True, help="output checkpoint folder")
     imp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                      help="stored param dtype (auto: the checkpoint's, float32 if mixed)")
-    imp.add_argument("--seed", type=int, default=0, help="projector init seed (--clip/--llm)")
+    imp.add_argument("--seed", type=int, default=0, help="projector / connector init seed (--clip/--llm, --vision/--llm)")
+    imp.add_argument("--family", choices=["llava", "idefics2"], default="llava",
+                     help="model family of a from-parts assembly (an --hf folder's family is detected)")
+    imp.add_argument("--vision", type=Path, help="idefics2: SigLIP folder (SiglipModel / SiglipVisionModel) for "
+                     "the from-scratch assembly with --llm (Mistral)")
+    imp.add_argument("--config", type=Path, help="idefics2 assembly: the Idefics2 config.json to build "
+                     "(default: idefics2-8b-base's)")
+    imp.add_argument("--vision-biases", action="store_true",
+                     help="idefics2 assembly: also copy SigLIP's biases (the original copies weights only)")
     exp = sub.add_parser("orbax-to-hf", help="vlm_jax checkpoint -> llava-hf folder")
     exp.add_argument("--ckpt", type=Path, required=True, help="params checkpoint or training checkpoint folder")
     exp.add_argument("--out", type=Path, required=True, help="output Hugging Face folder")
@@ -26,6 +34,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: as stored")
     exp.add_argument("--max-shard-size", default="2GB", help="e.g. 2GB, 500MB")
     args = parser.parse_args(argv)
+    if args.command == "hf-to-orbax" and args.family == "idefics2":
+        if args.hf is not None or args.clip is not None or args.vision is None or args.llm is None:
+            parser.error("hf-to-orbax --family idefics2 needs --vision SIGLIP_DIR and --llm MISTRAL_DIR "
+                         "(an Idefics2 --hf folder needs no --family)")
+        return args
+    if args.command == "hf-to-orbax" and (args.vision or args.config or args.vision_biases):
+        parser.error("--vision, --config and --vision-biases go with --family idefics2")
     if args.command == "hf-to-orbax" and args.hf is None and (args.clip is None or args.llm is None):
         parser.error("hf-to-orbax needs --hf DIR, or --clip DIR and --llm DIR")
     if args.command == "hf-to-orbax" and args.hf is not None and args.llm is not None:
@@ -40,7 +55,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if args.command == "hf-to-orbax":
+    if args.command == "hf-to-orbax" and args.family == "idefics2":
+        from vlm_jax.convert import idefics2
+        from vlm_jax.models.config import Idefics2Config
+
+        config = None
+        if args.config is not None:
+            try:
+                config = Idefics2Config.from_hf(idefics2._read_json(args.config))
+            except (TypeError, ValueError) as e:
+                raise cli.InputError(f"{args.config}: {e}") from e
+        config = idefics2.assemble(args.vision, args.llm, args.out, config=config,
+                                   dtype="float32" if args.dtype == "auto" else args.dtype, seed=args.seed,
+                                   vision_biases=args.vision_biases)
+        print(f"wrote {args.out} (idefics2 from {args.vision} + {args.llm}, image_token_id={config.image_token_id}, "
+              f"vocab_size={config.text_config.vocab_size}, param_dtype={config.text_config.param_dtype})")
+    elif args.command == "hf-to-orbax":
         from vlm_jax.convert.hf_to_orbax import convert
 
         config = convert(args.out, hf=args.hf, clip=args.clip, llm=args.llm, dtype=args.dtype, seed=args.seed)

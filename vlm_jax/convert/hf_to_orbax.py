@@ -166,7 +166,15 @@ def build_params(src: HFSource, config: LlavaConfig, dtype: np.dtype, seed: int)
 
 def convert(out: Path, *, hf: Path | None = None, clip: Path | None = None, llm: Path | None = None,
             dtype: str = "auto", seed: int = 0) -> LlavaConfig:
-    """`hf-to-orbax`: writes `out/{config.json, params/}` plus the tokenizer / preprocessor files."""
+    """`hf-to-orbax`: writes `out/{config.json, params/}` plus the tokenizer / preprocessor files. An Idefics2
+    `hf` folder (by its config.json) is imported by `vlm_jax.convert.idefics2`."""
+    if hf is not None and (Path(hf) / "config.json").is_file():
+        from vlm_jax.convert import idefics2
+
+        if idefics2.is_idefics2(_read_json(Path(hf) / "config.json")):
+            if clip is not None or llm is not None:
+                raise CheckpointError(f"{hf} is an Idefics2 checkpoint with its own towers; drop --clip/--llm")
+            return idefics2.import_hf(hf, out, dtype)
     src = open_hf(hf, clip, llm)
     np_dtype = widest_dtype(src) if dtype == "auto" else DTYPES[dtype]
     config = LlavaConfig.from_hf(src.hf_config, param_dtype=np_dtype.name)

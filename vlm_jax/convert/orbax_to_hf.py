@@ -26,7 +26,7 @@ from vlm_jax.checkpoint import (PARAMS_DIR, RUN_CONFIG_FILE, SIDE_FILES, Checkpo
                                 load_config, record_tokenizer, restore_leaf, tokenizer_spec, tree_metadata)
 from vlm_jax.convert.safetensors_io import parse_size, write_sharded
 from vlm_jax.models import hf
-from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.config import Idefics2Config, LlavaConfig
 
 # The leaves whose rows are token ids: padded past an out-of-vocabulary image token id on export.
 _VOCAB_ROWS = (("language_model", "embed_tokens", "embedding"), ("language_model", "lm_head", "kernel"))
@@ -120,6 +120,12 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None 
     """`orbax-to-hf`: writes `out/{config.json, generation_config.json, model*.safetensors[, index]}` and the
     tokenizer / preprocessor files found next to the checkpoint. Returns the HF config dict written."""
     ckpt, out = Path(ckpt), Path(out)
+    if (ckpt / PARAMS_DIR).is_dir() and isinstance(load_config(ckpt), Idefics2Config):
+        if step is not None:
+            raise CheckpointError(f"{ckpt}: --step applies to training workdirs only (this is a params checkpoint)")
+        from vlm_jax.convert import idefics2
+
+        return idefics2.export(ckpt, out, dtype=dtype, max_shard_size=max_shard_size)
     source = params_source(ckpt, step)
     config, params_dir = source.config, source.params_dir
     np_dtype = DTYPES[dtype] if dtype else None

@@ -1,7 +1,8 @@
-"""Grain training pipeline: ArrayRecord shards -> packed, batched, checkpointable batches.
+"""Grain training pipeline: converted corpora -> packed, batched, checkpointable batches.
 
-    ArrayRecordDataSource -> [process_index::process_count] -> shuffle(seed) -> repeat(num_epochs)
-      -> DocumentProcessor (msgpack decode, image decode + CLIP preprocessing, seed tokenization;
+    corpus folders (TFDS ArrayRecord data sources, `vlm_jax.data.records.open_corpora`)
+      -> [process_index::process_count] -> shuffle(seed) -> repeat(num_epochs)
+      -> DocumentProcessor (record decode, image decode + CLIP preprocessing, seed tokenization;
          in `num_workers` worker processes via mp_prefetch, else in `read_threads` threads)
       -> count-and-drop (loader metrics, in the main process) -> first-fit packing -> batch
 
@@ -14,7 +15,6 @@ batch, and Orbax saves it with `grain.checkpoint.CheckpointSave(it)` / `Checkpoi
 from __future__ import annotations
 
 import dataclasses
-import glob
 import io
 import json
 import os
@@ -28,7 +28,7 @@ from PIL import Image
 
 from vlm_jax.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_image, read_processor_settings
 from vlm_jax.data.packing import document_example, pack_documents
-from vlm_jax.data.records import decode_document
+from vlm_jax.data import records as corpus_records
 from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer, tokenize_interleaved
 
 COUNTS_KEY = "loader_counts"
@@ -50,7 +50,7 @@ COUNTER_NAMES = (
 class LoaderConfig:
     """Everything `make_train_iterator` needs; plain data (build it from a dict with `from_dict`).
 
-    shards: ArrayRecord paths, globs, directories (their `*.array_record`) or convert manifests.
+    shards: converted corpus folders (`python -m data_prep.convert --out`), read in this order.
     tokenizer: "byte" for `ByteTokenizer`, else a local HF tokenizer directory.
     image_token_id: defaults to the tokenizer's `<image>` id. max_length defaults to seq_len.
     preprocessor_config: a checkpoint's preprocessor_config.json; when given, its size, crop,
@@ -102,26 +102,6 @@ class LoaderConfig:
         return cls(**values)
 
 
-def resolve_shards(specs: Sequence[str]) -> list[str]:
-    """Expands paths, globs, directories and convert manifests into a sorted, de-duplicated list."""
-    paths: list[str] = []
-    for spec in specs:
-        if os.path.isdir(spec):
-            paths.extend(glob.glob(os.path.join(spec, "*.array_record")))
-        elif spec.endswith(".json") and os.path.isfile(spec):
-            with open(spec) as f:
-                manifest = json.load(f)
-            base = os.path.dirname(os.path.abspath(spec))
-            paths.extend(os.path.join(base, s["path"]) for s in manifest["shards"])
-        else:
-            matches = glob.glob(spec)
-            if not matches:
-                raise FileNotFoundError(f"no ArrayRecord shard matches {spec!r}")
-            paths.extend(matches)
-    paths = sorted(set(os.path.abspath(p) for p in paths))
-    if not paths:
-        raise FileNotFoundError(f"no ArrayRecord shards found in {list(specs)}")
-    return paths
 
 
 def _image_settings(config: LoaderConfig) -> dict[str, Any]:
@@ -161,7 +141,7 @@ class DocumentProcessor(grain.transforms.Map):
         counts = dict.fromkeys(COUNTER_NAMES, 0)
         counts["documents_read"] = 1
         try:
-            doc = decode_document(record)
+            doc = corpus_records.decode_document(record)
         except ValueError:
             counts["documents_skipped_malformed"] = 1
             return {"example": None, "counts": counts}
@@ -285,7 +265,7 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
         max_length=max_length,
         image_settings=_image_settings(config),
     )
-    source = grain.sources.ArrayRecordDataSource(resolve_shards(config.shards))
+    source = corpus_records.open_corpora(config.shards)
     records = grain.MapDataset.source(source)[config.process_index :: config.process_count]
     if len(records) == 0:
         raise ValueError(f"process {config.process_index}/{config.process_count} has no records")

@@ -3,11 +3,19 @@
 The seed (`ObelicsFormatDataset.getitem` + `DataCollatorOpenflamingo`) turns an interleaved
 document into one string: each kept image becomes `<image>`, the pieces are joined with a space,
 the single space on each side of every `<image>` is removed, adjacent placeholders are separated by
-one space, the EOS string is appended, and the Llama tokenizer (which adds BOS) tokenizes it. Only
-the first `max_images` images are kept. Labels ignore every token before the first image, the
-image tokens and padding. `tokenize_interleaved` implements that rule with each placeholder expanded
-to `num_image_tokens` copies of `image_token_id` (the llava-hf expanded form of DESIGN.md), and a
+one space, the EOS string is appended, and the slow Llama tokenizer (`use_fast=False`, `legacy:
+false`, `<image>` an added special token; it adds BOS) tokenizes the whole string. Only the first
+`max_images` images are kept. Labels ignore every token before the first image, the image tokens
+and padding. `tokenize_interleaved` implements that rule with each placeholder expanded to
+`num_image_tokens` copies of `image_token_id` (the llava-hf expanded form of DESIGN.md), and a
 length budget that counts image tokens and never splits an image block.
+
+The slow tokenizer (transformers 4.36 `LlamaTokenizer.tokenize` with `legacy=False`) splits the
+string at special tokens; the text before the first one gets SentencePiece's prefix space `▁`
+(`encode`), every text right after a special token (`<image>`, `</s>`) gets none
+(`encode_continuation`): `"<image>The cat"` is `<image> The ▁cat`, not `<image> ▁The ▁cat`. A
+literal `<image>`/`</s>` inside document text stays text here (in the seed it would become a special
+token and desynchronise images and placeholders).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "chat_template.json", "chat_template.jinja", "vocab.json", "merges.txt",
 )
+SPIECE_UNDERLINE = "\u2581"  # SentencePiece's space; the slow Llama tokenizer reads a literal one as a space
 _IMAGE_SENTINEL = "\uffff<image>\uffff"  # \uffff is a Unicode noncharacter; stripped from input text.
 
 
@@ -40,7 +49,10 @@ class Tokenizer(Protocol):
     vocab_size: int
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without BOS/EOS."""
+        """Token ids of `text` on its own (the start of a sequence), without BOS/EOS."""
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Token ids of `text` right after a special token (no SentencePiece prefix space)."""
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; special tokens other than the image token are dropped."""
@@ -58,6 +70,8 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [b + self._OFFSET for b in text.encode("utf-8")]
+
+    encode_continuation = encode  # bytes have no prefix space
 
     def decode(self, ids: Sequence[int]) -> str:
         out, pending = [], bytearray()
@@ -79,6 +93,11 @@ class HFTokenizer:
 
     `pad_id` falls back to the unk token, then 0, as LLaVA does for Llama/Vicuna (no pad token).
     `image_token_id` is the id of `<image>` when the tokenizer has it (llava-hf tokenizers do).
+    For SentencePiece-style tokenizers (a `Metaspace` pre-tokenizer or a `Prepend("▁")` normalizer,
+    as Llama/Vicuna/Mistral have) `encode`/`encode_continuation` give the slow `legacy=False` Llama
+    tokenizer's ids whatever the folder's own legacy setting: the text is tokenized with the prefix
+    space turned off, after prepending one space for `encode` (the slow tokenizer's `"▁" + text`).
+    Other tokenizers (byte-level BPE) have no prefix space: both methods encode as the folder does.
     """
 
     def __init__(self, path: str):
@@ -95,8 +114,19 @@ class HFTokenizer:
         self.vocab_size = len(self._tok)
         image_id = self._tok.convert_tokens_to_ids("<image>")
         self.image_token_id = image_id if image_id != self._tok.unk_token_id else None
+        self._prefix_free = _prefix_free_backend(self._tok)
 
     def encode(self, text: str) -> list[int]:
+        if self._prefix_free is None:
+            return self._encode_as_configured(text)
+        return self._prefix_free.encode(" " + text.replace(SPIECE_UNDERLINE, " "), add_special_tokens=False).ids
+
+    def encode_continuation(self, text: str) -> list[int]:
+        if self._prefix_free is None:
+            return self._encode_as_configured(text)
+        return self._prefix_free.encode(text.replace(SPIECE_UNDERLINE, " "), add_special_tokens=False).ids
+
+    def _encode_as_configured(self, text: str) -> list[int]:
         # split_special_tokens: a literal "<image>" or "</s>" in document text stays text.
         return list(self._tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
@@ -115,6 +145,34 @@ def make_tokenizer(spec: "str | Tokenizer") -> "Tokenizer":
         raise ValueError(f"tokenizer {spec!r}: neither {BYTE_SPEC!r} nor a folder with tokenizer files "
                          f"({', '.join(TOKENIZER_FILES[:3])}, ...)")
     return HFTokenizer(spec)
+def _prefix_free_backend(tok):
+    """A copy of `tok`'s `tokenizers` pipeline that never adds the SentencePiece prefix space and reads
+    special-token strings as text; None when the pipeline has no prefix space to remove."""
+    import json
+
+    from tokenizers import Tokenizer as Backend
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    changed = False
+    pre = spec.get("pre_tokenizer") or {}
+    for p in pre.get("pretokenizers", [pre]):
+        if p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never":
+            p["prepend_scheme"], changed = "never", True
+    norm = spec.get("normalizer") or {}
+    if norm.get("type") == "Prepend":
+        spec["normalizer"], changed = None, True
+    elif norm.get("type") == "Sequence":
+        kept = [n for n in norm["normalizers"] if n.get("type") != "Prepend"]
+        changed = changed or len(kept) != len(norm["normalizers"])
+        norm["normalizers"] = kept
+    if not changed:
+        return None
+    out = Backend.from_str(json.dumps(spec))
+    out.encode_special_tokens = True
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +224,8 @@ def tokenize_interleaved(
     """Tokenizes an interleaved document (None = image position) with the seed's rule.
 
     Layout: `[BOS] text0 [IMG]*num_image_tokens text1 ... textk [EOS]`, pieces from
-    `seed_text_pieces`. The budget `max_length` counts image tokens: text that does not fit is cut
+    `seed_text_pieces`; text0 encoded as the start of the string, the others as continuations
+    (module docstring). The budget `max_length` counts image tokens: text that does not fit is cut
     (and EOS dropped), an image block that does not fit ends the document before it. Returns None
     when no image block fits (a document without images gives no loss in the seed either).
     """
@@ -181,7 +240,8 @@ def tokenize_interleaved(
                 break
             image_starts.append(len(ids))
             ids.extend([image_token_id] * num_image_tokens)
-        piece_ids = tokenizer.encode(piece) if piece else []
+        encode = tokenizer.encode if k == 0 else tokenizer.encode_continuation
+        piece_ids = encode(piece) if piece else []
         room = max_length - len(ids)
         if len(piece_ids) > room:
             ids.extend(piece_ids[:room])

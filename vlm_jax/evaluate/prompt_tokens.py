@@ -2,7 +2,7 @@
 
 LLaVA splits the prompt at each `<image>`, tokenizes every chunk on its own (so each starts with
 SentencePiece's prefix space) with BOS only at the very start, and tokenizes the `</s>` closing each
-demonstration answer as the EOS token. Here each `<image>` becomes `num_image_tokens` copies of the model's
+demonstration answer as the EOS token, the text after it with no prefix space. Here each `<image>` becomes `num_image_tokens` copies of the model's
 `image_token_id` (the expanded form the model takes) and each `</s>` the tokenizer's `eos_id`.
 """
 from __future__ import annotations
@@ -32,6 +32,6 @@ def prompt_token_ids(text: str, tokenizer: Tokenizer, image_token_id: int, num_i
         for j, piece in enumerate(chunk.split(SEP2)):
             if j:
                 ids.append(tokenizer.eos_id)
-            if piece:
-                ids.extend(tokenizer.encode(piece))
+            if piece:  # After `</s>` the slow Llama tokenizer adds no prefix space (vlm_jax.data.tokenizer).
+                ids.extend(tokenizer.encode_continuation(piece) if j else tokenizer.encode(piece))
     return ids

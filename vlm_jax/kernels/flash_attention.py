@@ -3,7 +3,8 @@
 The training / prefill hot path of vlm_jax (32k-token packed, interleaved image-text sequences).
 Semantics follow the attention contract in docs/DESIGN.md with q_len == kv_len and q_offset == 0:
 key j is visible to query i iff ``q_segment_ids[i] == kv_segment_ids[j]`` (when given) and
-(not causal or ``j <= i``); a query that sees no key returns zeros.
+(not causal or ``j <= i``) and (no ``window`` or ``j > i - window``); a query that sees no key
+returns zeros.
 
 One block-level kernel body (``_fwd_block`` / ``_bwd_block`` + ``_visibility``) is shared by two
 drivers that differ only in how tiles reach it:
@@ -99,6 +100,7 @@ class _Static:
   seq_len: int  # unpadded
   padded_len: int
   head_dim: int  # unpadded
+  window: int | None = None  # sliding window: key j visible to query i only if j > i - window
 
   @property
   def scale_log2(self) -> float:
@@ -147,18 +149,22 @@ _LANE_ROWS = _RowLayout(_TPU_LANES)
 
 
 def _visibility(q_start, k_start, shape, *, causal: bool, kv_len: int | None, q_seg=None,
-                kv_seg=None):
+                kv_seg=None, window: int | None = None):
   """Visibility of a ``[block_q, block_k]`` tile whose first query / key sit at the given slots.
 
-  ``q_seg`` broadcasts as ``[block_q, 1 or block_k]`` and ``kv_seg`` as ``[1, block_k]``.
+  ``q_seg`` broadcasts as ``[block_q, 1 or block_k]`` and ``kv_seg`` as ``[1, block_k]``; with a
+  sliding ``window``, key j is visible to query i only if ``j > i - window``.
   Returns a bool tile, or None when every entry is visible.
   """
   mask = None if q_seg is None else q_seg == kv_seg
-  if causal or kv_len is not None:
+  if causal or kv_len is not None or window is not None:
     k_pos = k_start + lax.broadcasted_iota(jnp.int32, shape, 1)
-    if causal:
+    if causal or window is not None:
       q_pos = q_start + lax.broadcasted_iota(jnp.int32, shape, 0)
+    if causal:
       mask = _and(mask, k_pos <= q_pos)
+    if window is not None:
+      mask = _and(mask, k_pos > q_pos - window)
     if kv_len is not None:
       mask = _and(mask, k_pos < kv_len)
   return mask
@@ -219,13 +225,14 @@ def _dot_tn(a, b):
 # Block-skipping ranges.
 
 
-@functools.partial(jax.jit, static_argnames=("causal", "seq_len", "padded_len", "block_q", "block_k"))
+@functools.partial(jax.jit, static_argnames=("causal", "seq_len", "padded_len", "block_q", "block_k", "window"))
 def block_ranges(q_segment_ids, kv_segment_ids, *, causal: bool, seq_len: int, padded_len: int,
-                 block_q: int, block_k: int):
+                 block_q: int, block_k: int, window: int | None = None):
   """Which tiles of the ``[padded_len, padded_len]`` score matrix can hold a visible entry.
 
   A tile (query block i, key block j) is visited iff the causal bound allows it
-  (``j * block_k <= (i + 1) * block_q - 1``) and the segment-id intervals of its real (unpadded)
+  (``j * block_k <= (i + 1) * block_q - 1``), the sliding window allows it (``window`` given:
+  ``(j + 1) * block_k - 1 > i * block_q - window``) and the segment-id intervals of its real (unpadded)
   tokens overlap — a necessary condition for any equal pair, so skipping is exact for any ids and
   tight for packed (contiguous) documents. Returns int32 ``(kv_lo, kv_hi)`` of shape
   ``[batch, n_q_blocks]`` (the kv-block loop range of each query block) and ``(q_lo, q_hi)`` of
@@ -238,6 +245,8 @@ def block_ranges(q_segment_ids, kv_segment_ids, *, causal: bool, seq_len: int, p
   visible = jnp.ones((1, nq, nk), bool)
   if causal:
     visible = visible & (kj * block_k <= (qi + 1) * block_q - 1)[None]
+  if window is not None:
+    visible = visible & ((kj + 1) * block_k - 1 > qi * block_q - window)[None]
   if q_segment_ids is not None:
     q_min, q_max = _block_min_max(q_segment_ids, seq_len, block_q)
     k_min, k_max = _block_min_max(kv_segment_ids, seq_len, block_k)
@@ -270,7 +279,7 @@ def _first_last(visible):
 
 def _unmasked_kv_end(qi, lo, hi, st: _Static, block_q: int, block_k: int, has_segments: bool):
   """For query block qi: kv blocks in ``[lo, end)`` need no mask (all visible), ``[end, hi)`` do."""
-  if has_segments:
+  if has_segments or st.window is not None:
     return lo
   end = hi
   if st.causal:  # key block j is fully below the diagonal iff (j+1)*bk - 1 <= qi*bq
@@ -282,7 +291,7 @@ def _unmasked_kv_end(qi, lo, hi, st: _Static, block_q: int, block_k: int, has_se
 
 def _unmasked_q_start(kj, lo, hi, st: _Static, block_q: int, block_k: int, has_segments: bool):
   """For key block kj: query blocks in ``[lo, start)`` need a mask, ``[start, hi)`` do not."""
-  if has_segments:
+  if has_segments or st.window is not None:
     return hi
   start = lo
   if st.causal:  # query block i is fully above the diagonal iff i*bq >= (kj+1)*bk - 1
@@ -315,6 +324,7 @@ def _gpu_fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, o_
       if masked:
         kv_seg = kvseg_ref[pl.ds(j * bk, bk)][None, :] if has_seg else None
         mask = _visibility(qi * bq, j * bk, (bq, bk), causal=st.causal, kv_len=st.kv_len_mask(),
+                           window=st.window,
                            q_seg=q_seg, kv_seg=kv_seg)
       return _fwd_block(q, k, v, *carry, mask, scale_log2=st.scale_log2, rows=rows)
     return body
@@ -346,6 +356,7 @@ def _gpu_dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_
       if masked:
         kv_seg = kvseg_ref[pl.ds(j * bk, bk)][None, :] if has_seg else None
         mask = _visibility(qi * bq, j * bk, (bq, bk), causal=st.causal, kv_len=st.kv_len_mask(),
+                           window=st.window,
                            q_seg=q_seg, kv_seg=kv_seg)
       _, ds = _bwd_block(q, k, v, do, lse2, delta, mask, scale_log2=st.scale_log2, rows=rows)
       return dq + lax.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
@@ -379,6 +390,7 @@ def _gpu_dkv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do
       if masked:
         q_seg = rows.expand(qseg_ref[rows_i], bk) if has_seg else None
         mask = _visibility(i * bq, kj * bk, (bq, bk), causal=st.causal, kv_len=st.kv_len_mask(),
+                           window=st.window,
                            q_seg=q_seg, kv_seg=kv_seg)
       p, ds = _bwd_block(q, k, v, do, lse2, delta, mask, scale_log2=st.scale_log2, rows=rows)
       return dk + _dot_tn(ds, q), dv + _dot_tn(p, do)
@@ -512,6 +524,7 @@ def _tpu_fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, o_
     if masked:
       has_seg = qseg_ref is not None
       mask = _visibility(qi * bq, j * bk, (bq, bk), causal=st.causal, kv_len=st.kv_len_mask(),
+                         window=st.window,
                          q_seg=rows.expand(qseg_ref[...], bk) if has_seg else None,
                          kv_seg=kvseg_ref[:1, :] if has_seg else None)
     m, l, acc = _fwd_block(q_ref[...], k_ref[...], v_ref[...], m_sc[...], l_sc[...], acc_sc[...],
@@ -545,6 +558,7 @@ def _tpu_dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do_
     if masked:
       has_seg = qseg_ref is not None
       mask = _visibility(qi * bq, j * bk, (bq, bk), causal=st.causal, kv_len=st.kv_len_mask(),
+                         window=st.window,
                          q_seg=rows.expand(qseg_ref[...], bk) if has_seg else None,
                          kv_seg=kvseg_ref[:1, :] if has_seg else None)
     k = k_ref[...]
@@ -578,6 +592,7 @@ def _tpu_dkv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, do
     if masked:
       has_seg = qseg_ref is not None
       mask = _visibility(i * bq, kj * bk, (bq, bk), causal=st.causal, kv_len=st.kv_len_mask(),
+                         window=st.window,
                          q_seg=rows.expand(qseg_ref[...], bk) if has_seg else None,
                          kv_seg=kvseg_ref[:1, :] if has_seg else None)
     q, do = q_ref[...], do_ref[...]
@@ -740,7 +755,7 @@ def _segments(q_segment_ids, kv_segment_ids, st: _Static):
 def _ranges(qseg, kvseg, block_q: int, block_k: int, st: _Static, batch: int):
   """block_ranges of the padded problem, broadcast to ``[batch, n_blocks]``."""
   r = block_ranges(qseg, kvseg, causal=st.causal, seq_len=st.seq_len, padded_len=st.padded_len,
-                   block_q=block_q, block_k=block_k)
+                   block_q=block_q, block_k=block_k, window=st.window)
   return tuple(jnp.broadcast_to(x, (batch, x.shape[1])) for x in r)
 
 
@@ -809,7 +824,7 @@ def flash_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, *, causal:
                     scale: float | None = None, block_q: int | None = None,
                     block_k: int | None = None, backend: str | None = None,
                     interpret: bool | pltpu.InterpretParams | None = None,
-                    config: FlashConfig | None = None):
+                    config: FlashConfig | None = None, window: int | None = None):
   """Memory-efficient exact attention for training / prefill (q_len == kv_len), differentiable.
 
   Args:
@@ -818,6 +833,8 @@ def flash_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, *, causal:
     q_segment_ids, kv_segment_ids: int ``[batch, seq]`` or None (both or neither). Key j is visible
       to query i iff the ids are equal (0 = padding by convention, compared like any other id).
     causal: additionally require ``j <= i``.
+    window: sliding window (Mistral): additionally require ``j > i - window``; tiles entirely outside
+      the window are skipped, so the work grows with ``seq * window`` instead of ``seq²``.
     scale: logit scale, default ``head_dim ** -0.5``.
     block_q, block_k: sequence tile sizes for all kernels (None -> per-backend defaults).
     backend: ``"gpu"`` (Pallas Triton) or ``"tpu"`` (Pallas Mosaic); None -> from the default device.
@@ -851,6 +868,8 @@ def flash_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, *, causal:
   elif not isinstance(interpret, pltpu.InterpretParams):
     interpret = bool(interpret)
   scale = float(d ** -0.5 if scale is None else scale)
+  if window is not None and (not isinstance(window, int) or window < 1):
+    raise ValueError(f"flash_attention: window must be None or an int >= 1; got {window!r}")
 
   cfg = (config or FlashConfig.default(backend, d)).with_blocks(block_q, block_k)
   cfg = cfg.fit(s, _TPU_LANES if backend == "tpu" else 16)
@@ -867,6 +886,6 @@ def flash_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, *, causal:
     d_pad = pl.next_power_of_2(d)
     q, k, v = (_pad_head_dim(x, d_pad) for x in (q, k, v))
   st = _Static(causal=bool(causal), scale=scale, backend=backend, interpret=interpret, config=cfg,
-               seq_len=s, padded_len=padded_len, head_dim=head_dim)
+               seq_len=s, padded_len=padded_len, head_dim=head_dim, window=window)
   out = _flash(q, k, v, q_segment_ids, kv_segment_ids, st)
   return out[..., :d]

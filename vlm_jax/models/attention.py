@@ -25,20 +25,24 @@ _PAD_QUERY_SEGMENT = -1
 _PAD_KEY_SEGMENT = -2
 
 
-def attention_mask(q_len: int, kv_len: int, q_segment_ids, kv_segment_ids, *, causal: bool, q_offset=0):
+def attention_mask(q_len: int, kv_len: int, q_segment_ids, kv_segment_ids, *, causal: bool, q_offset=0,
+                   sliding_window: int | None = None):
     """Boolean visibility `[batch | 1, q_len, kv_len]`.
 
     Query i sits at slot `q_offset + i`, key j at slot j; key j is visible to query i iff the segment
-    ids are equal and (not causal or j <= q_offset + i). `None` segment ids mean "all one segment".
+    ids are equal and (not causal or j <= q_offset + i) and (no `sliding_window` or
+    j > q_offset + i - sliding_window). `None` segment ids mean "all one segment".
     """
     mask = jnp.ones((1, q_len, kv_len), dtype=bool)
     if q_segment_ids is not None or kv_segment_ids is not None:
         if q_segment_ids is None or kv_segment_ids is None:
             raise ValueError("attention: give both q_segment_ids and kv_segment_ids, or neither")
         mask = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    q_slot = q_offset + jnp.arange(q_len)[:, None]
     if causal:
-        q_slot = q_offset + jnp.arange(q_len)[:, None]
         mask = mask & (jnp.arange(kv_len)[None, :] <= q_slot)[None]
+    if sliding_window is not None:
+        mask = mask & (jnp.arange(kv_len)[None, :] > q_slot - sliding_window)[None]
     return mask
 
 
@@ -55,7 +59,7 @@ def _xla_attention(q, k, v, mask, scale):
     return out.reshape(b, t, h, d)
 
 
-def _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset, scale):
+def _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset, scale, sliding_window=None):
     """cuDNN fused attention; rows with no visible key are zeroed to match the contract."""
     if jax.default_backend() != "gpu":
         raise ValueError(f"attention implementation 'cudnn' needs a GPU; the JAX backend is "
@@ -64,10 +68,11 @@ def _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset, s
     kv_len = k.shape[1]
     # cuDNN applies the causal rule itself when it is the plain lower triangle.
     plain_causal = causal and isinstance(q_offset, int) and q_offset == 0 and q_len == kv_len
-    if q_segment_ids is None and (plain_causal or not causal):  # every query sees a key: no mask needed
+    if q_segment_ids is None and sliding_window is None and (plain_causal or not causal):
+        # every query sees a key: no mask needed
         return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=plain_causal, implementation="cudnn")
     given = attention_mask(q_len, kv_len, q_segment_ids, kv_segment_ids,
-                           causal=causal and not plain_causal, q_offset=q_offset)
+                           causal=causal and not plain_causal, q_offset=q_offset, sliding_window=sliding_window)
     given = jnp.broadcast_to(given, (b, q_len, kv_len))
     out = jax.nn.dot_product_attention(q, k, v, mask=given[:, None], scale=scale, is_causal=plain_causal,
                                        implementation="cudnn")
@@ -93,14 +98,14 @@ def _pad_ids(ids, length: int, before: int, after: int, fill: int):
 
 
 def _pallas_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset: int, scale,
-                      block_q, block_k):
+                      block_q, block_k, sliding_window=None):
     """The flash kernel (square, diagonal-aligned problems) on any static-offset problem.
 
     Causal: keys after slot `q_offset + q_len - 1` are invisible to every query, so they are cut;
     the queries are padded in front by `q_offset` rows so query i sits on the kernel's row
     `q_offset + i`, which makes the kernel's `j <= row` the contract's `j <= q_offset + i`.
-    Both sides are then padded at the end to one length. Padded rows / slots get segment ids that
-    match nothing. Training and plain prefill (q_len == kv_len, offset 0) need no padding at all.
+    Both sides are then padded at the end to one length (a sliding window is in slots, so it
+    carries over unchanged). Padded rows / slots get segment ids that match nothing. Training and plain prefill (q_len == kv_len, offset 0) need no padding at all.
     """
     b, q_len = q.shape[:2]
     if causal:
@@ -120,7 +125,8 @@ def _pallas_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset: 
                                           (b, length))
         q, k, v = _pad_rows(q, lead, q_tail), _pad_rows(k, 0, kv_tail), _pad_rows(v, 0, kv_tail)
     kernel = lambda q, k, v, q_seg, kv_seg: flash_attention(  # noqa: E731
-        q, k, v, q_seg, kv_seg, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
+        q, k, v, q_seg, kv_seg, causal=causal, scale=scale, block_q=block_q, block_k=block_k,
+        window=sliding_window)
     out = _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids)
     return out[:, lead:lead + q_len]
 
@@ -157,13 +163,44 @@ def _per_shard(kernel, q, k, v, q_segment_ids, kv_segment_ids):
         q, k, v, q_segment_ids, kv_segment_ids)
 
 
+def decode_attention(q, k_cache, v_cache, q_segment_ids, kv_segment_ids, q_offset, scale: float | None = None,
+                     sliding_window: int | None = None):
+    """One query row per sequence over a KV cache in cache layout (the decode steps of generation).
+
+    q `[batch, 1, heads, head_dim]`; k_cache / v_cache `[batch, kv_heads, max_len, head_dim]` (the
+    `vlm_jax.models.llama` cache layout, read as it is: no transpose of the cache); segment ids int
+    `[batch, 1]` / `[batch, max_len]`; `q_offset` (may be traced) the query's slot. Same contract as
+    `attention(..., causal=True)`: key j is visible iff its segment equals the query's and j <= q_offset
+    (and j > q_offset - sliding_window when given); fp32 scores and softmax; a query that sees no key returns zeros. Returns `[batch, 1, heads, head_dim]`.
+    """
+    b, q_len, heads, head_dim = q.shape
+    kv_heads, max_len = k_cache.shape[1], k_cache.shape[2]
+    if q_len != 1:
+        raise ValueError(f"decode_attention: expected one query per row, got q_len={q_len}")
+    if heads % kv_heads:
+        raise ValueError(f"decode_attention: {heads} query heads is not a multiple of {kv_heads} kv heads")
+    scale = head_dim ** -0.5 if scale is None else scale
+    qg = q.reshape(b, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bkgd,bksd->bkgs", qg, k_cache, preferred_element_type=jnp.float32) * scale
+    slots = jnp.arange(max_len)[None, :]
+    visible = (kv_segment_ids == q_segment_ids) & (slots <= q_offset)  # [b, max_len]
+    if sliding_window is not None:
+        visible = visible & (slots > q_offset - sliding_window)
+    visible = visible[:, None, None, :]
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    probs = jnp.where(visible, jax.nn.softmax(scores, axis=-1), 0.0)
+    out = jnp.einsum("bkgs,bksd->bkgd", probs.astype(v_cache.dtype), v_cache)
+    return out.reshape(b, 1, heads, head_dim)
+
+
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool = True, q_offset=0,
               scale: float | None = None, implementation: str = "xla", block_q: int | None = None,
-              block_k: int | None = None):
+              block_k: int | None = None, sliding_window: int | None = None):
     """Attention of q `[batch, q_len, heads, head_dim]` over k, v `[batch, kv_len, kv_heads, head_dim]`.
 
     Segment ids are int `[batch, q_len]` / `[batch, kv_len]` (0 = padding / empty cache slot);
-    `q_offset` (int or traced scalar) is the slot of query 0 for the causal rule. heads must be a
+    `q_offset` (int or traced scalar) is the slot of query 0 for the causal rule; `sliding_window` (Mistral)
+    also hides key j from query i when j <= q_offset + i - sliding_window. heads must be a
     multiple of kv_heads; k/v are never repeated. Returns `[batch, q_len, heads, head_dim]` in q's
     dtype; a query that sees no key returns zeros.
 
@@ -189,15 +226,18 @@ def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool 
         raise ValueError("attention: give both q_segment_ids and kv_segment_ids, or neither")
     if scale is None:
         scale = head_dim ** -0.5
+    if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
+        raise ValueError(f"attention: sliding_window={sliding_window!r} must be None or an int >= 1")
 
     if _is_static_offset(q_offset) and q_offset < 0:
         raise ValueError(f"attention: q_offset={q_offset} must be >= 0")
     if implementation == "pallas" and _is_static_offset(q_offset):
         return _pallas_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, int(q_offset), scale,
-                                 block_q, block_k)
+                                 block_q, block_k, sliding_window)
 
     if implementation == "cudnn":
-        return _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset, scale)
+        return _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset, scale, sliding_window)
 
-    mask = attention_mask(q_len, kv_len, q_segment_ids, kv_segment_ids, causal=causal, q_offset=q_offset)
+    mask = attention_mask(q_len, kv_len, q_segment_ids, kv_segment_ids, causal=causal, q_offset=q_offset,
+                          sliding_window=sliding_window)
     return _xla_attention(q, k, v, mask, scale)

@@ -26,6 +26,17 @@ def _check_choice(cls_name: str, field: str, value: Any, choices: tuple) -> None
         raise ValueError(f"{cls_name}.{field}={value!r}: expected one of {choices}")
 
 
+def _check_positive(cfg: Any) -> None:
+    """Every size/count field (int-typed `*_size`, `num_*`, `head_dim`) is an integer >= 1."""
+    for field in dataclasses.fields(cfg):
+        name = field.name
+        if name.endswith("_size") or name.startswith("num_") or name in ("head_dim", "max_position_embeddings",
+                                                                           "projection_dim"):
+            value = getattr(cfg, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{type(cfg).__name__}.{name}={value!r}: expected an integer >= 1")
+
+
 def _check_runtime(cfg: Any) -> None:
     name = type(cfg).__name__
     _check_choice(name, "dtype", cfg.dtype, DTYPES)
@@ -86,6 +97,7 @@ class VisionConfig(RuntimeFields):
 
     def __post_init__(self):
         _check_choice("VisionConfig", "hidden_act", self.hidden_act, ("quick_gelu",))
+        _check_positive(self)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"VisionConfig: hidden_size {self.hidden_size} is not a multiple of "
@@ -128,12 +140,19 @@ class VisionConfig(RuntimeFields):
         return cls(**{k: d[k] for k in names if k in d}, has_projection=has_projection, **runtime)
 
 
+# HF `MistralConfig()` defaults that differ from `LlamaConfig()` (Mistral-7B shape), for partial hub dicts.
+MISTRAL_DEFAULTS = {"intermediate_size": 14336, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                    "sliding_window": 4096}
+
+
 @dataclasses.dataclass(frozen=True)
 class TextConfig(RuntimeFields):
     """Llama decoder. Defaults = HF `LlamaConfig()` (Llama-7B shape).
 
     `num_key_value_heads` and `head_dim` default to `num_attention_heads` and
     `hidden_size // num_attention_heads`, as in HF; `rope_scaling` accepts a `RopeScaling` or its dict.
+    `sliding_window` (None for Llama) makes it a Mistral decoder: a query sees the last `sliding_window`
+    slots, itself included (HF `MistralConfig.sliding_window`).
     """
 
     vocab_size: int = 32000
@@ -153,6 +172,7 @@ class TextConfig(RuntimeFields):
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     initializer_range: float = 0.02
+    sliding_window: int | None = None
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -162,10 +182,13 @@ class TextConfig(RuntimeFields):
         if isinstance(self.rope_scaling, Mapping):
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         _check_choice("TextConfig", "hidden_act", self.hidden_act, ("silu",))
+        _check_positive(self)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"TextConfig: num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads {self.num_key_value_heads}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ValueError(f"TextConfig.sliding_window={self.sliding_window!r}: expected None or an int >= 1")
         _check_runtime(self)
 
     def to_dict(self) -> dict:
@@ -176,18 +199,27 @@ class TextConfig(RuntimeFields):
         return cls(**d)
 
     def to_hf(self) -> dict:
-        """HF `LlamaConfig` dict in transformers-5 form (`rope_parameters` holds theta and scaling)."""
+        """HF `LlamaConfig` dict in transformers-5 form (`rope_parameters` holds theta and scaling); an HF
+        `MistralConfig` dict when `sliding_window` is set."""
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + ("rope_theta", "rope_scaling")}
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling is not None:
             rope.update(dataclasses.asdict(self.rope_scaling))
-        d.update(model_type="llama", rope_parameters=rope, attention_bias=False, mlp_bias=False)
+        d.update(rope_parameters=rope)
+        if self.sliding_window is None:
+            del d["sliding_window"]
+            d.update(model_type="llama", attention_bias=False, mlp_bias=False)
+        else:
+            d.update(model_type="mistral")
         return d
 
     @classmethod
     def from_hf(cls, d: Mapping[str, Any], **runtime) -> "TextConfig":
-        """From an HF `LlamaConfig` dict, either transformers-5 (`rope_parameters`) or older
-        (`rope_theta` + `rope_scaling`) form; missing fields take HF's defaults."""
+        """From an HF `LlamaConfig` or `MistralConfig` dict (by `model_type`), either transformers-5
+        (`rope_parameters`) or older (`rope_theta` + `rope_scaling`) form; missing fields take the HF
+        defaults of that model type."""
+        if d.get("model_type") == "mistral":
+            d = {**MISTRAL_DEFAULTS, **d}
         for flag in ("attention_bias", "mlp_bias"):
             if d.get(flag):
                 raise ValueError(f"LlamaConfig.{flag}=True is not supported by vlm_jax's Llama")
@@ -344,11 +376,14 @@ def from_config_file(path: str) -> LlavaConfig:
         raise cli.InputError(f"model config file {path}: {cli.one_line(e)}") from e
 
 
-PRESETS = ("llava-1.5-7b", "tiny")
+PRESETS = ("llava-1.5-7b", "tiny", "idefics2-8b-base")
 
 
-def preset(name: str) -> LlavaConfig:
-    """Named LLaVA configs: "llava-1.5-7b" (the llava-hf/llava-1.5-7b-hf shape) and "tiny" (CPU tests)."""
+def preset(name: str) -> "LlavaConfig | Idefics2Config":
+    """Named configs: "llava-1.5-7b" (the llava-hf/llava-1.5-7b-hf shape), "tiny" (CPU tests) and
+    "idefics2-8b-base" (HuggingFaceM4/idefics2-8b-base's config.json)."""
+    if name == "idefics2-8b-base":
+        return Idefics2Config.from_hf(IDEFICS2_8B_BASE_HF)
     if name == "llava-1.5-7b":
         return LlavaConfig(
             vision_config=_llava_default_vision(),
@@ -371,3 +406,193 @@ def preset(name: str) -> LlavaConfig:
             pad_token_id=0,
         )
     raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Idefics2 (HF `Idefics2ForConditionalGeneration`): SigLIP vision tower → connector → Mistral decoder.
+
+SIGLIP_ACTS = ("gelu_pytorch_tanh",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipVisionConfig(RuntimeFields):
+    """SigLIP vision tower of Idefics2 (NaViT-style variable resolution). Defaults = HF
+    `Idefics2VisionConfig()`; idefics2-8b uses so400m/14 at 980 px (1152 wide, 27 layers, 70×70 positions)."""
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 32
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        _check_choice("SiglipVisionConfig", "hidden_act", self.hidden_act, SIGLIP_ACTS)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"SiglipVisionConfig: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        _check_runtime(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_patches_per_side(self) -> int:
+        """Side of the learned position grid (70 for 980/14); any image maps onto it by bucketing."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_positions(self) -> int:
+        return self.num_patches_per_side ** 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SiglipVisionConfig":
+        return cls(**d)
+
+    def to_hf(self) -> dict:
+        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        d["model_type"] = "idefics2_vision"
+        return d
+
+    @classmethod
+    def from_hf(cls, d: Mapping[str, Any], **runtime) -> "SiglipVisionConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - set(RUNTIME_FIELDS)
+        return cls(**{k: d[k] for k in names if k in d}, **runtime)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceiverConfig:
+    """Idefics2 perceiver resampler (HF `Idefics2PerceiverConfig`): `resampler_depth` cross-attention layers
+    turn any number of image patches into `resampler_n_latents` tokens. Its width is the text model's
+    `hidden_size`; its compute dtype is the text model's."""
+
+    hidden_act: str = "silu"
+    rms_norm_eps: float = 1e-6
+    resampler_n_latents: int = 64
+    resampler_depth: int = 3
+    resampler_n_heads: int = 16
+    resampler_head_dim: int = 96
+    num_key_value_heads: int = 4
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        _check_choice("PerceiverConfig", "hidden_act", self.hidden_act, ("silu",))
+        if self.resampler_n_heads % self.num_key_value_heads:
+            raise ValueError(f"PerceiverConfig: resampler_n_heads {self.resampler_n_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PerceiverConfig":
+        return cls(**d)
+
+    @classmethod
+    def from_hf(cls, d: Mapping[str, Any]) -> "PerceiverConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: d[k] for k in names if k in d})
+
+
+def _idefics2_default_text() -> TextConfig:
+    """The text model HF `Idefics2Config()` builds when no `text_config` is given (Mistral-7B)."""
+    return TextConfig.from_hf({"model_type": "mistral", "max_position_embeddings": 4096 * 8, "rms_norm_eps": 1e-5,
+                               "pad_token_id": 0})
+
+
+@dataclasses.dataclass(frozen=True)
+class Idefics2Config:
+    """Idefics2: SigLIP → modality projection (SwiGLU MLP) + perceiver resampler → Mistral. Defaults = HF
+    `Idefics2Config()`. Each image is `<fake_token_around_image>` + `num_image_tokens` × `image_token_id` +
+    `<fake_token_around_image>` in `input_ids`."""
+
+    vision_config: SiglipVisionConfig = dataclasses.field(default_factory=SiglipVisionConfig)
+    perceiver_config: PerceiverConfig = dataclasses.field(default_factory=PerceiverConfig)
+    text_config: TextConfig = dataclasses.field(default_factory=_idefics2_default_text)
+    image_token_id: int = 32001
+
+    def __post_init__(self):
+        for field, cls in (("vision_config", SiglipVisionConfig), ("perceiver_config", PerceiverConfig),
+                           ("text_config", TextConfig)):
+            if isinstance(getattr(self, field), Mapping):
+                object.__setattr__(self, field, cls.from_dict(getattr(self, field)))
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per image in `input_ids` (the perceiver's latents: 64)."""
+        return self.perceiver_config.resampler_n_latents
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.text_config.pad_token_id
+
+    def with_runtime(self, **runtime) -> "Idefics2Config":
+        """Same model with run-time fields replaced in the vision and text towers (the connector follows the
+        text tower)."""
+        unknown = set(runtime) - set(RUNTIME_FIELDS)
+        if unknown:
+            raise ValueError(f"Idefics2Config.with_runtime: unknown fields {sorted(unknown)}; expected {RUNTIME_FIELDS}")
+        return dataclasses.replace(self, vision_config=dataclasses.replace(self.vision_config, **runtime),
+                                   text_config=dataclasses.replace(self.text_config, **runtime))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Idefics2Config":
+        return cls(**d)
+
+    def to_hf(self) -> dict:
+        """HF `Idefics2Config` dict (accepted by `transformers.Idefics2Config(**d)`)."""
+        text = self.text_config.to_hf()
+        text["model_type"] = "mistral"  # Idefics2 always builds its text model as Mistral
+        perceiver = {**self.perceiver_config.to_dict(), "hidden_size": self.text_config.hidden_size,
+                     "model_type": "idefics2_perceiver"}
+        return {"model_type": "idefics2", "vision_config": self.vision_config.to_hf(),
+                "perceiver_config": perceiver, "text_config": text, "image_token_id": self.image_token_id,
+                "tie_word_embeddings": self.text_config.tie_word_embeddings}
+
+    @classmethod
+    def from_hf(cls, d: Mapping[str, Any], **runtime) -> "Idefics2Config":
+        """From an HF `Idefics2Config` dict (a hub `config.json`); missing fields take HF's defaults, including
+        HF's rule that a perceiver of another width takes the text model's width and `rms_norm_eps`."""
+        vision = SiglipVisionConfig.from_hf(d.get("vision_config") or {})
+        text_d = dict(d.get("text_config") or {"model_type": "mistral", "max_position_embeddings": 4096 * 8,
+                                                 "rms_norm_eps": 1e-5, "pad_token_id": 0})
+        text_d.setdefault("model_type", "mistral")
+        text = TextConfig.from_hf(text_d)
+        if d.get("tie_word_embeddings") and not text.tie_word_embeddings:
+            text = dataclasses.replace(text, tie_word_embeddings=True)
+        perceiver_d = dict(d.get("perceiver_config") or {})
+        if perceiver_d.get("hidden_size", 4096) != text.hidden_size:
+            perceiver_d["rms_norm_eps"] = text.rms_norm_eps
+        cfg = cls(vision_config=vision, perceiver_config=PerceiverConfig.from_hf(perceiver_d), text_config=text,
+                  image_token_id=d.get("image_token_id", 32001))
+        return cfg.with_runtime(**runtime) if runtime else cfg
+
+
+# HuggingFaceM4/idefics2-8b-base `config.json` (the architecture fields; transformers fills the rest).
+IDEFICS2_8B_BASE_HF = {
+    "architectures": ["Idefics2ForConditionalGeneration"], "model_type": "idefics2", "image_token_id": 32001,
+    "tie_word_embeddings": False,
+    "perceiver_config": {"hidden_act": "silu", "resampler_depth": 3, "resampler_head_dim": 96, "resampler_n_heads": 16,
+                         "resampler_n_latents": 64, "num_key_value_heads": 4},
+    "text_config": {"model_type": "mistral", "max_position_embeddings": 32768, "pad_token_id": 0,
+                    "rms_norm_eps": 1e-05, "sliding_window": 4096, "vocab_size": 32003},
+    "vision_config": {"hidden_size": 1152, "image_size": 980, "intermediate_size": 4304, "num_attention_heads": 16,
+                      "num_hidden_layers": 27, "patch_size": 14},
+}
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> "LlavaConfig | Idefics2Config":
+    """The model family's config from its `to_dict()` (as stored next to params): Idefics2 when the dict has a
+    `perceiver_config`, else LLaVA."""
+    return Idefics2Config.from_dict(d) if "perceiver_config" in d else LlavaConfig.from_dict(d)

@@ -10,13 +10,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vlm_jax.models import clip, config as config_lib, llama, llava
+from vlm_jax.models import clip, config as config_lib, idefics2, llama, llava, siglip
 
 
 def abstract_params(cfg) -> dict:
-    """Boxed `{"params": ...}` of ShapeDtypeStructs for a LlavaConfig, VisionConfig or TextConfig."""
+    """Boxed `{"params": ...}` of ShapeDtypeStructs for a LlavaConfig, Idefics2Config or one of their towers."""
     init = {config_lib.LlavaConfig: llava.init_variables, config_lib.VisionConfig: clip.init_variables,
-            config_lib.TextConfig: llama.init_variables}.get(type(cfg))
+            config_lib.TextConfig: llama.init_variables, config_lib.Idefics2Config: idefics2.init_variables,
+            config_lib.SiglipVisionConfig: siglip.init_variables}.get(type(cfg))
     if init is None:
         raise ValueError(f"param_count: no model for {type(cfg).__name__}")
     return jax.eval_shape(partial(init, cfg), jax.random.key(0))

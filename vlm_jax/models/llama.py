@@ -1,7 +1,9 @@
 """Llama decoder (HF `LlamaForCausalLM`): embeddings → L × (RMSNorm → GQA attention with RoPE →
 residual; RMSNorm → SiLU-gated MLP → residual) → RMSNorm → LM head (float32 logits).
+With `TextConfig.sliding_window` set it is HF's `MistralForCausalLM` (the only difference: each query sees
+the last `sliding_window` slots, itself included).
 
-The KV cache is a dict `k, v: [layers, batch, max_len, kv_heads, head_dim]`,
+The KV cache is a dict `k, v: [layers, batch, kv_heads, max_len, head_dim]`,
 `segment_ids: [batch, max_len]` (0 = empty slot); a call writes its chunk at `cache_index` and
 attends over the whole cache with `q_offset=cache_index`.
 """
@@ -14,14 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.models.attention import attention
+from vlm_jax.models.attention import attention, decode_attention
 from vlm_jax.models.config import TextConfig
 from vlm_jax.models.layers import DenseGeneral, RMSNorm, normal_init, stacked
 
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
-    "k": ("layers", "activation_batch", "activation_length", "activation_kv_heads", None),
-    "v": ("layers", "activation_batch", "activation_length", "activation_kv_heads", None),
+    "k": ("layers", "activation_batch", "activation_kv_heads", "activation_length", None),
+    "v": ("layers", "activation_batch", "activation_kv_heads", "activation_length", None),
     "segment_ids": ("activation_batch", "activation_length"),
 }
 
@@ -61,6 +63,10 @@ def apply_rope(x, cos, sin):
     return (x32 * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
 
 
+def _is_static_zero(index) -> bool:
+    return isinstance(index, (int, np.integer)) and index == 0
+
+
 class LlamaAttention(nn.Module):
     config: TextConfig
 
@@ -82,20 +88,28 @@ class LlamaAttention(nn.Module):
         if layer_cache is None:
             out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, causal=True,
                             implementation=c.attention_impl, block_q=c.attention_block_q,
-                            block_k=c.attention_block_k)
+                            block_k=c.attention_block_k, sliding_window=c.sliding_window)
             new_cache = None
         else:
-            # The whole stacked cache rides in the scan carry and is updated in place at [layer, :, cache_index]
-            # (scanning it as xs / ys would copy every layer's cache on every decode step).
+            # The whole stacked cache rides in the scan carry and is updated in place at [layer, :, :, cache_index]
+            # (scanning it as xs / ys would copy every layer's cache on every decode step). It is kept
+            # [layers, batch, kv_heads, max_len, head_dim]: the layout the one-token decode attention reads
+            # directly (no per-step transpose of the whole cache).
             cache_k, cache_v, layer = layer_cache
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], (layer, 0, cache_index, 0, 0))
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], (layer, 0, cache_index, 0, 0))
-            layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
-            layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
-            out = attention(q, layer_k.astype(dtype), layer_v.astype(dtype), q_segment_ids=segment_ids,
-                            kv_segment_ids=kv_segment_ids, causal=True, q_offset=cache_index,
-                            implementation=c.attention_impl, block_q=c.attention_block_q,
-                            block_k=c.attention_block_k)
+            write = lambda cache, x: jax.lax.dynamic_update_slice(  # noqa: E731
+                cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype)[None], (layer, 0, 0, cache_index, 0))
+            cache_k, cache_v = write(cache_k, k), write(cache_v, v)
+            layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dtype)
+            layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dtype)
+            if q.shape[1] == 1 and not _is_static_zero(cache_index):
+                out = decode_attention(q, layer_k, layer_v, segment_ids, kv_segment_ids, cache_index,
+                                       sliding_window=c.sliding_window)
+            else:
+                out = attention(q, jnp.swapaxes(layer_k, 1, 2), jnp.swapaxes(layer_v, 1, 2),
+                                q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, causal=True,
+                                q_offset=cache_index, implementation=c.attention_impl,
+                                block_q=c.attention_block_q, block_k=c.attention_block_k,
+                                sliding_window=c.sliding_window)
             new_cache = (cache_k, cache_v, layer + 1)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)
@@ -119,7 +133,7 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     """Scan body `((x, cache), cos, sin, segment_ids, kv_segment_ids, cache_index) -> ((x, cache), None)`;
-    `cache` is `(k, v, layer)`: the stacked `[layers, batch, max_len, kv_heads, head_dim]` buffers and this
+    `cache` is `(k, v, layer)`: the stacked `[layers, batch, kv_heads, max_len, head_dim]` buffers and this
     layer's index (the layer writes its slot and passes `layer + 1` on), or None."""
 
     config: TextConfig
@@ -220,10 +234,10 @@ class Llama(nn.Module):
 
 
 def init_cache(config: TextConfig, batch: int, max_len: int, dtype=None) -> dict:
-    """Empty KV cache: `k, v: [layers, batch, max_len, kv_heads, head_dim]` zeros (dtype defaults to
+    """Empty KV cache: `k, v: [layers, batch, kv_heads, max_len, head_dim]` zeros (dtype defaults to
     the compute dtype) and `segment_ids: [batch, max_len]` zeros (every slot empty)."""
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
-    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+    shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
 

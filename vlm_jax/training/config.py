@@ -4,15 +4,31 @@ A config file defines `get_config()` returning `base_config()` with its changes;
 overridden on the command line (`--config.optim.learning_rate=1e-4`). `model_config` resolves the
 model: the architecture of `init_checkpoint` (its config.json) or of `model_preset`, then
 `model_overrides` deep-merged into `LlavaConfig.to_dict()`, then the run-time fields.
+
+`validate(config)` checks a config before anything is built: unknown fields (with the closest valid one),
+types, ranges and finiteness, and the fields a config file marks `required(...)`; `check_inputs(config)`
+checks that the files and folders it names exist and are of the right kind. Both raise one-line
+`vlm_jax.cli` errors (exit 2 for settings, 1 for missing inputs).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+import math
+import os
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from vlm_jax.models.config import LlavaConfig, preset
+from vlm_jax import cli
+from vlm_jax.models.config import ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, LlavaConfig, preset
+
+REQUIRED = "REQUIRED: "  # the value of a field a config file leaves for the command line (see `required`)
+
+
+def required(what: str) -> str:
+    """The value of a string field the user must set: `c.init_checkpoint = required("the converted ...")`.
+    `validate` names every such field and `what` to put there."""
+    return REQUIRED + what
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -55,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Data (vlm_jax.data.LoaderConfig; image size, image tokens and image token id come from the model).
     c.data = ml_collections.ConfigDict({
-        "shards": "",  # ArrayRecord paths / globs / directories / convert manifests, comma-separated
+        "shards": "",  # converted corpus folders (python -m data_prep.convert --out), comma-separated
         "tokenizer": "byte",  # "byte" or a local Hugging Face tokenizer directory
         "seq_len": 512,  # packed row length (model_max_length)
         "max_images": 12,  # images kept per document
@@ -91,7 +107,8 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
     out = copy.deepcopy(dict(base))
     for key, value in overrides.items():
         if key not in out:
-            raise ValueError(f"model_overrides: unknown field {key!r}; known: {sorted(out)}")
+            raise cli.UsageError(f"model_overrides: unknown field {key!r}{cli.did_you_mean(key, out)} "
+                                 f"(known: {', '.join(sorted(out))})")
         if isinstance(value, Mapping) and isinstance(out[key], Mapping):
             out[key] = deep_merge(out[key], value)
         else:
@@ -103,6 +120,200 @@ def model_config(config: ml_collections.ConfigDict, architecture: LlavaConfig | 
     """The LlavaConfig to train: `architecture` (from `init_checkpoint`) or the preset, with
     `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy)."""
     base = architecture if architecture is not None else preset(config.model_preset)
-    merged = LlavaConfig.from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
-    return merged.with_runtime(dtype=config.dtype, param_dtype=config.param_dtype,
-                               attention_impl=config.attention_impl, remat_policy=config.remat_policy)
+    try:
+        merged = LlavaConfig.from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
+        return merged.with_runtime(dtype=config.dtype, param_dtype=config.param_dtype,
+                                   attention_impl=config.attention_impl, remat_policy=config.remat_policy)
+    except cli.UserError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise cli.UsageError(f"model_overrides: {cli.one_line(e)}") from e
+
+
+def _int(lo: int | None = None, *, special: tuple = (), choices: tuple = ()) -> Callable[[Any], str | None]:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"must be an integer, got {type(v).__name__} {v!r}"
+        if v in special:
+            return None
+        if lo is not None and v < lo:
+            extra = f" (or {' or '.join(map(str, special))})" if special else ""
+            return f"must be >= {lo}{extra}"
+        return None
+    return check
+
+
+def _float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"must be a number, got {type(v).__name__} {v!r}"
+        if not math.isfinite(v):
+            return "must be a finite number"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}"
+        return None
+    return check
+
+
+def _choice(*choices: str) -> Callable[[Any], str | None]:
+    def check(v):
+        if v in choices:
+            return None
+        hint = cli.did_you_mean(v, choices) if isinstance(v, str) else ""
+        return f"must be one of {', '.join(choices)}{hint}"
+    return check
+
+
+def _bool(v) -> str | None:
+    return None if isinstance(v, bool) else f"must be True or False, got {v!r}"
+
+
+def _str(v) -> str | None:
+    return None if isinstance(v, str) else f"must be a string, got {type(v).__name__} {v!r}"
+
+
+def _nonempty_str(v) -> str | None:
+    return _str(v) or (None if v.strip() else "must not be empty")
+
+
+def _modules(v) -> str | None:
+    from vlm_jax.training.params import LLAVA_MODULES
+
+    if not isinstance(v, str):
+        return f"must be a comma-separated string of module names, got {v!r}"
+    unknown = [n.strip() for n in v.split(",") if n.strip() and n.strip() not in LLAVA_MODULES]
+    if unknown:
+        return f"has unknown module {unknown[0]!r}{cli.did_you_mean(unknown[0], LLAVA_MODULES)} " \
+               f"(known: {', '.join(LLAVA_MODULES)})"
+    return None
+
+
+_MESH_AXIS = _int(1, special=(-1,))
+
+# One rule per field of base_config() (fields added later without a rule are checked for their type only).
+RULES: dict[str, Callable[[Any], str | None]] = {
+    "workdir": _nonempty_str, "seed": _int(),
+    "model_preset": _choice(*PRESETS), "init_checkpoint": _str,
+    "dtype": _choice(*DTYPES), "param_dtype": _choice(*DTYPES), "attention_impl": _choice(*ATTENTION_IMPLS),
+    "remat_policy": _choice(*REMAT_POLICY_NAMES), "frozen": _modules,
+    "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
+    "global_batch_size": _int(1), "grad_accum_steps": _int(1),
+    "num_train_steps": _int(0, special=(-1,)), "schedule_steps": _int(1, special=(-1,)),
+    "optim.learning_rate": _float(0.0), "optim.schedule": _choice("constant", "cosine"),
+    "optim.warmup_steps": _int(0, special=(-1,)), "optim.warmup_ratio": _float(0.0, 1.0),
+    "optim.min_lr_ratio": _float(0.0, 1.0), "optim.weight_decay": _float(0.0),
+    "optim.b1": _float(0.0, 1.0, hi_open=True), "optim.b2": _float(0.0, 1.0, hi_open=True),
+    "optim.eps": _float(0.0, lo_open=True), "optim.max_grad_norm": _float(0.0),
+    "data.shards": _str, "data.tokenizer": _nonempty_str, "data.seq_len": _int(1), "data.max_images": _int(0),
+    "data.max_images_per_row": _int(1), "data.image_aspect": _choice("pad", "none"),
+    "data.preprocessor_config": _str, "data.num_epochs": _int(1, special=(-1,)), "data.seed": _int(),
+    "data.num_workers": _int(0), "data.read_threads": _int(1),
+    "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1), "checkpoint.async_save": _bool,
+    "save_final_params": _bool, "log_every": _int(1), "nan_policy": _choice("stop", "skip"),
+    "peak_tflops_per_device": _float(0.0), "progress_bar": _bool, "tensorboard": _bool,
+    "heldout.file": _str, "heldout.batch_size": _int(1),
+    "demo_corpus.build": _bool, "demo_corpus.dir": _str, "demo_corpus.train_documents": _int(1),
+    "demo_corpus.heldout_per_class": _int(0), "demo_corpus.image_size": _int(8), "demo_corpus.seed": _int(),
+}
+FREE_FORM = ("model_overrides",)  # checked when the model config is resolved (`deep_merge`)
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        path = prefix + key
+        if hasattr(value, "items") and path not in FREE_FORM:
+            out.update(_flat(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def validate(config: ml_collections.ConfigDict, source: str = "the config", *, check_required: bool = True) -> None:
+    """Checks every field of a training config before anything is built: unknown fields (with the closest
+    valid one), types, ranges, finiteness, cross-field rules, and fields the config file marks `required(...)`.
+    Raises `cli.UsageError` with one line naming every problem (`source` names the config file)."""
+    base = _flat(base_config())
+    fields = _flat(config)
+    problems = []
+    for path in fields:
+        if path not in base:
+            problems.append(f"unknown field {path!r}{cli.did_you_mean(path, base)}")
+    missing = [path for path, v in fields.items() if isinstance(v, str) and v.startswith(REQUIRED)]
+    for path, value in fields.items():
+        if path not in base or path in missing:
+            continue
+        rule = RULES.get(path)
+        problem = rule(value) if rule else _same_type(value, base[path])
+        if problem:
+            problems.append(f"{path}={value!r} {problem}")
+    if not problems:
+        problems += _cross_field_problems(config)
+    if problems:
+        raise cli.UsageError(f"{source}: " + "; ".join(problems))
+    if missing and check_required:
+        needs = "; ".join(f"--config.{path}=... ({fields[path][len(REQUIRED):]})" for path in missing)
+        raise cli.UsageError(f"{source} needs {len(missing)} field{'s' * (len(missing) > 1)} set on the command "
+                             f"line: {needs}")
+
+
+def _same_type(value: Any, default: Any) -> str | None:
+    if default is None or isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)):
+        return None
+    return f"must be a {type(default).__name__} like the default {default!r}"
+
+
+def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
+    problems = []
+    if config.global_batch_size % config.grad_accum_steps:
+        problems.append(f"global_batch_size={config.global_batch_size} must be a multiple of "
+                        f"grad_accum_steps={config.grad_accum_steps}")
+    if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+        problems.append(f"mesh {dict(config.mesh)}: at most one axis may be -1")
+    if config.num_train_steps == -1 and config.data.num_epochs == -1:
+        problems.append("num_train_steps=-1 (until the data ends) needs data.num_epochs >= 1 (it is -1: forever)")
+    if config.num_train_steps == -1 and config.schedule_steps == -1 and (
+            config.optim.schedule == "cosine" or config.optim.warmup_steps == -1 and config.optim.warmup_ratio > 0):
+        problems.append("num_train_steps=-1 needs schedule_steps >= 1 for a cosine schedule or a warmup_ratio")
+    if not config.data.shards and not config.demo_corpus.build:
+        problems.append("data.shards is empty: give converted corpus folders (python -m data_prep.convert) "
+                        "or set demo_corpus.build=True")
+    if config.data.max_images > config.data.max_images_per_row:
+        problems.append(f"data.max_images={config.data.max_images} must be <= data.max_images_per_row="
+                        f"{config.data.max_images_per_row} (a document's images must fit one row)")
+    return problems
+
+
+def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The files and folders a (validated) config names exist and are of the right kind; `cli.InputError`
+    (exit 1) naming the field and the path otherwise. Shards built by the demo corpus are not checked."""
+    from vlm_jax.checkpoint import CONFIG_FILE
+
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise cli.InputError(f"--workdir {workdir}: is a file, expected a folder (give a new or existing run folder)")
+    if config.init_checkpoint:
+        cli.require_dir(config.init_checkpoint, "init_checkpoint",
+                        "give a params checkpoint folder (python -m vlm_jax.convert hf-to-orbax --out DIR)")
+        if not os.path.isfile(os.path.join(config.init_checkpoint, CONFIG_FILE)):
+            raise cli.InputError(f"init_checkpoint {config.init_checkpoint}: no {CONFIG_FILE}, not a vlm_jax params "
+                                 "checkpoint (convert one with python -m vlm_jax.convert hf-to-orbax)")
+    if config.data.tokenizer != "byte":
+        fix = "give 'byte' or a Hugging Face tokenizer folder (tokenizer.json or tokenizer.model)"
+        cli.require_dir(config.data.tokenizer, "data.tokenizer", fix)
+        if not any(os.path.isfile(os.path.join(config.data.tokenizer, name))
+                   for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+            raise cli.InputError(f"data.tokenizer {config.data.tokenizer}: no tokenizer files there; {fix}")
+    if not config.demo_corpus.build:
+        import glob
+
+        for shard in (s for s in config.data.shards.split(",") if s):
+            if not glob.has_magic(shard) and not os.path.exists(shard):
+                raise cli.InputError(f"data.shards {shard}: no such folder (give a converted corpus folder, the "
+                                     "--out of python -m data_prep.convert)")
+    if config.heldout.file and not (config.demo_corpus.build and config.demo_corpus.heldout_per_class > 0):
+        cli.require_file(config.heldout.file, "heldout.file")
+    if config.data.preprocessor_config:
+        cli.require_file(config.data.preprocessor_config, "data.preprocessor_config")

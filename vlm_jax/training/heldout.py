@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from vlm_jax import cli
 from vlm_jax.data.image import preprocess_image
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.models.config import LlavaConfig
@@ -44,16 +45,16 @@ def read_questions(path: str) -> list[Question]:
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not JSON ({err.msg})") from err
+                raise cli.InputError(f"{where}: not JSON ({err.msg})") from err
             for field in ("image", "prompt", "choices", "answer"):
                 if field not in raw:
-                    raise ValueError(f"{where}: no field {field!r}")
+                    raise cli.InputError(f"{where}: no field {field!r}")
             if raw["answer"] not in raw["choices"]:
-                raise ValueError(f"{where}: answer {raw['answer']!r} is not among the choices")
+                raise cli.InputError(f"{where}: answer {raw['answer']!r} is not among the choices")
             questions.append(Question(os.path.join(base, raw["image"]), raw["prompt"], tuple(raw["choices"]),
                                       raw["answer"]))
     if not questions:
-        raise ValueError(f"{path}: no questions")
+        raise cli.InputError(f"{path}: no questions")
     return questions
 
 

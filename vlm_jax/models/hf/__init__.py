@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vlm_jax.models.hf import llava
+from vlm_jax.models.hf import idefics2, llava
 
-FAMILIES: dict[str, ModuleType] = {"llava": llava}
+FAMILIES: dict[str, ModuleType] = {"llava": llava, "idefics2": idefics2}
 
 
 def family_for_layout(layout: str) -> ModuleType:

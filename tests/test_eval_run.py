@@ -150,7 +150,7 @@ def test_batched_rows_match_one_by_one(setup):
     what `generate` gives it alone and unpadded; split over 2 simulated processes (`process_slice`) and
     gathered (`gather_rows`), the rows come back in order."""
     from vlm_jax.evaluate.batched_generation import Request, generate_requests
-    from vlm_jax.generation import gather_rows, generate, left_pad, local_data_mesh, process_slice
+    from vlm_jax.inference.generation import gather_rows, generate, left_pad, local_data_mesh, process_slice
     from vlm_jax.models.llava import Llava
 
     cfg = tiny_config()

@@ -3,7 +3,7 @@
 Weights are the tiny random transformers models' (hf_tiny), so the full forward is itself the HF-verified
 one (tests/test_models_hf.py). A batch of two rows, the second left-padded (segment 0), is prefilled into a
 cache longer than needed (empty slots stay segment 0), then extended one token at a time with a traced
-`cache_index`, as `vlm_jax.generation` does. The "pallas" variant also writes a chunk at a static offset,
+`cache_index`, as `vlm_jax.inference.generation` does. The "pallas" variant also writes a chunk at a static offset,
 which maps onto the flash kernel (decode steps fall back to "xla")."""
 import dataclasses
 

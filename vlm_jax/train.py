@@ -24,7 +24,9 @@ from absl import flags, logging
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import cli, config_file
 from vlm_jax.data.loader import loader_metrics, make_train_iterator
+from vlm_jax.data.image import read_processor_settings
 from vlm_jax.data.tokenizer import make_tokenizer
+from vlm_jax.inference.model import VLM
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
@@ -96,8 +98,10 @@ def _heldout_scorer(config, model, model_config, tokenizer, mesh, params_shardin
     if not config.heldout.file:
         return None
     questions = heldout_lib.read_questions(config.heldout.file)
-    image_settings = {"image_size": model_config.vision_config.image_size, "aspect": config.data.image_aspect}
-    rows = heldout_lib.choice_rows(questions, tokenizer, model_config, image_settings)
+    image_settings = (read_processor_settings(config.data.preprocessor_config) if config.data.preprocessor_config
+                      else {"image_size": model_config.vision_config.image_size})
+    vlm = VLM(model_config, None, tokenizer, image_settings, aspect=config.data.image_aspect)
+    rows = heldout_lib.choice_rows(questions, vlm)
     sharding = batch_sharding(mesh)
     nll = jax.jit(lambda p, b: token_losses(model, p, b).sum(axis=-1), in_shardings=(params_sharding, sharding))
 

@@ -18,23 +18,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from vlm_jax.checkpoint import load_config, load_params
 from vlm_jax.evaluate import rices
 from vlm_jax.evaluate.batched_generation import Request, generate_requests
 from vlm_jax.evaluate.clip_embed import checkpoint_embedder
 from vlm_jax.evaluate.examples import Example, sample_query_set
 from vlm_jax.evaluate.judge import JudgeConfig, judge_extractor
-from vlm_jax.data.image import checkpoint_image_settings
 from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.prompt_tokens import load_tokenizer, prompt_token_ids
 from vlm_jax.evaluate.prompts import Prompt, build_prompt
 from vlm_jax.evaluate.run_config import check_config
 from vlm_jax.evaluate.score_cli import MATH_BENCHMARKS, SCORERS
 from vlm_jax.evaluate.splits import load_split
-from vlm_jax.generation import gather_rows, local_data_mesh, process_slice
-from vlm_jax.data.tokenizer import Tokenizer
-from vlm_jax.models.config import LlavaConfig
-from vlm_jax.models.llava import Llava
+from vlm_jax.inference.generation import gather_rows, local_data_mesh, process_slice
+from vlm_jax.inference.model import VLM, load
 
 
 def _is_same_question(a: Example, b: Example) -> bool:
@@ -95,23 +91,21 @@ def load_questions_and_pool(config: ConfigDict) -> tuple[list[Example], list[Exa
     return queries, pool
 
 
-def generate_answers(config: ConfigDict, ckpt: Path, model_config: LlavaConfig, tokenizer: Tokenizer,
-                     prompts: Sequence[Prompt], mesh: Mesh) -> list[str]:
+def generate_answers(config: ConfigDict, vlm: VLM, prompts: Sequence[Prompt], mesh: Mesh) -> list[str]:
     """The decoded generation of every prompt, in order, on every process: this process generates its
-    `process_slice` of the prompts data-parallel over `mesh`, `gather_rows` collects all of them."""
+    `process_slice` of the prompts data-parallel over `mesh` (`vlm`'s params replicated on it), `gather_rows`
+    collects all of them."""
+    model_config, tokenizer = vlm.config, vlm.tokenizer
     requests = [Request(tuple(prompt_token_ids(p.text, tokenizer, model_config.image_token_id,
                                                model_config.num_image_tokens)), p.image_paths) for p in prompts]
     shard = process_slice(len(requests))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params = load_params(ckpt, sharding=replicated)
-    settings = checkpoint_image_settings(ckpt, model_config.vision_config.image_size)
-    pad = model_config.pad_token_id if model_config.pad_token_id is not None else tokenizer.pad_id
+    pad = vlm.pad_token_id
     with tqdm(total=len(shard), desc=f"{config.benchmark} {config.shots}-shot", unit="q",
               disable=jax.process_index() != 0) as progress:
         rows = generate_requests(
-            Llava(model_config), params, [requests[i] for i in shard], mesh=mesh, batch_size=config.batch_size,
+            vlm.model, vlm.params, [requests[i] for i in shard], mesh=mesh, batch_size=config.batch_size,
             max_images=config.shots + 1,
-            load_pixels=lambda paths: load_pixels(paths, settings, config.image_aspect_ratio),
+            load_pixels=lambda paths: load_pixels(paths, vlm.image_settings, config.image_aspect_ratio),
             max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=pad,
             temperature=config.temperature, top_p=config.top_p, seed=config.seed, progress=progress)
     rows = gather_rows(rows, shard, len(requests), config.max_new_tokens)
@@ -135,8 +129,7 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     check_config(config)
     ckpt = Path(ckpt)
     started = time.time()
-    model_config = load_config(ckpt, dtype=config.dtype, attention_impl=config.attention_impl)
-    tokenizer = load_tokenizer(config.tokenizer, ckpt)
+    tokenizer = load_tokenizer(config.tokenizer, ckpt)  # first: a checkpoint without one fails before any loading
     scorer_kwargs = _scorer_kwargs(config)
     queries, pool = load_questions_and_pool(config)
     mesh = local_data_mesh(devices)
@@ -146,7 +139,9 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
                                        aspect=config.image_aspect_ratio, mesh=mesh)
     demos = select_demonstrations(config, queries, pool, embedder)
     prompts = [build_prompt(q, d) for q, d in zip(queries, demos)]
-    answers = generate_answers(config, ckpt, model_config, tokenizer, prompts, mesh)
+    vlm = load(ckpt, dtype=config.dtype, attention_impl=config.attention_impl, tokenizer=tokenizer,
+               aspect=config.image_aspect_ratio, sharding=NamedSharding(mesh, PartitionSpec()))
+    answers = generate_answers(config, vlm, prompts, mesh)
 
     scores = SCORERS[config.benchmark](queries, {q.qid: a for q, a in zip(queries, answers)}, **scorer_kwargs)
     scores.update({"ckpt": str(ckpt), "shots": config.shots, "demo_selection": config.demo_selection,

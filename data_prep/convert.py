@@ -1,6 +1,6 @@
 """Offline conversion: interleaved JSON/JSONL corpora + image folders -> a TFDS ArrayRecord dataset.
 
-    python -m data_prep.convert --format {textbook,obelics,mmc4} --input JSON_OR_JSONL_OR_DIR \
+    python -m data_prep.convert --format {textbook,obelics,mmc4,textbook_clips} --input JSON_OR_JSONL_OR_DIR \
         --images ROOT --out DIR [--shard-size N] [--text-field texts|text_ocr_list] [--workers K]
 
 Streams the input (jsonl line by line, .json arrays element by element), reads and fully decodes
@@ -17,28 +17,25 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
-import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from PIL import Image
 
-from data_prep.formats import FORMATS, MalformedDocument, parse_keyframe_name, to_interleaved
+from data_prep.formats import (FORMATS, MMC4_PLACEMENTS, URL_NAMES, FormatOptions, MalformedDocument,
+                               parse_keyframe_name, to_interleaved)
 from data_prep.json_stream import Malformed, iter_documents
 from vlm_jax import cli
 from vlm_jax.data import records
+from vlm_jax.data.image import (MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageRejected, check_image_size, open_image_bytes,
+                                read_image_file)
 
 SKIP_REASONS = ("malformed_record", "no_images", "missing_file", "not_regular_file", "undecodable_image",
                 "image_too_large", "extreme_aspect_ratio", "escaping_path")
-MAX_IMAGE_PIXELS = 50_000_000  # width x height; ~150 MB decoded RGB (Pillow warns at 89M, refuses at 179M)
-MAX_ASPECT_RATIO = 50.0  # long side / short side; a 1 x 60000 strip would become a 60000^2 square when padded
-MAX_IMAGE_BYTES = 256 << 20  # the encoded file
 DEFAULT_SHARD_SIZE = 500  # documents per shard: ~250 MB for textbook documents (10 keyframes of ~50 KB)
 
 
@@ -48,7 +45,7 @@ class ConvertSettings:
 
     fmt: str
     images_root: str
-    text_field: str = "texts"
+    options: FormatOptions = FormatOptions()
     strip_prefix: str | None = None
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_aspect_ratio: float = MAX_ASPECT_RATIO
@@ -61,6 +58,7 @@ class Result:
     record: bytes | None
     images: int
     skips: list[tuple[str, str, str]]  # (reason, location, detail)
+    marked_invalid: int = 0  # images the source marks invalid (`valid_image`, `valid_image_ids`): not read
 
 
 class RefusedPath(ValueError):
@@ -97,28 +95,17 @@ def _read_image(path: str, max_pixels: int, max_aspect: float) -> tuple[bytes, d
     """Reads a regular image file within the limits and fully decodes it; returns bytes and size/format.
 
     The file is opened non-blocking and checked to be a regular file before reading (a named pipe
-    would block forever); the size limits are checked on the header, before any pixel is decoded.
+    would block forever); the size limits are checked on the header, before any pixel is decoded
+    (`vlm_jax.data.image`, shared with the loader and generate).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SkippedImage("not_regular_file", "not a regular file (named pipe, device or socket)")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise SkippedImage("image_too_large", f"file of {info.st_size} bytes > {MAX_IMAGE_BYTES}")
-        data = f.read()
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:  # Pillow's own limit, above ours: header says > 179 M pixels
-        raise SkippedImage("image_too_large", str(err)) from err
-    with img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise SkippedImage("image_too_large", f"{width}x{height} = {width * height} pixels > {max_pixels}")
-        if min(width, height) < 1 or max(width, height) / min(width, height) > max_aspect:
-            raise SkippedImage("extreme_aspect_ratio", f"{width}x{height}: aspect ratio above {max_aspect:g}")
-        img.load()
-        return data, {"width": width, "height": height, "format": img.format}
+        data = read_image_file(path)
+        with open_image_bytes(data) as img:
+            check_image_size(*img.size, max_pixels, max_aspect)
+            img.load()
+            return data, {"width": img.size[0], "height": img.size[1], "format": img.format}
+    except ImageRejected as err:
+        raise SkippedImage(err.reason, str(err)) from err
 
 
 def convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
@@ -133,11 +120,12 @@ def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
     if isinstance(raw, Malformed):
         return Result(None, 0, [("malformed_record", location, raw.message)])
     try:
-        doc = to_interleaved(settings.fmt, raw, location, settings.text_field)
+        doc = to_interleaved(settings.fmt, raw, location, settings.options)
     except MalformedDocument as err:
         return Result(None, 0, [("malformed_record", location, str(err))])
     texts, images, image_meta, skips = [], [], [], []
-    for text, ref in zip(doc.texts, doc.image_refs):
+    labels = doc.image_texts or [None] * len(doc.texts)
+    for text, ref, label in zip(doc.texts, doc.image_refs, labels):
         if ref is None:
             texts.append(text)
             images.append(None)
@@ -159,14 +147,19 @@ def _convert_one(settings: ConvertSettings, location: str, raw: Any) -> Result:
         except Exception as err:  # noqa: BLE001 - any decoder failure means an undecodable image.
             skips.append(("undecodable_image", where, f"{type(err).__name__}: {err}"))
             continue
-        texts.append(None)
-        images.append(data)
-        image_meta.append({"path": ref, **info, **(parse_keyframe_name(ref) or {})})
+        before, after = label or ("", "")
+        for piece, data_, meta in ((before, None, None), (None, data, {"path": ref, **info,
+                                                                       **(parse_keyframe_name(ref) or {})}),
+                                   (after, None, None)):
+            if piece != "":
+                texts.append(piece)
+                images.append(data_)
+                image_meta.append(meta)
     if not any(image is not None for image in images):
-        return Result(None, 0, skips + [("no_images", location, "no readable image left")])
+        return Result(None, 0, skips + [("no_images", location, "no readable image left")], doc.images_marked_invalid)
     record = records.encode_document(
         {"id": doc.doc_id, "texts": texts, "images": images, "image_meta": image_meta, "metadata": doc.metadata})
-    return Result(record, sum(image is not None for image in images), skips)
+    return Result(record, sum(image is not None for image in images), skips, doc.images_marked_invalid)
 
 
 def _convert_chunk(settings: ConvertSettings, items: list[tuple[str, Any]]) -> list[Result]:
@@ -215,6 +208,9 @@ def convert(
     overwrite: bool = False,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    url_names: str = "path",
+    mmc4_placement: str = "original",
+    mmc4_max_images: int = 12,
 ) -> dict[str, Any]:
     """Runs the conversion; returns (and writes to `out_dir/manifest.json`) the manifest dict.
 
@@ -233,17 +229,19 @@ def convert(
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input {input_path!r} does not exist")
     workers = workers or (os.cpu_count() or 1)
-    settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field, strip_prefix, max_image_pixels,
+    options = FormatOptions(text_field, url_names, mmc4_placement, mmc4_max_images)
+    settings = ConvertSettings(fmt, os.path.realpath(images_root), options, strip_prefix, max_image_pixels,
                                max_aspect_ratio)
     writer = records.CorpusWriter(out_dir, shard_size, name=prefix, overwrite=overwrite)
     skipped: collections.Counter = collections.Counter()
-    documents_read = documents_written = images_written = 0
+    documents_read = documents_written = images_written = marked_invalid = 0
     start = last_report = time.monotonic()
     skip_path = os.path.join(writer.partial, "skipped.jsonl")
     try:
         with open(skip_path, "w") as skip_log:
             for result in _results(settings, iter_documents(input_path), workers, chunk_size=16):
                 documents_read += 1
+                marked_invalid += result.marked_invalid
                 for reason, location, detail in result.skips:
                     skipped[reason] += 1
                     skip_log.write(json.dumps({"reason": reason, "location": location, "detail": detail}) + "\n")
@@ -259,6 +257,7 @@ def convert(
         manifest = {
             "format": fmt,
             "text_field": text_field,
+            "format_options": dataclasses.asdict(options),
             "image_limits": {"max_pixels": max_image_pixels, "max_aspect_ratio": max_aspect_ratio},
             "input": os.path.abspath(input_path),
             "images_root": settings.images_root,
@@ -268,6 +267,7 @@ def convert(
             "documents_read": documents_read,
             "documents_written": documents_written,
             "images_written": images_written,
+            "images_marked_invalid": marked_invalid,
             "skipped": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
         }
         manifest_path = os.path.join(writer.partial, "manifest.json")
@@ -321,7 +321,8 @@ def _summary(manifest: dict[str, Any], out_dir: str) -> str:
     return "\n".join([
         f"[convert] documents: {manifest['documents_written']} written, {doc_skips} skipped "
         f"(malformed record: {skipped['malformed_record']}, no image left: {skipped['no_images']})",
-        f"[convert] images: {manifest['images_written']} written, {image_skips} skipped ({image_detail})",
+        f"[convert] images: {manifest['images_written']} written, {image_skips} skipped ({image_detail}), "
+        f"{manifest['images_marked_invalid']} marked invalid by the source",
         f"[convert] {len(manifest['shards'])} shards in {out_dir}; every skip with its line/index in "
         f"{os.path.join(out_dir, 'skipped.jsonl')}",
     ])
@@ -332,6 +333,8 @@ def _check_args(args: argparse.Namespace) -> None:
     InputError for a path that is missing or of the wrong kind."""
     if args.shard_size < 1:
         raise cli.UsageError(f"--shard-size {args.shard_size}: must be >= 1")
+    if args.mmc4_max_images < 1:
+        raise cli.UsageError(f"--mmc4-max-images {args.mmc4_max_images}: must be >= 1")
     if args.workers < 0:
         raise cli.UsageError(f"--workers {args.workers}: must be >= 0 (0: all cores)")
     if args.max_image_pixels < 1 or not args.max_aspect_ratio >= 1:
@@ -366,7 +369,15 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                         help=f"documents per shard (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--text-field", default="texts", choices=("texts", "text_ocr_list"),
-                        help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR)")
+                        help="textbook/obelics text list to use (text_ocr_list: ASR + keyframe OCR; textbook_clips: add the OCR)")
+    parser.add_argument("--url-names", default="path", choices=URL_NAMES,
+                        help="obelics/textbook image URLs: 'path' reads them as paths under --images (the original), "
+                             "'sha256' as the file named by the URL's SHA-256")
+    parser.add_argument("--mmc4-placement", default="original", choices=MMC4_PLACEMENTS,
+                        help="mmc4: 'original' (Hungarian assignment, images spliced in image order), 'assigned' "
+                             "(each image at its assigned sentence), 'matched_text_index'")
+    parser.add_argument("--mmc4-max-images", type=int, default=12,
+                        help="mmc4: assigned images kept per document, in image order (the original's 12)")
     parser.add_argument("--workers", type=int, default=0, help="image-reading processes (default: all cores)")
     parser.add_argument("--strip-prefix", default=None, help="prefix removed from image paths before resolving")
     parser.add_argument("--prefix", default="corpus", help="dataset name, also the shard file name prefix")
@@ -380,7 +391,8 @@ def _main(argv: list[str]) -> int:
     _check_args(args)
     convert(args.input, args.images, args.out, args.format, args.shard_size, args.text_field, args.workers,
             args.strip_prefix, args.prefix, args.progress_every, overwrite=args.overwrite,
-            max_image_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio)
+            max_image_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio,
+            url_names=args.url_names, mmc4_placement=args.mmc4_placement, mmc4_max_images=args.mmc4_max_images)
     return 0
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from data_prep.convert import ConvertSettings, convert_one
+from data_prep.formats import FormatOptions
 from data_prep.json_stream import iter_documents
 from vlm_jax.data import records
 
@@ -36,8 +37,8 @@ class SourceDocument:
 
 def is_json_input(path: str) -> bool:
     """True for a .json/.jsonl file or a folder that is not a converted corpus (no dataset_info.json)."""
-    if os.path.isdir(path):
-        return not os.path.isfile(os.path.join(path, "dataset_info.json"))
+    if os.path.isdir(path):  # a folder a conversion wrote into (even unfinished) is read as a corpus
+        return not any(os.path.exists(os.path.join(path, name)) for name in ("dataset_info.json", records.PARTIAL_DIR))
     return path.endswith(JSON_SUFFIXES)
 
 
@@ -56,7 +57,7 @@ def iter_json_documents(path: str, fmt: str, images_root: str, text_field: str =
     """Documents of the seeds' JSON/JSONL (format textbook/obelics/mmc4), images read from `images_root`."""
     if not os.path.isdir(images_root):
         raise FileNotFoundError(f"--images {images_root!r} is not a directory (needed for JSON input)")
-    settings = ConvertSettings(fmt, os.path.realpath(images_root), text_field)
+    settings = ConvertSettings(fmt, os.path.realpath(images_root), FormatOptions(text_field=text_field))
     for location, raw in iter_documents(path):
         result = convert_one(settings, location, raw)
         doc = None if result.record is None else records.decode_document(result.record)

@@ -1,13 +1,29 @@
-"""In-sample image similarity, as the Multimodal-Textbook seeds measure it.
+"""In-sample image similarity of a document's images, two protocols.
 
-For every pair (i < j) of images in a document:
+`original` (the default) is how the original computes the paper's table (`llava/dataset/
+inbatch_clip_score.py`, `inbatch_ssim_score.py`, `check_inbatchsim.py`), for every pair (i < j) of a
+document's images:
+  clip_sum = sum of (cos(f_i, f_j) + 1) / 2    f = projected CLIP features (`get_image_features` of
+                                               clip-vit-large-patch14-336), CLIP preprocessing, no padding
+  ssim_sum = sum of SSIM(grey(i), grey(resize(j)))  OpenCV-decoded BGR images; j resized to i's size with
+                                               `cv2.INTER_AREA` when the shapes differ, then `BGR2GRAY`,
+                                               scikit-image `structural_similarity` with its defaults;
+                                               any failing pair sets the document's ssim_sum to 0
+  score = (ssim_sum + (clip_sum + 1) / 2) / 2 / C(image_num, 2)
+with `image_num` the document's own `image_num` field (else its image count); `(clip_sum + 1) / 2` is
+applied to the sum a second time and the division uses `image_num`, exactly as `check_inbatchsim.py`
+does. A document with an image that does not decode is left out (the original's `clip_success`).
+The table is the mean score per `image_num` (4-11).
+
+`standard` (vlm_jax's own, kept as an option): for every pair (i < j):
   clip = (cos(f_i, f_j) + 1) / 2        f = CLIP image features (projected if the tower has a projection,
                                         else the post-layernorm CLS), cos in [-1, 1] mapped to [0, 1]
   ssim = SSIM(grey_i, resize(grey_j))   8-bit grey images (ITU-R 601 luma), the second resized (bilinear)
                                         to the first one's size, scikit-image `structural_similarity`
   pair = (clip + ssim) / 2
-and the document's similarity is the mean over its pairs. CLIP features come from the project's Flax
-`CLIPVisionTower` (`ClipFeaturizer`: batched, jitted, fixed batch shape so it compiles once).
+and the document's similarity is the mean over its pairs, the table the mean per image count.
+CLIP features come from the project's Flax `CLIPVisionTower` (`ClipFeaturizer`: batched, jitted,
+fixed batch shape so it compiles once).
 """
 
 from __future__ import annotations
@@ -23,6 +39,8 @@ from skimage.metrics import structural_similarity
 from vlm_jax.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_image
 from vlm_jax.models.clip import image_feature_fn
 from vlm_jax.models.config import VisionConfig
+
+PROTOCOLS = ("original", "standard")
 
 
 def grey(img: Image.Image) -> np.ndarray:
@@ -72,6 +90,59 @@ def document_similarity(features: np.ndarray, greys: Sequence[np.ndarray]) -> Do
     clips = np.array([clip_pair(features[i], features[j]) for i, j in pairs])
     ssims = np.array([ssim_pair(greys[i], greys[j]) for i, j in pairs])
     return DocumentSimilarity(len(pairs), float(np.mean((clips + ssims) / 2)), float(clips.mean()), float(ssims.mean()))
+
+
+@dataclasses.dataclass(frozen=True)
+class OriginalSimilarity:
+    """A document's sums as the original's scripts compute them (module docstring)."""
+
+    pairs: int
+    clip_sum: float
+    ssim_sum: float
+    ssim_failed: bool
+
+
+def decode_bgr(data: bytes) -> np.ndarray | None:
+    """Encoded image bytes -> `uint8 [H, W, 3]` BGR as `cv2.imread` gives it; None if OpenCV cannot decode."""
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def ssim_pair_original(bgr_a: np.ndarray, bgr_b: np.ndarray) -> float:
+    """`inbatch_ssim_score.compare_images`: b resized (INTER_AREA) to a's size if shapes differ, grey, SSIM."""
+    import cv2
+
+    if bgr_a.shape != bgr_b.shape:
+        bgr_b = cv2.resize(bgr_b, (bgr_a.shape[1], bgr_a.shape[0]), interpolation=cv2.INTER_AREA)
+    grey_a, grey_b = cv2.cvtColor(bgr_a, cv2.COLOR_BGR2GRAY), cv2.cvtColor(bgr_b, cv2.COLOR_BGR2GRAY)
+    return float(structural_similarity(grey_a, grey_b, full=True)[0])
+
+
+def original_sums(features: np.ndarray, bgr_images: Sequence[np.ndarray]) -> OriginalSimilarity:
+    """Sums over all pairs i < j (module docstring); `features` `[n, d]` projected CLIP features."""
+    if len(features) != len(bgr_images):
+        raise ValueError(f"{len(features)} feature rows for {len(bgr_images)} images")
+    pairs = list(itertools.combinations(range(len(bgr_images)), 2))
+    clip_sum = float(sum(clip_pair(features[i], features[j]) for i, j in pairs))
+    ssim_sum, failed = 0.0, False
+    for i, j in pairs:
+        try:
+            ssim_sum += ssim_pair_original(bgr_images[i], bgr_images[j])
+        except Exception:  # noqa: BLE001 - the original catches everything, then zeroes the document's sum
+            ssim_sum, failed = 0.0, True
+            break
+    return OriginalSimilarity(len(pairs), clip_sum, ssim_sum, failed)
+
+
+def original_score(sums: OriginalSimilarity, image_num: int) -> dict[str, float] | None:
+    """`check_inbatchsim.py`'s per-document score and its halves, or None when `image_num` < 2."""
+    if image_num < 2:
+        return None
+    combinations = image_num * (image_num - 1) / 2
+    clip = (sums.clip_sum + 1) / 2 / combinations
+    ssim = sums.ssim_sum / combinations
+    return {"similarity": (clip + ssim) / 2, "clip": clip, "ssim": ssim}
 
 
 def random_vision_tower(config: VisionConfig, seed: int = 0) -> dict:

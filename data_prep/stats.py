@@ -1,6 +1,6 @@
 """Corpus statistics and in-sample image similarity of interleaved documents.
 
-    python -m data_prep.stats --data SHARDS_OR_JSON [--clip-ckpt CKPT] [--tokenizer DIR] --out report.json
+    python -m data_prep.stats --data CORPUS_OR_JSON [--clip-ckpt CKPT] [--tokenizer DIR] --out report.json
 
 For every document: readable and corrupt images, text pieces, tokens as the model sees them (the
 seed's tokenization rule: BOS, text, `num_image_tokens` per kept image (at most `max_images`), EOS)
@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_prep.corpus_reader import SourceDocument, iter_source_documents
+from data_prep.corpus_reader import SourceDocument, is_json_input, iter_source_documents
 from data_prep.formats import FORMATS
-from data_prep.similarity import ClipFeaturizer, document_similarity, grey, random_vision_tower
+from data_prep.similarity import (PROTOCOLS, ClipFeaturizer, decode_bgr, document_similarity, grey, original_score,
+                                  original_sums, random_vision_tower)
 from vlm_jax import cli
 from vlm_jax.checkpoint import load_config, load_vision_tower, tokenizer_spec as checkpoint_tokenizer
+from vlm_jax.data import records
 from data_prep.stats_plots import write_histograms
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
 
@@ -64,7 +66,8 @@ def count_tokens(texts: Sequence[str | None], tokenizer: Tokenizer, num_image_to
     dropped with their placeholder, as the seed does.
     """
     pieces = seed_text_pieces(texts, max_images)
-    text_tokens = sum(len(tokenizer.encode(p)) for p in pieces if p)
+    text_tokens = sum(len(tokenizer.encode(p) if k == 0 else tokenizer.encode_continuation(p))
+                      for k, p in enumerate(pieces) if p)  # as tokenize_interleaved: no prefix space after <image>
     kept = len(pieces) - 1
     special = (tokenizer.bos_id is not None) + 1
     image_tokens = kept * num_image_tokens
@@ -102,7 +105,7 @@ class Accumulator:
             self.values[key].append(row[key])
         if row["similarity"] is not None:
             self.values["similarity"].append(row["similarity"])
-            group = self.groups.setdefault(row["images"], {"documents": 0, "similarity": 0.0, "clip": 0.0, "ssim": 0.0})
+            group = self.groups.setdefault(row["group"], {"documents": 0, "similarity": 0.0, "clip": 0.0, "ssim": 0.0})
             group["documents"] += 1
             for key in ("similarity", "clip", "ssim"):
                 group[key] += row[key]
@@ -155,14 +158,41 @@ def _chunks_by_images(docs: Iterable[SourceDocument], min_images: int) -> Iterat
         yield chunk
 
 
+def _image_num(doc: dict[str, Any], images: int) -> int:
+    """The document's own `image_num` field (textbook JSON; what the original groups by), else its image count."""
+    metadata = doc.get("metadata")
+    value = metadata.get("image_num") if isinstance(metadata, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else images
+
+
+def _similarity(protocol: str, doc: dict[str, Any], feats: np.ndarray, images: list, corrupt: int) -> dict[str, Any]:
+    """Row fields of the in-sample similarity (`data_prep.similarity`); `group` is the table's key."""
+    if protocol == "standard":
+        return {"group": len(images), **dataclasses.asdict(document_similarity(feats, [grey(img) for img in images]))}
+    image_num = _image_num(doc, len(images))
+    bgr = [decode_bgr(data) for data in doc["images"] if data is not None]
+    row = {"group": image_num, "image_num": image_num, "pairs": len(images) * (len(images) - 1) // 2,
+           "similarity": None, "clip": None, "ssim": None, "clip_sum": None, "ssim_sum": None, "ssim_failed": None}
+    if corrupt or any(b is None for b in bgr):  # the original's clip_success = False: left out of the table
+        return row
+    sums = original_sums(feats, bgr)
+    row.update(clip_sum=sums.clip_sum, ssim_sum=sums.ssim_sum, ssim_failed=sums.ssim_failed)
+    row.update(original_score(sums, image_num) or {})
+    return row
+
+
 def iter_document_stats(docs: Iterable[SourceDocument], tokenizer: Tokenizer, featurizer: ClipFeaturizer, *,
-                        num_image_tokens: int, max_images: int = 12) -> Iterator[tuple[SourceDocument, dict | None]]:
+                        num_image_tokens: int, max_images: int = 12, similarity: str = "original"
+                        ) -> Iterator[tuple[SourceDocument, dict | None]]:
     """(source, row) per document; row is None for a document that could not be read at all.
 
     Row keys: id, location, images (readable), images_corrupt, text_pieces, tokens, text_tokens,
-    image_tokens, images_in_sequence, pairs, similarity, clip, ssim (None with < 2 images),
-    video_ids (textbook keyframes' videos).
+    image_tokens, images_in_sequence, pairs, similarity, clip, ssim (None when not computed), group
+    (the similarity table's key), video_ids (textbook keyframes' videos); with `similarity="original"`
+    also image_num, clip_sum, ssim_sum, ssim_failed.
     """
+    if similarity not in PROTOCOLS:
+        raise ValueError(f"similarity protocol {similarity!r}; expected one of {PROTOCOLS}")
     for chunk in _chunks_by_images(docs, featurizer.batch_size):
         all_images = [img for _, decoded in chunk if decoded is not None for img in decoded[1]]
         features = featurizer(all_images)
@@ -174,7 +204,6 @@ def iter_document_stats(docs: Iterable[SourceDocument], tokenizer: Tokenizer, fe
             texts, images, corrupt = decoded
             feats = features[offset : offset + len(images)]
             offset += len(images)
-            sim = document_similarity(feats, [grey(img) for img in images])
             meta = [m for m in source.doc["image_meta"] if m]
             row = {
                 "id": source.doc["id"],
@@ -183,7 +212,7 @@ def iter_document_stats(docs: Iterable[SourceDocument], tokenizer: Tokenizer, fe
                 "images_corrupt": corrupt,
                 "text_pieces": sum(1 for t in texts if t),
                 **count_tokens(texts, tokenizer, num_image_tokens, max_images),
-                **dataclasses.asdict(sim),
+                **_similarity(similarity, source.doc, feats, images, corrupt),
                 "video_ids": sorted({m["video_id"] for m in meta if "video_id" in m}),
             }
             yield source, row
@@ -192,7 +221,7 @@ def iter_document_stats(docs: Iterable[SourceDocument], tokenizer: Tokenizer, fe
 def compute_stats(data: Sequence[str], out: str, *, tokenizer: Tokenizer, featurizer: ClipFeaturizer,
                   num_image_tokens: int, max_images: int = 12, fmt: str = "textbook", images_root: str | None = None,
                   text_field: str = "texts", plots_dir: str | None = None, max_documents: int | None = None,
-                  notes: dict | None = None) -> dict[str, Any]:
+                  notes: dict | None = None, similarity: str = "original") -> dict[str, Any]:
     """Streams `data`, writes `out` (report JSON), `<out>.documents.jsonl` and histogram PNGs; returns the report."""
     acc = Accumulator()
     rows_path = os.path.splitext(out)[0] + ".documents.jsonl"
@@ -202,7 +231,7 @@ def compute_stats(data: Sequence[str], out: str, *, tokenizer: Tokenizer, featur
         docs = (d for _, d in zip(range(max_documents), docs))
     with open(rows_path, "w") as rows_file:
         for source, row in iter_document_stats(docs, tokenizer, featurizer, num_image_tokens=num_image_tokens,
-                                               max_images=max_images):
+                                               max_images=max_images, similarity=similarity):
             acc.add_skips(source.skips)
             if row is None:
                 acc.documents_skipped += 1
@@ -211,6 +240,8 @@ def compute_stats(data: Sequence[str], out: str, *, tokenizer: Tokenizer, featur
             rows_file.write(json.dumps(row) + "\n")
     report = {
         "data": list(data),
+        "similarity_protocol": similarity,
+        "similarity_grouped_by": "image_num field (else image count)" if similarity == "original" else "image count",
         "clip": {"source": featurizer.source, "feature": featurizer.feature, "image_size": featurizer.config.image_size},
         "tokenizer": type(tokenizer).__name__ + (f" ({tokenizer.path})" if hasattr(tokenizer, "path") else ""),
         "num_image_tokens": num_image_tokens,
@@ -243,6 +274,15 @@ def make_featurizer(clip_ckpt: str | None, batch_size: int, seed: int = 0) -> Cl
                                  "half of the similarity is NOT meaningful, the SSIM half is")
 
 
+def _check_data(data: Sequence[str]) -> None:
+    """InputError before anything runs for a `--data` entry that is missing or an unreadable corpus folder."""
+    for spec in data:
+        if not os.path.exists(spec):
+            raise cli.InputError(f"--data {spec}: no such file or folder")
+        if not is_json_input(spec):
+            records.open_corpus(spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
     return cli.run(_main, argv, prog="python -m data_prep.stats")
@@ -263,7 +303,10 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="CLIP batch size")
     parser.add_argument("--max-documents", type=int, default=None, help="stop after this many documents")
     parser.add_argument("--plots", default=None, help="histogram folder (default: <out>_plots)")
+    parser.add_argument("--similarity", default="original", choices=PROTOCOLS,
+                        help="in-sample similarity: 'original' (the paper's table, data_prep.similarity) or 'standard'")
     args = parser.parse_args(argv)
+    _check_data(args.data)
 
     from vlm_jax.data.tokenizer import make_tokenizer
 
@@ -276,15 +319,20 @@ def _main(argv: list[str]) -> int:
     num_image_tokens = num_image_tokens or 576
     featurizer = make_featurizer(args.clip_ckpt, args.batch_size)
     notes = {}
+    if args.similarity == "original" and not featurizer.config.has_projection:
+        notes["similarity_note"] = ("the CLIP tower has no projection: features are the pooled CLS, not the original's "
+                                    "projected get_image_features (convert openai/clip-vit-large-patch14-336 with "
+                                    "its projection for the paper's numbers)")
     if tokenizer_spec == "byte":
         notes["tokenizer_note"] = "byte tokenizer (--tokenizer, --clip-ckpt's record, or neither given): text token counts are UTF-8 bytes"
-    for line in (f"[stats] CLIP: {featurizer.source}; features: {featurizer.feature}", notes.get("tokenizer_note")):
+    for line in (f"[stats] CLIP: {featurizer.source}; features: {featurizer.feature}", notes.get("tokenizer_note"),
+                 notes.get("similarity_note")):
         if line:
             print(line if line.startswith("[stats]") else f"[stats] {line}", file=sys.stderr)
     report = compute_stats(args.data, args.out, tokenizer=make_tokenizer(tokenizer_spec), featurizer=featurizer,
                            num_image_tokens=num_image_tokens, max_images=args.max_images, fmt=args.format,
                            images_root=args.images, text_field=args.text_field, plots_dir=args.plots,
-                           max_documents=args.max_documents, notes=notes)
+                           max_documents=args.max_documents, notes=notes, similarity=args.similarity)
     print(f"[stats] {report['documents']} documents ({report['documents_skipped']} unreadable), "
           f"{report['images']} images ({report['images_corrupt']} corrupt), {report['image_pairs']} pairs, "
           f"{report['tokens']} tokens -> {args.out}, {report['documents_file']}, plots in "

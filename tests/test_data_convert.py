@@ -99,25 +99,64 @@ def test_obelics_and_mmc4_jsonl_via_cli_with_a_pool(tmp_path, images_root, capsy
     obelics.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out_obelics"
     assert convert_mod.main(["--format", "obelics", "--input", str(obelics), "--images", str(images_root),
-                             "--out", str(out), "--shard-size", "10", "--workers", "2"]) == 0
+                             "--out", str(out), "--shard-size", "10", "--workers", "2", "--url-names", "sha256"]) == 0
     printed = capsys.readouterr().err
     assert "documents: 1 written, 2 skipped (malformed record: 1, no image left: 1)" in printed
     manifest, docs = _records(out)
     assert docs[0]["texts"] == [None, "a cat"] and docs[0]["metadata"] == [{"src": "web"}, None]
     assert {s["location"].split("/")[-1] for s in _skips(out)} == {"obelics.jsonl:line 2", "obelics.jsonl:line 4"}
+    # The original reads image strings as paths (its URL hashing is commented out): the URL is a missing file.
+    with pytest.raises(convert_mod.NothingWritten):
+        convert_mod.convert(str(obelics), str(images_root), str(tmp_path / "orig"), "obelics", workers=1)
+    assert json.loads((tmp_path / "orig" / "manifest.json").read_text())["skipped"]["missing_file"] == 1
 
-    mmc4 = tmp_path / "mmc4.jsonl"
-    mmc4.write_text(json.dumps({"text_list": ["s0", "s1", "s2"], "url": "u", "image_info": [
-        {"image_name": "mmc4_a.jpg", "matched_text_index": 2, "matched_sim": 0.3},
-        {"raw_url": "https://example.com/cat.png", "matched_text_index": 0}]}) + "\n"
-        + json.dumps({"text_list": ["s"], "image_info": [{"image_name": "x.jpg", "matched_text_index": 4}]}) + "\n")
-    out = tmp_path / "out_mmc4"
-    manifest = convert_mod.convert(str(mmc4), str(images_root), str(out), "mmc4", shard_size=5, workers=1)
-    _, docs = _records(out)
-    assert docs[0]["texts"] == [None, "s0", "s1", None, "s2"]
-    assert docs[0]["images"][3] == (images_root / "mmc4_a.jpg").read_bytes()
-    assert manifest["skipped"]["malformed_record"] == 1
-    assert "matched_text_index 4" in _skips(out)[0]["detail"]
+
+def test_obelics_valid_image_is_honoured(tmp_path, images_root):
+    src = tmp_path / "obelics.jsonl"
+    src.write_text(json.dumps({"images": ["mmc4_a.jpg", None, KEYFRAMES[0], None], "texts": [None, "a", None, "b"],
+                               "valid_image": [False, True]}) + "\n"
+                   + json.dumps({"images": ["mmc4_a.jpg", None], "texts": [None, "a"], "valid_image": [1]}) + "\n")
+    manifest = convert_mod.convert(str(src), str(images_root), str(tmp_path / "out"), "obelics", workers=1)
+    _, docs = _records(tmp_path / "out")
+    assert docs[0]["texts"] == ["a", None, "b"] and docs[0]["image_meta"][1]["path"] == KEYFRAMES[0]
+    assert manifest["images_marked_invalid"] == 1 and manifest["skipped"]["malformed_record"] == 1
+
+
+MMC4_DOC = {"text_list": ["s0", "s1", "s2", "s3"], "url": "u", "similarity_matrix": [
+    [0.1, 0.2, 0.0, 0.9],   # image 0 (mmc4_a.jpg): best sentence 3
+    [0.8, 0.1, 0.0, 0.2],   # image 1 (cat.png by URL hash): best sentence 0
+    [0.0, 0.0, 0.99, 0.0]],  # image 2: not in valid_image_ids, never read
+    "valid_image_ids": [0, 1], "image_info": [
+        {"image_name": "mmc4_a.jpg", "matched_text_index": 1},
+        {"image_url": "https://example.com/cat.png", "matched_text_index": 1},
+        {"image_name": "missing.jpg", "matched_text_index": 2}]}
+
+
+@pytest.mark.parametrize("placement, max_images, layout", [
+    # The original: assignment rows (0, 1) -> sentences (3, 0); images spliced in image order into
+    # placeholders in sentence order, so image 0 lands at sentence 0 (datasets.py:160-195).
+    ("original", 12, ["a", "s0 s1 s2", "cat", "s3"]),
+    ("assigned", 12, ["cat", "s0 s1 s2", "a", "s3"]),
+    ("matched_text_index", 12, ["s0", "a", "cat", "s1 s2 s3"]),
+    ("original", 1, ["s0 s1 s2", "a", "s3"]),  # first image in image order kept, at its own sentence
+])
+def test_mmc4_reader_as_the_original(tmp_path, images_root, placement, max_images, layout):
+    from vlm_jax.data.tokenizer import seed_text_pieces
+
+    src = tmp_path / "mmc4.jsonl"
+    src.write_text(json.dumps(MMC4_DOC) + "\n" + json.dumps({**MMC4_DOC, "similarity_matrix": [[1.0]]}) + "\n")
+    manifest = convert_mod.convert(str(src), str(images_root), str(tmp_path / "out"), "mmc4", workers=1,
+                                   mmc4_placement=placement, mmc4_max_images=max_images)
+    _, docs = _records(tmp_path / "out")
+    names = {(images_root / "mmc4_a.jpg").read_bytes(): "a",
+             (images_root / url_file_name("https://example.com/cat.png")).read_bytes(): "cat"}
+    assert [t if t is not None else names[i] for t, i in zip(docs[0]["texts"], docs[0]["images"])] == layout
+    if placement != "matched_text_index":  # the second document's matrix has the wrong shape
+        assert manifest["images_marked_invalid"] == 1 and manifest["skipped"]["malformed_record"] == 1
+        assert "similarity_matrix" in _skips(tmp_path / "out")[0]["detail"]
+    if placement == "original" and max_images == 12:
+        # The original's string: " ".join("<image>s0", "s1", "s2", "<image>s3") + "</s>", spaces at <image> removed.
+        assert "<image>".join(seed_text_pieces(docs[0]["texts"], 12)) + "</s>" == "<image>s0 s1 s2<image>s3</s>"
 
 
 def test_converted_shards_feed_the_loader(tmp_path, images_root):
@@ -200,3 +239,12 @@ def test_leftovers_of_a_killed_run_are_never_read(tmp_path, images_root):
     batches = list(make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
                                             num_image_tokens=4, max_images=3, image_size=8)))
     assert sum(int(b["image_mask"].sum()) for b in batches) == 3
+
+
+def test_a_listed_shard_that_is_empty_is_refused_not_read(tmp_path, images_root):
+    out = tmp_path / "out"
+    assert _cli(tmp_path, images_root, out, "--shard-size", "1") == 0
+    (out / "corpus-train.array_record-00001-of-00002").write_bytes(b"")  # truncated after the conversion
+    with pytest.raises(CorpusError, match="00001-of-00002 listed in dataset_info.json is missing or empty"):
+        make_train_iterator(dict(shards=[str(out)], batch_size=1, seq_len=64, max_images_per_row=3,
+                                 num_image_tokens=4, max_images=3, image_size=8))

@@ -231,3 +231,16 @@ def test_fifo_input_file_inside_an_input_folder_is_not_opened(env):
     manifest, skips, docs = _convert_ok(tmp_path, images, folder)
     assert manifest["documents_written"] == 1 and skips[0]["reason"] == "malformed_record"
     assert "not a regular file" in skips[0]["detail"]
+
+
+def test_readers_refuse_an_unfinished_conversion_in_one_line(env, capsys):
+    from data_prep import stats
+
+    tmp_path, _ = env
+    out = tmp_path / "out"
+    (out / ".partial").mkdir(parents=True)
+    (out / ".partial" / "shard-00000").write_bytes(b"")
+    assert stats.main(["--data", str(out), "--out", str(tmp_path / "report.json")]) == 1
+    line = _error_line(capsys)
+    assert "a conversion did not finish" in line and "dataset_info.json" in line
+    assert not (tmp_path / "report.json").exists()

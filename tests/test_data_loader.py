@@ -207,3 +207,11 @@ def test_all_bad_corpus_stops_with_an_error_instead_of_looping(tmp_path):
     it = make_train_iterator(_config(bad, num_epochs=None))
     with pytest.raises(RuntimeError, match="no usable document"):
         next(it)
+
+
+def test_several_corpus_folders_are_read_as_one(tmp_path):
+    docs = [document(i, n_images=1 + i % 2) for i in range(6)]
+    a = write_corpus_dir(str(tmp_path / "a"), docs[:2])
+    b = write_corpus_dir(str(tmp_path / "b"), docs[2:], shard_size=2)  # 2 shards
+    names = _doc_names(_collect(make_train_iterator(_config(a, batch_size=1) | {"shards": [a, b]})))
+    assert sorted(names) == list(range(6))

@@ -74,11 +74,11 @@ def _direct_similarity(params, config, encoded):
     return float(np.mean(values))
 
 
-def _run(tmp_path, docs, featurizer, tokenizer=None, num_image_tokens=4):
+def _run(tmp_path, docs, featurizer, tokenizer=None, num_image_tokens=4, similarity="standard"):
     shard = write_corpus_dir(str(tmp_path / "corpus"), docs)
     out = str(tmp_path / "report.json")
     report = stats.compute_stats([shard], out, tokenizer=tokenizer or ByteTokenizer(), featurizer=featurizer,
-                                 num_image_tokens=num_image_tokens)
+                                 num_image_tokens=num_image_tokens, similarity=similarity)
     rows = [json.loads(line) for line in open(report["documents_file"])]
     return report, rows
 
@@ -191,7 +191,7 @@ def test_cli_with_converted_checkpoint_on_seed_json(tmp_path):
         json.dump(docs, f)
     out = tmp_path / "out" / "report.json"
     assert stats.main(["--data", str(tmp_path / "corpus.json"), "--images", str(root), "--clip-ckpt",
-                       str(tmp_path / "ckpt"), "--out", str(out), "--batch-size", "2"]) == 0
+                       str(tmp_path / "ckpt"), "--out", str(out), "--batch-size", "2", "--similarity", "standard"]) == 0
     report = json.loads(out.read_text())
     assert report["clip"]["source"].startswith("checkpoint ")
     assert report["num_image_tokens"] == cfg.num_image_tokens
@@ -210,3 +210,62 @@ def _leaves(tree, prefix=()):
             yield from _leaves(value, prefix + (key,))
         else:
             yield prefix + (key,), np.asarray(value)
+
+
+def _original_expected(params, config, encoded, image_num):
+    """The original's scripts by hand: inbatch_clip_score + inbatch_ssim_score sums, check_inbatchsim score."""
+    import cv2
+
+    feats = _direct_features(params, config, encoded)
+    clip_sum = ssim_sum = 0.0
+    for i, j in itertools.combinations(range(len(encoded)), 2):
+        cos = feats[i] @ feats[j] / (np.linalg.norm(feats[i]) * np.linalg.norm(feats[j]))
+        clip_sum += (cos + 1) / 2
+    for i, j in itertools.combinations(range(len(encoded)), 2):
+        a, b = (cv2.imdecode(np.frombuffer(encoded[k], np.uint8), cv2.IMREAD_COLOR) for k in (i, j))
+        if a.shape != b.shape:
+            b = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
+        try:
+            ssim_sum += structural_similarity(cv2.cvtColor(a, cv2.COLOR_BGR2GRAY), cv2.cvtColor(b, cv2.COLOR_BGR2GRAY),
+                                              full=True)[0]
+        except ValueError:  # an image under 7 px: the original zeroes the document's SSIM sum
+            ssim_sum = 0.0
+            break
+    clip_score = (clip_sum + 1) / 2  # check_inbatchsim.py maps the sum once more
+    return (ssim_sum + clip_score) / 2 / (image_num * (image_num - 1) / 2)
+
+
+def test_original_similarity_protocol_is_the_papers_table(tmp_path):
+    config = dataclasses.replace(VISION, has_projection=True)  # get_image_features: projected
+    params = random_vision_tower(config, seed=3)
+    featurizer = ClipFeaturizer(config, params, batch_size=4, source="test tiny projected")
+    imgs = {k: image_bytes(20 + 3 * k, 16 + 2 * k, seed=k, fmt="PNG" if k % 2 else "JPEG") for k in range(10)}
+    tiny = image_bytes(5, 5, seed=11, fmt="PNG")  # SSIM's 7x7 window does not fit: the original's sum becomes 0
+    docs = [
+        {**_doc("four", [imgs[k] for k in range(4)]), "metadata": {"image_num": 4}},
+        {**_doc("field_says_5", [imgs[k] for k in range(4, 8)]), "metadata": {"image_num": 5}},  # grouped by the field
+        {**_doc("tiny", [imgs[8], imgs[9], tiny, imgs[0]]), "metadata": {"image_num": 4}},
+        {**_doc("corrupt", [imgs[1], CORRUPT, imgs[2], imgs[3], imgs[4]]), "metadata": {"image_num": 5}},
+        _doc("no_field", [imgs[k] for k in (5, 6, 7, 8, 9)]),  # no image_num: its image count
+    ]
+    report, rows = _run(tmp_path, docs, featurizer, similarity="original")
+    by_id = {r["id"]: r for r in rows}
+    expected = {
+        "four": _original_expected(params, config, [imgs[k] for k in range(4)], 4),
+        "field_says_5": _original_expected(params, config, [imgs[k] for k in range(4, 8)], 5),
+        "tiny": _original_expected(params, config, [imgs[8], imgs[9], tiny, imgs[0]], 4),
+        "no_field": _original_expected(params, config, [imgs[k] for k in (5, 6, 7, 8, 9)], 5),
+    }
+    for doc_id, value in expected.items():
+        assert by_id[doc_id]["similarity"] == pytest.approx(value, rel=1e-5), doc_id
+    assert by_id["tiny"]["ssim_failed"] and by_id["tiny"]["ssim_sum"] == 0.0
+    assert by_id["corrupt"]["similarity"] is None  # the original's clip_success = False
+    groups = report["similarity_by_image_count"]
+    assert report["similarity_protocol"] == "original"
+    assert groups["4"]["documents"] == 2
+    assert groups["4"]["similarity"] == pytest.approx((expected["four"] + expected["tiny"]) / 2, rel=1e-5)
+    assert groups["5"]["documents"] == 2
+    assert groups["5"]["similarity"] == pytest.approx((expected["field_says_5"] + expected["no_field"]) / 2, rel=1e-5)
+    # Not the standard protocol's number: that is a mean over pairs, this a sum mapped twice over C(n, 2).
+    standard = _direct_similarity(params, config, [imgs[k] for k in range(4)])
+    assert abs(standard - expected["four"]) > 1e-3

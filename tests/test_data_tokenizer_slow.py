@@ -11,6 +11,7 @@ import sentencepiece as spm
 from transformers import LlamaTokenizer
 from transformers.tokenization_utils_sentencepiece import SPIECE_UNDERLINE, SentencePieceBackend
 
+from data_prep.stats import count_tokens
 from vlm_jax.data.tokenizer import IGNORE_INDEX, HFTokenizer, tokenize_interleaved
 from vlm_jax.evaluate.prompt_tokens import prompt_token_ids
 
@@ -100,6 +101,7 @@ def test_training_documents_match_the_slow_llama_tokenizer(tokenizers, doc):
         got = tokenize_interleaved(texts, tok, image_token_id=400, num_image_tokens=N_IMG, max_images=3,
                                    max_length=10_000)
         assert got.input_ids.tolist() == reference
+        assert count_tokens(texts, tok, N_IMG, max_images=3)["tokens"] == len(reference)  # corpus stats agree
         first = reference.index(400)
         assert got.labels.tolist()[:first] == [IGNORE_INDEX] * first
 

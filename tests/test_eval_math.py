@@ -2,15 +2,18 @@
 testmini questions: every ground truth fed back in several surface forms scores 100%, wrong answers 0%."""
 import collections
 import json
+import os
 
 import pytest
 from eval_shared_data import shared_data_dir
 
 from vlm_jax.evaluate.__main__ import main
 from vlm_jax.evaluate.answer_extract import extract_choice, extract_number, parse_number
-from vlm_jax.evaluate.data_math import load_mathverse, load_mathvision, load_mathvista, parse_inline_choices
 from vlm_jax.evaluate.examples import OPTION_LETTERS, BenchmarkFileError
-from vlm_jax.evaluate.scoring_math import score_mathverse, score_mathvision, score_mathvista
+from vlm_jax.evaluate.visual_math import (load_mathverse, load_mathvision, load_mathvista, parse_inline_choices,
+                                          score_mathverse, score_mathvision, score_mathvista)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MATHVISTA = str(shared_data_dir() / "mathvista_test_mini.json")
 
@@ -62,10 +65,10 @@ def test_mathvista_ground_truth_surface_forms_score_100_and_wrong_answers_0(math
     n_right = max(len(r) for r, _ in forms)
     for k in range(n_right):
         predictions = {e.qid: right[k % len(right)] for e, (right, _) in zip(mathvista, forms)}
-        assert score_mathvista(mathvista, predictions)["accuracy"] == 100.0, k
+        assert score_mathvista(mathvista, predictions).summary["accuracy"] == 100.0, k
     for k in range(3):
         predictions = {e.qid: wrong[k % len(wrong)] for e, (_, wrong) in zip(mathvista, forms)}
-        assert score_mathvista(mathvista, predictions)["accuracy"] == 0.0, k
+        assert score_mathvista(mathvista, predictions).summary["accuracy"] == 0.0, k
 
 
 def test_mathvista_breakdowns_by_hand(mathvista, raw_mathvista, tmp_path, capsys):
@@ -76,7 +79,8 @@ def test_mathvista_breakdowns_by_hand(mathvista, raw_mathvista, tmp_path, capsys
         records.append({"question_id": r["pid"], "answer": answer})
     preds = tmp_path / "p.jsonl"
     preds.write_text("".join(json.dumps(x) + "\n" for x in records))
-    assert main(["score", "--benchmark", "mathvista", "--predictions", str(preds), "--annotations", MATHVISTA]) == 0
+    assert main(["score", "--config", f"{REPO}/configs/eval/mathvista.py", "--predictions", str(preds),
+                 f"--config.eval_split.path={MATHVISTA}"]) == 0
     result = json.loads(capsys.readouterr().out)
     free = [r for r in raw_mathvista if r["question_type"] == "free_form"]
     assert result["accuracy"] == pytest.approx(100 * len(free) / 1000) == pytest.approx(46.0)
@@ -135,14 +139,15 @@ def test_mathvision_by_hand(tmp_path, capsys):
         {"question_id": "4", "answer": "0.5"},                           # right (1/2)
         {"question_id": "5", "answer": "B"},                             # wrong letter
         {"question_id": "6", "answer": "The answer is $2\\sqrt{3}$."}])  # right (same value)
-    assert main(["score", "--benchmark", "mathvision", "--predictions", preds, "--annotations", path]) == 0
+    assert main(["score", "--config", f"{REPO}/configs/eval/mathvision.py", "--predictions", preds,
+                 f"--config.eval_split.path={path}"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == pytest.approx(500 / 6)
     assert result["per_level"] == pytest.approx({"1": 200 / 3, "2": 100.0, "3": 100.0})
     assert result["per_subject"] == pytest.approx({"arithmetic": 100.0, "combinatorial geometry": 100.0,
                                                    "counting": 100.0, "logic": 100.0, "solid geometry": 0.0})
     wrong = {"1": "7", "2": "C", "3": "6 m", "4": "0.25", "5": "B", "6": "3"}
-    assert score_mathvision(examples, wrong)["accuracy"] == 0.0
+    assert score_mathvision(examples, wrong).summary["accuracy"] == 0.0
 
 
 def test_mathverse_by_hand(tmp_path):
@@ -162,12 +167,12 @@ def test_mathverse_by_hand(tmp_path):
     path.write_text(json.dumps(rows))
     examples = load_mathverse(str(path))
     assert examples[0].choices == ("40°", "60°", "120°", "140°") and examples[1].choices == ()
-    assert examples[0].meta["query"].startswith("Please directly answer")
-    result = score_mathverse(examples, {"1": "140°", "2": "(B)", "3": "6", "4": "The answer is y = 2x + 1"})
+    assert examples[0].meta["query"].startswith("Please directly answer")  # query_wo: the file has no "query"
+    result = score_mathverse(examples, {"1": "140°", "2": "(B)", "3": "6", "4": "The answer is y = 2x + 1"}).summary
     assert result["accuracy"] == pytest.approx(75.0)
     assert result["per_problem_version"] == {"Text Dominant": 100.0, "Text Lite": 0.0, "Vision Intensive": 100.0,
                                              "Vision Only": 100.0}
-    assert score_mathverse(examples, {"1": "A", "2": "C", "3": "The answer is 5", "4": "y=2x"})["accuracy"] == 25.0
+    assert score_mathverse(examples, {"1": "A", "2": "C", "3": "The answer is 5", "4": "y=2x"}).summary["accuracy"] == 25.0
 
 
 def test_inline_choices_and_choice_rules():

@@ -1,7 +1,10 @@
-"""The few-shot evaluation run path on a tiny random LLaVA saved as a vlm_jax orbax checkpoint and a tiny
-OK-VQA-format benchmark folder built here: the CLI writes predictions + scores (the `score` subcommand agrees),
-8 simulated devices give the same predictions in the same order as 1 (11 questions), RICES with the Flax CLIP
-tower retrieves an identical image first, and the multi-host shards cover the questions exactly once."""
+"""The few-shot evaluation run path on a tiny random LLaVA saved as a vlm_jax orbax checkpoint, a tiny random
+Hugging Face CLIPModel folder (the original's RICES encoder) and a tiny OK-VQA-format benchmark folder built
+here: the CLI writes per-question records + scores with every setting (the `score` form agrees), RICES
+retrieves over the whole demo split and puts an identical image last, the HF CLIP embedding equals
+transformers' `get_image_features`, a killed run resumes from its predictions file, 8 simulated devices give
+the same predictions in the same order as 1 (11 questions), and the multi-host shards cover the questions
+exactly once."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,14 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_jax.checkpoint import load_params, load_vision_tower, save_params
+from vlm_jax.checkpoint import load_config, load_params, load_vision_tower, save_params
 from vlm_jax.models.init import random_params
 from vlm_jax.evaluate.__main__ import main as evaluate_main
-from vlm_jax.evaluate.clip_embed import checkpoint_embedder
+from vlm_jax.evaluate.clip_embed import checkpoint_embedder, hf_clip_embedder
 from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.rices import embed_images, rices_indices
 from vlm_jax.evaluate.run import run_evaluation
-from vlm_jax.evaluate.run_cli import parse
+from vlm_jax.evaluate.__main__ import parse
 from vlm_jax.models.clip import CLIPVisionTower
 from vlm_jax.models.config import preset
 
@@ -66,7 +69,23 @@ def setup(tmp_path_factory):
     write_split(root, "val", N_VAL, seed=2)
     # val question 3 shows exactly train image 4: RICES must put train question 4 last (nearest the query)
     (root / "val" / "2003.png").write_bytes((root / "train" / "1004.png").read_bytes())
+    write_hf_clip(root / "clip")
     return root
+
+
+def write_hf_clip(path):
+    """A tiny random transformers CLIPModel (28 px, projection 16) saved as safetensors."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=28, patch_size=14),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         vocab_size=50, bos_token_id=0, eos_token_id=1, pad_token_id=1), projection_dim=16)).eval()
+    clip.save_pretrained(path)
+    return clip
 
 
 def cli_args(root, out, *extra):
@@ -78,7 +97,8 @@ def cli_args(root, out, *extra):
     s = "demo_split"
     args += split("train")
     return ["--config", "configs/eval/okvqa.py", "--ckpt", str(root / "ckpt"), *args, "--config.tokenizer=byte",
-            "--config.dtype=float32", "--config.max_new_tokens=5", "--config.batch_size=4",            f"--config.output_dir={out}", *extra]
+            "--config.dtype=float32", "--config.max_new_tokens=5", "--config.batch_size=4",
+            f"--config.rices.clip_path={root / 'clip'}", f"--config.output_dir={out}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +106,7 @@ def cli_run(setup):
     out = setup / "out"
     stdout = io.StringIO()
     with redirect_stdout(stdout):
-        assert evaluate_main(cli_args(setup, out, "--config.shots=2", "--config.demo_selection=rices")) == 0
+        assert evaluate_main(cli_args(setup, out, "--config.shots=2")) == 0
     return out, json.loads(stdout.getvalue())
 
 
@@ -97,32 +117,83 @@ def read_jsonl(path):
 def test_cli_writes_predictions_and_scores(setup, cli_run):
     out, printed = cli_run
     records = read_jsonl(out / "okvqa_2shot_rices.predictions.jsonl")
+    annotations = {str(a["question_id"]): a
+                   for a in json.loads((setup / "val_annotations.json").read_text())["annotations"]}
     val = json.loads((setup / "val_questions.json").read_text())["questions"]
     assert [r["question_id"] for r in records] == [str(q["question_id"]) for q in val]  # question order, all once
     for r, q in zip(records, val):
         assert r["prompt"].count("<image>") == 3 and r["prompt"].endswith(f"{q['question']}\n"
                                                                            "Answer the question using a single word or phrase. ASSISTANT:")
         assert len(r["demo_ids"]) == 2 and all(d.startswith("100") for d in r["demo_ids"])
-        assert isinstance(r["answer"], str)
+        assert isinstance(r["answer"], str) and isinstance(r["extracted"], str) and 0 <= r["score"] <= 1
+        assert r["ground_truth"] == [a["answer"] for a in annotations[r["question_id"]]["answers"]]
     assert records[3]["demo_ids"][-1] == "1004"
     assert len({r["answer"] for r in records}) > 1  # the random model does produce varied text
     scores = json.loads((out / "okvqa_2shot_rices.scores.json").read_text())
-    assert scores == printed and scores["count"] == N_VAL and scores["shots"] == 2 and scores["missing"] == 0
-    # the standalone scorer on the written predictions gives the same accuracy
+    assert scores == printed and scores["count"] == N_VAL and scores["missing"] == 0
+    assert scores["accuracy"] == pytest.approx(100 * np.mean([r["score"] for r in records]))
+    settings = scores["settings"]
+    assert (settings["protocol"], settings["shots"], settings["demo_selection"], settings["rices_encoder"],
+            settings["dtype"], settings["seed"], settings["pool_size"]) == ("original", 2, "rices", "clip",
+                                                                             "float32", 42, N_TRAIN)
+    assert settings["vlm_jax_version"] and settings["date"][:2] == "20" and scores["scorer"] == "okvqa_eval_original"
+    assert settings["config"]["rices"]["clip_path"] == str(setup / "clip") and settings["max_new_tokens"] == 5
+    # the score form on the written predictions gives the same accuracy
     stdout = io.StringIO()
     with redirect_stdout(stdout):
-        assert evaluate_main(["score", "--benchmark", "okvqa", "--predictions",
+        assert evaluate_main(["score", "--config", "configs/eval/okvqa.py", "--predictions",
                               str(out / "okvqa_2shot_rices.predictions.jsonl"),
-                              "--annotations", str(setup / "val_annotations.json"),
-                              "--questions", str(setup / "val_questions.json")]) == 0
+                              f"--config.eval_split.annotations_path={setup / 'val_annotations.json'}",
+                              f"--config.eval_split.questions_path={setup / 'val_questions.json'}"]) == 0
     assert json.loads(stdout.getvalue())["accuracy"] == pytest.approx(scores["accuracy"])
     assert (out / "rices_cache").is_dir() and len(list((out / "rices_cache").iterdir())) == 2
+
+
+def test_killed_run_resumes_from_its_predictions(setup, cli_run):
+    """A predictions file cut after 4 questions (and a torn 5th line) is resumed: only the other 7 questions
+    are generated, and the outputs equal the uninterrupted run's."""
+    out, printed = cli_run
+    full = (out / "okvqa_2shot_rices.predictions.jsonl").read_text().splitlines()
+    partial = setup / "partial"
+    partial.mkdir()
+    kept = [json.dumps({k: v for k, v in json.loads(line).items() if k in ("question_id", "prompt", "answer",
+                                                                            "demo_ids")}) for line in full[:4]]
+    (partial / "okvqa_2shot_rices.predictions.jsonl").write_text("\n".join(kept) + "\n" + full[4][:25])
+    stdout = io.StringIO()
+    with redirect_stdout(stdout):
+        assert evaluate_main(cli_args(setup, partial, "--config.shots=2")) == 0
+    resumed = json.loads(stdout.getvalue())
+    assert resumed["resumed"] == 4 and resumed["accuracy"] == pytest.approx(printed["accuracy"])
+    assert (partial / "okvqa_2shot_rices.predictions.jsonl").read_text().splitlines() == full
+    # a predictions file written with other prompts is not silently mixed in
+    (partial / "okvqa_1shot_rices.predictions.jsonl").write_text(full[0] + "\n")
+    assert evaluate_main(cli_args(setup, partial, "--config.shots=1")) == 1
+
+
+def test_hf_clip_encoder_equals_transformers(setup):
+    """The original's RICES features: projected CLS of the HF CLIP (`get_image_features`) on images resized and
+    centre-cropped (no square padding) as CLIPImageProcessor does, here at the tiny tower's 28 px."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    paths = [str(p) for p in sorted((setup / "train").glob("*.png"))]
+    embed, model_id = hf_clip_embedder(setup / "clip", batch_size=4)
+    ours = embed(paths)
+    clip = CLIPModel.from_pretrained(setup / "clip").eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    with torch.no_grad():
+        pixels = processor([Image.open(p) for p in paths], return_tensors="pt")["pixel_values"]
+        out = clip.get_image_features(pixel_values=pixels)
+        theirs = (out.pooler_output if hasattr(out, "pooler_output") else out).numpy()
+    assert ours.shape == (len(paths), 16)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert model_id != checkpoint_embedder(setup / "ckpt")[1]
 
 
 def test_one_device_matches_eight(setup, cli_run):
     assert len(jax.devices()) == 8 and N_VAL % 8
     out, _ = cli_run
-    config = parse(cli_args(setup, setup / "out1", "--config.shots=2", "--config.demo_selection=rices")).config
+    config = parse(cli_args(setup, setup / "out1", "--config.shots=2"), "run").config
     scores = run_evaluation(config, setup / "ckpt", devices=jax.devices()[:1])
     assert scores["devices_per_process"] == 1
     eight = read_jsonl(out / "okvqa_2shot_rices.predictions.jsonl")
@@ -194,3 +265,18 @@ def test_batched_rows_match_one_by_one(setup):
     for p in range(2):
         assert gather_rows(local[p], slices[p], len(requests), 4, process_count=2,
                            allgather=lambda x: np.stack(packed)) == rows
+
+
+def test_eight_shots_switch_the_language_model_to_dynamic_ntk_rope(setup):
+    """As the original's loader (`llama_use_rope_scaling=args.shots >= 8`): dynamic NTK, factor 3, from 8 shots."""
+    from vlm_jax.evaluate.run import model_config_for_run
+    from vlm_jax.models.config import RopeScaling
+
+    config = parse(cli_args(setup, setup / "out8", "--config.shots=8"), "run").config
+    assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling == \
+        RopeScaling(rope_type="dynamic", factor=3.0)
+    config.shots = 4  # the checkpoint's own RoPE (the tiny preset's is Llama-3 scaled)
+    own = load_config(setup / "ckpt").text_config.rope_scaling
+    assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling == own != RopeScaling(rope_type="dynamic", factor=3.0)
+    config.rope_scaling = "dynamic"
+    assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling.rope_type == "dynamic"

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlm_jax.data.tokenizer import ByteTokenizer
 from vlm_jax.evaluate.batched_generation import plan_batches
 from vlm_jax.evaluate.examples import Example
-from vlm_jax.evaluate.prompt_tokens import prompt_token_ids
+from vlm_jax.evaluate.registry import LOADERS, load_split, names
+from vlm_jax.evaluate.rices import random_select_indices
 from vlm_jax.evaluate.run import select_demonstrations
-from vlm_jax.evaluate.run_config import check_config
-from vlm_jax.evaluate.splits import LOADERS, load_split
+from vlm_jax.evaluate.run_config import ConfigError, check_config, max_new_tokens, uses_ntk_rope
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "eval").glob("*.py"))
 
@@ -25,25 +24,55 @@ def test_config_files_name_real_loader_arguments(path):
     config = runpy.run_path(str(path))["get_config"]()
     assert config.benchmark == path.stem
     check_config(config)
+    names()  # the family modules register their loaders
     for split in (config.eval_split, config.demo_split):
         spec = dict(split)
         params = inspect.signature(LOADERS[spec.pop("loader")]).parameters
         assert set(spec) <= set(params), f"{path.name}: {sorted(set(spec) - set(params))}"
-    assert len(CONFIGS) == 6
+    assert sorted(p.stem for p in CONFIGS) == names()
+
+
+def test_original_defaults_of_the_configs():
+    """Math demonstrations from another benchmark, 512 new tokens for math, RICES over the whole pool with the
+    CLIP encoder, NTK RoPE from 8 shots."""
+    config = {p.stem: runpy.run_path(str(p))["get_config"]() for p in CONFIGS}
+    assert config["mathvista"].demo_split.loader == "mathvision"
+    assert config["mathverse"].demo_split.loader == "mathvision"
+    assert config["mathvision"].demo_split.loader == "mathvista"
+    assert config["scienceqa"].demo_split.images_only and config["scienceqa"].demo_split.split == "train"
+    assert [max_new_tokens(config[b]) for b in ("mathvista", "mathvision", "mathverse", "okvqa", "scienceqa")] == \
+        [512, 512, 512, 128, 128]
+    okvqa = config["okvqa"]
+    assert (okvqa.protocol, okvqa.demo_selection, okvqa.rices.encoder, okvqa.rices.pool) == \
+        ("original", "rices", "clip", "all")
+    assert not uses_ntk_rope(okvqa)
+    okvqa.shots = 8
+    assert uses_ntk_rope(okvqa)
+    okvqa.rope_scaling = "none"
+    assert not uses_ntk_rope(okvqa)
+    okvqa.protocol = "paper"
+    with pytest.raises(ConfigError, match="config.protocol='paper'"):
+        check_config(okvqa)
 
 
 def test_load_split_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"config.eval_split.loader='nope'"):
         load_split({"loader": "nope"}, "config.eval_split")
-    with pytest.raises(ValueError, match=r"config.demo_split: bad arguments \['bogus', 'path'\]"):
+    with pytest.raises(ValueError, match=r"config.demo_split: bad arguments \['bogus'\]"):
         load_split({"loader": "mathvista", "path": "x.json", "bogus": 1}, "config.demo_split")
 
 
-def test_prompt_token_ids_expand_images_and_close_answers_with_eos():
-    tok = ByteTokenizer()
-    b = lambda text: [x + 4 for x in text.encode()]  # noqa: E731  ByteTokenizer: id = byte + 4
-    ids = prompt_token_ids("S U: <image>\nq A: a</s>U: <image>\nr A:", tok, image_token_id=9, num_image_tokens=3)
-    assert ids == [1] + b("S U: ") + [9] * 3 + b("\nq A: a") + [2] + b("U: ") + [9] * 3 + b("\nr A:")
+def test_random_select_is_the_originals_python_random_stream():
+    """The original's math random mode: `random.seed(42)` once, then `random.sample(range(N), k)` per question in
+    order (the pool is not the question file: no exclusion)."""
+    import random
+    random.seed(42)
+    expected = [random.sample(range(10), 2) for _ in range(3)]
+    assert random_select_indices(10, 2, 42, 3) == expected
+    pool = [_example(str(i), "mathvision") for i in range(10)]
+    config = Config(shots=2, demo_selection="random_select", seed=42, include_self_first=False)
+    demos = select_demonstrations(config, [_example(str(i)) for i in range(3)], pool)
+    assert [[int(d.qid) for d in row] for row in demos] == expected
 
 
 def _example(qid, benchmark="mathvista", image_dir=""):

@@ -1,4 +1,5 @@
-"""OK-VQA / TextVQA scorers against accuracies computed by hand from the official rules.
+"""OK-VQA / TextVQA scorers against accuracies computed by hand from the official rules, for the original
+protocol (the Multimodal-Textbook scorers) and vlm_jax's "standard" one.
 
 Leave-one-out VQA accuracy with m of 10 humans matching: the m subsets that drop a matching human see m-1
 matches, the 10-m others see m, so acc = (m * min(1, (m-1)/3) + (10-m) * min(1, m/3)) / 10:
@@ -12,10 +13,9 @@ import sys
 import pytest
 
 from vlm_jax.evaluate.__main__ import main
-from vlm_jax.evaluate.data_vqa import load_vqa
-from vlm_jax.evaluate.examples import BenchmarkFileError
-from vlm_jax.evaluate.scoring_vqa import (leave_one_out_accuracy, short_answer, textvqa_accuracy,
-                                          vqa_accuracy)
+from vlm_jax.evaluate.examples import BenchmarkFileError, Example
+from vlm_jax.evaluate.vqa import (leave_one_out_accuracy, load_vqa, okvqa_accuracy, score_okvqa, score_textvqa,
+                                  short_answer, textvqa_accuracy, vqa_accuracy)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +25,11 @@ def answers(*groups):
     out = [a for a, n in groups for _ in range(n)]
     assert len(out) == 10
     return out
+
+
+def score_args(config, preds, *overrides):
+    return ["score", "--config", os.path.join(REPO, "configs", "eval", f"{config}.py"), "--predictions", preds,
+            *overrides]
 
 
 @pytest.mark.parametrize("matches, expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
@@ -69,9 +74,30 @@ def test_official_vqa_normalisation(prediction, humans, expected):
     ("bananas", answers(("banana", 2), ("apple", 8)), 0.0, 0.6),
     ("police", answers(("police", 10)), 1.0, 1.0),
 ])
-def test_okvqa_porter_stemming_of_both_sides(prediction, humans, expected_plain, expected_stemmed):
+def test_standard_okvqa_stems_every_word_of_both_sides(prediction, humans, expected_plain, expected_stemmed):
     assert vqa_accuracy(prediction, humans) == pytest.approx(expected_plain)
     assert vqa_accuracy(prediction, humans, stem=True) == pytest.approx(expected_stemmed)
+
+
+# The original OKVQAEval: Porter stem of the WHOLE prediction string after punctuation processing (Porter step
+# 5a drops a final "e" of a word with measure > 1: "police" -> "polic"; step 5b drops one "l" of a final "ll":
+# "baseball" -> "basebal"; step 1a drops a plural "s" only at the end of the string: "riding horses" ->
+# "riding horse" -> 5a "riding hors"); human answers are processed (and stemmed) only when they disagree.
+@pytest.mark.parametrize("prediction, humans, original, standard", [
+    # identical human answers stay raw: "polic" != "police" (standard stems both: equal)
+    ("police", answers(("police", 10)), 0.0, 1.0),
+    # pre-stemmed human answers "basebal": the original matches, standard stems them again to "baseb"
+    ("baseball", answers(("basebal", 10)), 1.0, 0.0),
+    # disagreeing humans are stemmed too: "riding horses" and 3 x "riding horses" -> "riding hors" (3 matches);
+    # standard stems every word: "ride hors" on both sides, also 3 matches
+    ("Riding horses", answers(("riding horses", 3), ("walking", 7)), 0.9, 0.9),
+    # a human "ride horse" stems per word to "ride hors" (standard: 2 matches with "ride hors"); the original's
+    # whole-string stem of "ride horse" is "ride hors" and of the prediction "riding horses" "riding hors": 0
+    ("riding horses", answers(("ride horse", 2), ("walking", 8)), 0.0, 0.6),
+])
+def test_original_okvqa_scorer(prediction, humans, original, standard):
+    assert okvqa_accuracy(prediction, humans) == pytest.approx(original)
+    assert vqa_accuracy(prediction, humans, stem=True) == pytest.approx(standard)
 
 
 @pytest.mark.parametrize("generation, expected", [
@@ -98,6 +124,23 @@ def test_short_answer_postprocess(generation, expected):
 ])
 def test_textvqa_m4c_accuracy(prediction, humans, expected):
     assert textvqa_accuracy(prediction, humans) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("generation, original, standard", [
+    # the original feeds the raw generation to the M4C processor; standard cuts it with short_answer first
+    ("Nike, Inc.", 0.0, 1.0),         # raw -> "nike inc" (0 matches); short -> "nike"
+    ("yes\nThe sign says stop", 0.0, 1.0),
+    ("nike", 1.0, 1.0),
+])
+def test_textvqa_raw_generation_vs_short_answer(generation, original, standard):
+    example = Example(qid="1", image_path="", question_text="q", answers=tuple(["nike"] * 4 + ["yes"] * 6),
+                      meta={"benchmark": "textvqa"})
+    if "yes" in generation:
+        example = Example(qid="1", image_path="", question_text="q", answers=tuple(["yes"] * 10),
+                          meta={"benchmark": "textvqa"})
+    for protocol, expected in (("original", original), ("standard", standard)):
+        scored = score_textvqa([example], {"1": generation}, protocol=protocol)
+        assert scored.records[0]["score"] == pytest.approx(expected), protocol
 
 
 def test_textvqa_needs_ten_answers():
@@ -136,9 +179,12 @@ def test_okvqa_cli(tmp_path, capsys):
         {"question_id": 11, "answer": "It is riding.\nHe rides a horse."},  # -> "riding" -> stem "ride": 0.9
         {"question_id": 22, "answer": "Two, I think"},                      # -> "two" -> "2": 0.6
         {"question_id": 33, "answer": "apple"}])                            # 0
-    assert main(["score", "--benchmark", "okvqa", "--predictions", preds, "--annotations", a, "--questions", q]) == 0
+    paths = [f"--config.eval_split.questions_path={q}", f"--config.eval_split.annotations_path={a}"]
+    assert main(score_args("okvqa", preds, *paths)) == 0
     result = json.loads(capsys.readouterr().out)
+    # original: "riding" -> whole-string stem "ride"; the humans disagree so they are stemmed too: 3 -> 0.9
     assert result["accuracy"] == pytest.approx((0.9 + 0.6 + 0.0) / 3 * 100)
+    assert result["scorer"] == "okvqa_eval_original"
     assert result["count"] == 3 and result["missing"] == 0
     assert result["per_answer_type"] == pytest.approx({"number": 60.0, "other": 45.0})
     assert result["per_question_type"] == pytest.approx(
@@ -148,15 +194,14 @@ def test_okvqa_cli(tmp_path, capsys):
 def test_missing_and_unknown_predictions(tmp_path, capsys):
     q, a = _write_okvqa(tmp_path)
     partial = _write_jsonl(tmp_path / "partial.jsonl", [{"question_id": 22, "answer": "2"}])
-    args = ["score", "--benchmark", "okvqa", "--predictions", partial, "--annotations", a, "--questions", q]
-    assert main(args) == 1
+    paths = [f"--config.eval_split.questions_path={q}", f"--config.eval_split.annotations_path={a}"]
+    assert main(score_args("okvqa", partial, *paths)) == 1
     assert "no prediction for 2 of 3 questions" in capsys.readouterr().err
-    assert main(args + ["--allow-missing"]) == 0
+    assert main(score_args("okvqa", partial, *paths, "--config.allow_missing=True")) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["missing"] == 2 and result["accuracy"] == pytest.approx(0.6 * 100 / 3)
     unknown = _write_jsonl(tmp_path / "unknown.jsonl", [{"question_id": 99, "answer": "2"}])
-    assert main(["score", "--benchmark", "okvqa", "--predictions", unknown, "--annotations", a,
-                 "--questions", q, "--allow-missing"]) == 1
+    assert main(score_args("okvqa", unknown, *paths, "--config.allow_missing=True")) == 1
     assert "not in the benchmark" in capsys.readouterr().err
 
 
@@ -170,18 +215,21 @@ def test_textvqa_native_file_cli_runs_alone(tmp_path):
     ann.write_text(json.dumps(data))
     preds = _write_jsonl(tmp_path / "p.jsonl", [{"question_id": 5, "answer": "Coca-Cola. It is a can."},
                                                 {"question_id": 6, "answer": "It is 1,000."}])
-    out = subprocess.run([sys.executable, "-m", "vlm_jax.evaluate", "score", "--benchmark", "textvqa",
-                          "--predictions", preds, "--annotations", str(ann)],
-                         cwd=REPO, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "vlm_jax.evaluate", *score_args("textvqa", preds, f"--config.eval_split.path={ann}")]
+    out = subprocess.run(cmd + ["--config.protocol=standard"], cwd=REPO, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
-    assert result["accuracy"] == pytest.approx((0.6 + 0.3) / 2 * 100)
+    assert result["accuracy"] == pytest.approx((0.6 + 0.3) / 2 * 100)  # short answers "coca-cola", "1,000"
     assert result["count"] == 2
+    # the original's raw generations: "coca cola it is can" and "it is 1000" match no human answer
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["accuracy"] == 0.0
 
 
 def test_bad_prediction_record_is_named(tmp_path, capsys):
     q, a = _write_okvqa(tmp_path)
     preds = _write_jsonl(tmp_path / "p.jsonl", [{"question_id": 11}])
-    assert main(["score", "--benchmark", "okvqa", "--predictions", preds, "--annotations", a, "--questions", q]) == 1
+    assert main(score_args("okvqa", preds, f"--config.eval_split.questions_path={q}",
+                           f"--config.eval_split.annotations_path={a}")) == 1
     assert "p.jsonl record #0: missing field 'answer'" in capsys.readouterr().err
     with pytest.raises(BenchmarkFileError, match="missing field 'questions'"):
         load_vqa(a, None)
@@ -205,9 +253,9 @@ def test_vqa_loader_files_and_image_names(tmp_path):
         load_vqa(q, str(tmp_path / "fewer.json"))
 
 
-def test_judge_flag_only_for_math(tmp_path, capsys):
+def test_judge_scorer_only_for_math(tmp_path, capsys):
     q, a = _write_okvqa(tmp_path)
     preds = _write_jsonl(tmp_path / "p.jsonl", [{"question_id": i, "answer": "x"} for i in (11, 22, 33)])
-    assert main(["score", "--benchmark", "okvqa", "--predictions", preds, "--annotations", a, "--questions", q,
-                 "--judge"]) == 1
-    assert "--judge applies to" in capsys.readouterr().err
+    assert main(score_args("okvqa", preds, f"--config.eval_split.questions_path={q}",
+                           f"--config.eval_split.annotations_path={a}", "--config.scorer=judge")) == 1
+    assert "math benchmarks only" in capsys.readouterr().err

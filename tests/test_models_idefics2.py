@@ -190,3 +190,13 @@ def test_param_count_of_idefics2_8b_base_equals_transformers():
     assert 8.0e9 < n < 8.5e9
     tiny = hf_tiny.idefics2_config()
     assert param_count(tiny) == hf_param_count(tiny.to_hf())
+    assert config_lib.preset("idefics2-8b-base") == cfg
+
+
+def test_param_count_cli_prints_idefics2_parts(capsys):
+    from vlm_jax.models.param_count import main
+
+    assert main(["--preset", "idefics2-8b-base"]) == 0
+    rows = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    parts = [int(rows[k].replace(",", "")) for k in ("vision_model", "connector", "text_model")]
+    assert sum(parts) == int(rows["total"].replace(",", "")) == hf_param_count(IDEFICS2_8B_BASE)

@@ -51,7 +51,14 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
-    """Mesh with axes ("data", "fsdp", "tensor"); one size may be -1 (= all remaining devices)."""
+    """Mesh with axes ("data", "fsdp", "tensor"); one size may be -1 (= all remaining devices).
+
+    TPU devices are laid out by their physical coordinates (`mesh_utils.create_device_mesh`) so
+    neighbouring mesh positions are ICI neighbours. Devices of several slices (multislice; devices
+    with `slice_index`) put the slices along `data`: `data` must be a multiple of the slice count, and
+    only `data` traffic crosses the data-centre network (DCN); `fsdp` and `tensor` stay inside a
+    slice. Other devices (CPU, GPU) keep `jax.devices()` order, process by process.
+    """
     devices = list(jax.devices() if devices is None else devices)
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
@@ -63,7 +70,21 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence 
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ValueError(f"make_mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {len(devices)} devices")
-    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    if devices[0].platform != "tpu":
+        return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    from jax.experimental import mesh_utils
+
+    num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if num_slices > 1:
+        if sizes[0] % num_slices:
+            raise ValueError(f"make_mesh: {num_slices} slices need data ({sizes[0]}) to be a multiple of "
+                             f"{num_slices} (data-parallel across slices over DCN)")
+        ici = (sizes[0] // num_slices, sizes[1], sizes[2])
+        grid = mesh_utils.create_hybrid_device_mesh(ici, (num_slices, 1, 1), devices,
+                                                    allow_split_physical_axes=True)
+    else:
+        grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES)
 
 
 def _is_box(x) -> bool:

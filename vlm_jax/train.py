@@ -306,6 +306,30 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
     return state, summary
 
 
+def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> int:
+    """`--compile_topology`: compiles the train step for a TPU slice (`vlm_jax.training.aot`), prints a
+    table and, as the last line, a JSON object; returns 0 if it fits the chip's HBM, else 1 (after one
+    `does not fit: ...` line on stderr)."""
+    from vlm_jax.topology import parse_slice
+    from vlm_jax.training import aot
+
+    if not os.environ.get("JAX_PLATFORMS"):  # nothing runs here: no accelerator backend needed
+        jax.config.update("jax_platforms", "cpu")
+    try:
+        tpu_slice = parse_slice(topology)
+    except ValueError as e:
+        raise cli.UsageError(f"--compile_topology: {e}") from e
+    architecture = None
+    if config.init_checkpoint and os.path.exists(os.path.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
+        architecture = ckpt_lib.load_config(config.init_checkpoint)
+    report = aot.compile_train_step(config, resolve_model_config(config, architecture), tpu_slice)
+    print(aot.format_table(report), flush=True)
+    if not report["fits"]:
+        print(f"does not fit: train step on {tpu_slice.name} {report['reason']}", file=sys.stderr, flush=True)
+    print(json.dumps(aot.summary_json(report)), flush=True)
+    return 0 if report["fits"] else 1
+
+
 PROG = "python -m vlm_jax.train"
 
 
@@ -313,6 +337,10 @@ def _define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "Run directory; overrides config.workdir.", flag_values=values)
     flags.DEFINE_integer("verbosity", None, "absl log level (0: INFO, with orbax's per-save lines; default WARNING)",
                          short_name="v", flag_values=values)
+    flags.DEFINE_string("compile_topology", None, "Do not train: compile the train step for this TPU slice (v5p-8, "
+                        "v5e-16, v4-8, v6e-8, v5p:2x2x1, 2xv5e-16; see vlm_jax.topology) on this machine, print the "
+                        "memory per chip and exit 0 if it fits the chip's HBM, else 1. Needs libtpu "
+                        "(pip install -e '.[tpu]'); JAX itself runs on CPU.", flag_values=values)
 
 
 def parse_flags(argv: list[str]) -> flags.FlagValues:
@@ -330,13 +358,15 @@ def _main(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         print(__doc__)
         print(f"flags: --config FILE (required), --config.FIELD=VALUE (any field of vlm_jax/training/config.py), "
-              f"--workdir DIR, --verbosity N\n{_CONFIG_FIELDS_HELP}")
+              f"--workdir DIR, --verbosity N, --compile_topology SLICE\n{_CONFIG_FIELDS_HELP}")
         return 0
     values = parse_flags(argv)
     config = values.config
     logging.use_absl_handler()
     # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
     logging.set_verbosity(logging.WARNING if values.verbosity is None else values.verbosity)
+    if values.compile_topology:
+        return compile_for_topology(config, values.compile_topology)
     summary = train(config, values.workdir or config.workdir, source=values["config"].config_filename)
     _log(json.dumps(summary, indent=2))
     return 0

@@ -1,10 +1,14 @@
-"""MathVerse testmini (the versions with an image). No training split: demonstrations come from the same file,
-never the question itself."""
+"""MathVerse testmini (the versions with an image). Demonstrations come from MATH-Vision test, as the original
+(`scripts/mathverse_fewshot.sh`): MathVerse holds each problem in several versions sharing image and answer,
+so in-file retrieval would show the question's own answer."""
 from vlm_jax.evaluate.run_config import base_config
 
 ROOT = "data/eval/mathverse"
+MATHVISION = "data/eval/mathvision"
 
 
 def get_config():
-    split = {"loader": "mathverse", "path": f"{ROOT}/testmini.json", "image_dir": f"{ROOT}/images"}
-    return base_config("mathverse", eval_split=split, demo_split=split)
+    return base_config(
+        "mathverse",
+        eval_split={"loader": "mathverse", "path": f"{ROOT}/testmini.json", "image_dir": f"{ROOT}/images"},
+        demo_split={"loader": "mathvision", "path": f"{MATHVISION}/data/test.jsonl", "image_dir": MATHVISION})

@@ -135,7 +135,7 @@ def widest_dtype(src: HFSource) -> np.dtype:
 
 
 def build_params(src: HFSource, config: LlavaConfig, dtype: np.dtype, seed: int) -> dict:
-    """The layer-stacked numpy param tree, filled tensor by tensor (in file order) through the family's weight
+    """The layer-stacked numpy param tree, filled tensor by tensor (file by file) through the family's weight
     table (`vlm_jax.models.hf`)."""
     family = hf.family_of(config)
     mappings = family.tensor_mappings(config, family.CANONICAL)
@@ -147,7 +147,7 @@ def build_params(src: HFSource, config: LlavaConfig, dtype: np.dtype, seed: int)
 
     def order(item):
         s = item[1]
-        return (0, "", 0) if s.ckpt is None else (1, str(s.ckpt.info(s.key).file), s.ckpt.info(s.key).offset)
+        return (0, "", "") if s.ckpt is None else (1, str(s.ckpt.info(s.key).file), s.key)
 
     for name, source in sorted(src.tensors.items(), key=order):
         if source.ckpt is None:  # torch.nn.Linear's default init, which LLaVA's projector starts from

@@ -26,7 +26,8 @@ import numpy as np
 from absl import flags as absl_flags
 from PIL import Image
 
-from vlm_jax.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_image, read_processor_settings
+from vlm_jax.data.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageRejected, preprocess_image,
+                                read_processor_settings)
 from vlm_jax.data.packing import document_example, pack_documents
 from vlm_jax.data import records as corpus_records
 from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer, tokenize_interleaved
@@ -42,6 +43,7 @@ COUNTER_NAMES = (
     "images_used",
     "images_skipped_corrupt",  # bytes that PIL cannot decode
     "images_skipped_missing",  # empty image bytes
+    "images_skipped_too_large",  # over the pixel or aspect-ratio limit of vlm_jax.data.image (never decoded)
     "images_dropped",  # beyond max_images or the length budget (not an error)
 )
 
@@ -163,6 +165,9 @@ class DocumentProcessor(grain.transforms.Map):
                     continue
                 try:
                     pixels[pos] = self._load_image(images[pos])
+                except ImageRejected:  # over the pixel / aspect-ratio limit: refused from the header
+                    counts["images_skipped_too_large"] += 1
+                    failed.append(pos)
                 except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image: skip and count.
                     counts["images_skipped_corrupt"] += 1
                     failed.append(pos)
@@ -172,7 +177,8 @@ class DocumentProcessor(grain.transforms.Map):
             remap = {old: new for new, old in enumerate(keep)}
             texts, images = [texts[i] for i in keep], [images[i] for i in keep]
             pixels = {remap[p]: v for p, v in pixels.items()}
-        failed_total = counts["images_skipped_missing"] + counts["images_skipped_corrupt"]
+        failed_total = (counts["images_skipped_missing"] + counts["images_skipped_corrupt"]
+                        + counts["images_skipped_too_large"])
         if tokenized is None:
             no_image_left = not any(t is None for t in texts)
             counts["documents_skipped_no_image" if no_image_left else "documents_skipped_too_long"] = 1

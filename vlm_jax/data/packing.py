@@ -87,3 +87,13 @@ def token_counts(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
     seg = np.asarray(batch["segment_ids"])
     documents = sum(len(np.unique(row[row > 0])) for row in seg)
     return {"real_tokens": int((seg > 0).sum()), "total_tokens": int(seg.size), "documents": int(documents)}
+
+
+def row_spec(seq_len: int, max_images_per_row: int, image_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Per-row `(shape, dtype)` of every `ROW_KEYS` array that `pack_documents` emits (a batch adds a
+    leading `[batch]`); e.g. for ahead-of-time compilation with `jax.ShapeDtypeStruct`."""
+    tokens = ((seq_len,), np.dtype(np.int32))
+    return {"input_ids": tokens, "targets": tokens, "loss_mask": ((seq_len,), np.dtype(np.float32)),
+            "positions": tokens, "segment_ids": tokens,
+            "pixel_values": ((max_images_per_row, image_size, image_size, 3), np.dtype(np.float32)),
+            "image_mask": ((max_images_per_row,), np.dtype(np.bool_))}

@@ -1,12 +1,11 @@
-"""Few-shot evaluation of vlm_jax models on OK-VQA, TextVQA, ScienceQA, MathVista, MATH-Vision and MathVerse.
+"""Few-shot evaluation of vlm_jax models on OK-VQA, TextVQA (+ OCR), ScienceQA, MathVista, MATH-Vision, MathVerse.
 
-Modules: `examples` (the uniform Example record), `data_vqa` / `data_scienceqa` / `data_math` (loaders of the
-benchmarks' public files), `prompts` (LLaVA-1.5 few-shot prompts), `rices` (demonstration selection and
-cached image embeddings), `scoring_vqa` / `scoring_scienceqa` / `scoring_math` (+ `vqa_normalize`,
-`answer_extract`, `judge`) and `score_cli` (`python -m vlm_jax.evaluate score`).
-
-The generation run (`python -m vlm_jax.evaluate --config configs/eval/BENCH.py --ckpt CKPT`): `run_config` (the
-ConfigDict of a run), `splits` (config split specs → examples), `clip_embed` (RICES embeddings from a
-checkpoint's Flax CLIP tower), `pixels`, `prompt_tokens`, `batched_generation` (batched, data-parallel
-`generate`), `run` (the run itself) and `run_cli`.
+One module per benchmark family, each with its loaders, prompt turns, scorer and breakdowns, registered in
+`registry` (read by both command forms): `vqa`, `scienceqa`, `visual_math`. Shared pieces: `examples` (the
+uniform Example record, file readers), `prompts` (turns → text / image / end-of-turn segments; pluggable
+templates), `prompt_tokens` (segments → token ids), `predictions` (prediction files, records, aggregation),
+`vqa_normalize` / `answer_extract` (answer normalisation, rule-based extraction), `judge` (the original's LLM
+judge), `rices` + `clip_embed` (demonstration selection, CLIP embeddings with a disk cache), `pixels`,
+`batched_generation`, `run_config` (the ConfigDict of a run), `run` (the run itself) and `__main__` (the CLI:
+`python -m vlm_jax.evaluate --help`).
 """

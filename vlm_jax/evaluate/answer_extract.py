@@ -1,8 +1,7 @@
 """Rule-based answer extraction from free-text generations: the option a multiple-choice answer names, the
 final number of a numeric answer, a list of numbers, and a normalised short answer string.
 
-These replace the seeds' GPT-4o extraction step by deterministic rules (an optional LLM judge lives in
-`judge.py`). Rules prefer explicit statements ("The answer is (B)", "Answer: 3.5") over incidental mentions
+These are vlm_jax's rule-based scorer for the math benchmarks when no LLM judge is configured (`judge.py`). Rules prefer explicit statements ("The answer is (B)", "Answer: 3.5") over incidental mentions
 and otherwise take the final number, since reasoning chains end with their result.
 """
 from __future__ import annotations
@@ -126,7 +125,16 @@ def _eval_arithmetic(expr: str) -> float | None:
         return None
 
 
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
 def parse_number(text: str) -> float | None:
+    """The finite value of a string that is one number (see `_parse_number`), else None."""
+    return _finite(_parse_number(text))
+
+
+def _parse_number(text: str) -> float | None:
     """The value of a string that is one number, possibly with a unit, %, thousands commas or a simple LaTeX /
     plain expression ('3.50 cm' -> 3.5, '1,000' -> 1000, '\\frac{1}{2}' -> 0.5, '2\\sqrt{3}' -> 3.46..);
     None when it is not a single number."""
@@ -152,6 +160,11 @@ def _final_segment(text: str, marker: re.Pattern = _ANSWER_MARKER) -> str:
 
 
 def extract_number(text: str) -> float | None:
+    """The finite number a generation gives as its answer (`_extract_number`), else None ('1e999' is none)."""
+    return _finite(_extract_number(text))
+
+
+def _extract_number(text: str) -> float | None:
     """The number a generation gives as its answer: the segment after the last answer marker or '=' (or the whole
     text) when it is one number / simple expression, else the first number after the marker, else the last
     number of the text."""
@@ -170,7 +183,8 @@ def extract_number(text: str) -> float | None:
 
 def extract_number_list(text: str) -> list[float]:
     """All numbers of the answer segment (after the last answer marker), for list answers like '[2014, 2016]'."""
-    return [float(n.replace(",", "")) for n in _NUMBER.findall(_final_segment(text).replace(", ", " , "))]
+    numbers = [float(n.replace(",", "")) for n in _NUMBER.findall(_final_segment(text).replace(", ", " , "))]
+    return [n for n in numbers if math.isfinite(n)]
 
 
 def extract_short_answer(text: str) -> str:

@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlm_jax import cli
+
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -38,7 +40,7 @@ class Example:
         return self.meta["benchmark"]
 
 
-class BenchmarkFileError(ValueError):
+class BenchmarkFileError(cli.InputError, ValueError):
     """A benchmark file is missing, unreadable, or a record lacks a field: the message names file, record and field."""
 
 
@@ -49,8 +51,10 @@ def read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
-        raise BenchmarkFileError(f"{path}: not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchmarkFileError(f"{path}: not valid UTF-8 JSON ({e})") from e
+    except RecursionError as e:
+        raise BenchmarkFileError(f"{path}: JSON nested too deeply") from e
 
 
 def read_jsonl(path: str) -> list[Any]:
@@ -58,14 +62,19 @@ def read_jsonl(path: str) -> list[Any]:
     if not os.path.isfile(path):
         raise BenchmarkFileError(f"{path}: file not found")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BenchmarkFileError(f"{path}:{line_no}: not valid JSON ({e})") from e
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise BenchmarkFileError(f"{path}:{line_no}: not valid JSON ({e})") from e
+                except RecursionError as e:
+                    raise BenchmarkFileError(f"{path}:{line_no}: JSON nested too deeply") from e
+        except UnicodeDecodeError as e:
+            raise BenchmarkFileError(f"{path}: not valid UTF-8 ({e})") from e
     return records
 
 
@@ -74,6 +83,25 @@ def field(record: Mapping[str, Any], name: str, where: str) -> Any:
     if not isinstance(record, Mapping) or name not in record:
         raise BenchmarkFileError(f"{where}: missing field {name!r}")
     return record[name]
+
+
+def list_field(record: Mapping[str, Any], name: str, where: str, *, nonempty: bool = False) -> list:
+    """`record[name]` when it is a JSON list (non-empty with `nonempty`), else a BenchmarkFileError naming
+    `where` and the field."""
+    value = field(record, name, where)
+    if not isinstance(value, list):
+        raise BenchmarkFileError(f"{where}: field {name!r} must be a list, got {type(value).__name__}")
+    if nonempty and not value:
+        raise BenchmarkFileError(f"{where}: field {name!r} is an empty list")
+    return value
+
+
+def text_field(record: Mapping[str, Any], name: str, where: str) -> str:
+    """`record[name]` as a string (numbers are written as text), else a BenchmarkFileError naming the field."""
+    value = field(record, name, where)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BenchmarkFileError(f"{where}: field {name!r} must be text, got {type(value).__name__}")
+    return str(value)
 
 
 def sample_query_set(examples: Sequence[Example], size: int | None, seed: int) -> list[Example]:

@@ -1,10 +1,13 @@
-"""Prediction files and score aggregation shared by all scorers.
+"""Prediction files, per-question records and score aggregation shared by all scorers.
 
 A prediction file is JSON lines, one object per question: `{"question_id": <the benchmark's id>, "answer":
-"<the model's raw generation>"}` (other fields are ignored). Ids are matched as strings.
+"<the model's raw generation>"}` (other fields, e.g. the run's `prompt`, `demo_ids`, `ground_truth`,
+`extracted`, `score`, are ignored when scoring). Ids are matched as strings.
 """
 from __future__ import annotations
 
+import json
+import os
 from collections import defaultdict
 from typing import Hashable, Iterable, Mapping, Sequence
 
@@ -17,7 +20,10 @@ def read_predictions(path: str) -> dict[str, str]:
     predictions: dict[str, str] = {}
     for i, record in enumerate(read_jsonl(path)):
         where = f"{path} record #{i}"
-        qid = str(field(record, "question_id", where))
+        qid = field(record, "question_id", where)
+        if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+            raise BenchmarkFileError(f"{where}: field 'question_id' must be a string or integer, got {qid!r:.40}")
+        qid = str(qid)
         answer = field(record, "answer", where)
         if not isinstance(answer, str):
             raise BenchmarkFileError(f"{where}: field 'answer' must be a string, got {type(answer).__name__}")
@@ -27,21 +33,57 @@ def read_predictions(path: str) -> dict[str, str]:
     return predictions
 
 
+def read_partial_records(path: str) -> dict[str, dict]:
+    """The records of an interrupted run's predictions file, by question_id, for resuming: every complete JSON
+    line with a string answer (a torn last line is dropped). Missing file → {}."""
+    if not os.path.isfile(path):
+        return {}
+    out: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the interruption
+            if isinstance(record, dict) and isinstance(record.get("answer"), str) and "question_id" in record:
+                out[str(record["question_id"])] = record
+    return out
+
+
+def append_records(path: str, records: Iterable[dict]) -> None:
+    """Appends JSON lines and flushes them to disk (a killed run keeps every line written)."""
+    with open(path, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Writes JSON to `path` through a temporary file and a rename (never a half-written file)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
 def align(examples: Sequence[Example], predictions: Mapping[str, str], allow_missing: bool = False,
-          source: str = "predictions") -> list[str | None]:
+          source: str = "predictions", required: Sequence[bool] | None = None) -> list[str | None]:
     """The prediction of each example in order (None where missing).
 
-    A prediction whose id is not a question of the benchmark is an error; a question without a prediction
-    is an error unless allow_missing, in which case it is scored wrong and counted as missing.
+    A prediction whose id is not a question of the benchmark is an error; a required question (default: all)
+    without a prediction is an error unless allow_missing, in which case it is scored wrong and counted as
+    missing.
     """
     ids = {e.qid for e in examples}
     unknown = [q for q in predictions if q not in ids]
     if unknown:
         raise BenchmarkFileError(f"{source}: {len(unknown)} question_id(s) are not in the benchmark, "
                                  f"e.g. {unknown[:5]}")
-    missing = [e.qid for e in examples if e.qid not in predictions]
+    required = [True] * len(examples) if required is None else required
+    missing = [e.qid for e, r in zip(examples, required) if r and e.qid not in predictions]
     if missing and not allow_missing:
-        raise BenchmarkFileError(f"{source}: no prediction for {len(missing)} of {len(examples)} questions, "
+        raise BenchmarkFileError(f"{source}: no prediction for {len(missing)} of {sum(required)} questions, "
                                  f"e.g. question_id {missing[:5]} (allow_missing scores them as wrong)")
     return [predictions.get(e.qid) for e in examples]
 
@@ -61,7 +103,15 @@ def accuracy_by(scores: Sequence[float], groups: Iterable[Hashable | tuple]) -> 
     return {k: percent(v) for k, v in sorted(buckets.items())}
 
 
-def summary(benchmark: str, scores: Sequence[float], predictions: Sequence[str | None], **per_category) -> dict:
-    """The scorer result: benchmark, accuracy (%), count, missing, and `per_<name>` breakdowns."""
+def summary(benchmark: str, scores: Sequence[float], predictions: Sequence[str | None], **extra) -> dict:
+    """The scorer result: benchmark, accuracy (%), count, missing, and extra fields (`per_<name>` breakdowns,
+    `scorer`)."""
     return {"benchmark": benchmark, "accuracy": percent(scores), "count": len(scores),
-            "missing": sum(p is None for p in predictions), **per_category}
+            "missing": sum(p is None for p in predictions), **extra}
+
+
+def records(examples: Sequence[Example], ground_truth: Sequence, extracted: Sequence, scores: Sequence[float]
+            ) -> list[dict]:
+    """One `{"question_id", "ground_truth", "extracted", "score"}` per example."""
+    return [{"question_id": e.qid, "ground_truth": g, "extracted": x, "score": s}
+            for e, g, x, s in zip(examples, ground_truth, extracted, scores, strict=True)]

@@ -1,9 +1,11 @@
-"""Prompt text → token ids the way LLaVA's `tokenizer_image_token` does it, with image blocks expanded.
+"""Prompt segments → token ids, the way LLaVA's `tokenizer_image_token` tokenizes a few-shot prompt.
 
-LLaVA splits the prompt at each `<image>`, tokenizes every chunk on its own (so each starts with
-SentencePiece's prefix space) with BOS only at the very start, and tokenizes the `</s>` closing each
-demonstration answer as the EOS token, the text after it with no prefix space. Here each `<image>` becomes `num_image_tokens` copies of the model's
-`image_token_id` (the expanded form the model takes) and each `</s>` the tokenizer's `eos_id`.
+LLaVA splits the prompt at each `<image>` and tokenizes every chunk on its own (so each starts with
+SentencePiece's prefix space) with BOS only at the very start; `</s>` closing a demonstration answer is the EOS
+token and the text after it, in the same chunk, gets no prefix space (the slow legacy=False tokenizer). Here the
+prompt already is segments: BOS, then each `Text` encoded on its own (`encode_continuation` right after an
+`EndOfTurn`), each `Image` as `num_image_tokens` copies of the model's `image_token_id` (the expanded form the
+model takes), each `EndOfTurn` as the tokenizer's `eos_id`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from vlm_jax.checkpoint import CheckpointError, tokenizer_spec
 from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer
-from vlm_jax.evaluate.prompts import IMAGE_PLACEHOLDER, SEP2
+from vlm_jax.evaluate.prompts import EndOfTurn, Image, Prompt, Text, parse_rendered
+
 
 def load_tokenizer(spec: str, ckpt: str | Path) -> Tokenizer:
     """The tokenizer named by a config (`vlm_jax.data.tokenizer.make_tokenizer` grammar: "byte" or a tokenizer
@@ -23,15 +26,23 @@ def load_tokenizer(spec: str, ckpt: str | Path) -> Tokenizer:
     return make_tokenizer(spec)
 
 
-def prompt_token_ids(text: str, tokenizer: Tokenizer, image_token_id: int, num_image_tokens: int) -> list[int]:
-    """Token ids of a prompt: [BOS] chunk0 [IMG]*num_image_tokens chunk1 ... with each `</s>` as `eos_id`."""
+def prompt_token_ids(prompt: Prompt | str, tokenizer: Tokenizer, image_token_id: int,
+                     num_image_tokens: int) -> list[int]:
+    """Token ids `[BOS] text0 [IMG]*num_image_tokens text1 ... [EOS] ...` of a prompt's segments (a rendered
+    prompt string is read back into segments first)."""
+    if isinstance(prompt, str):
+        prompt = parse_rendered(prompt)
     ids = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    for k, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
-        if k:
+    previous = None
+    for segment in prompt.segments:
+        if isinstance(segment, Text):
+            after_eos = isinstance(previous, EndOfTurn)
+            ids.extend(tokenizer.encode_continuation(segment.text) if after_eos else tokenizer.encode(segment.text))
+        elif isinstance(segment, Image):
             ids.extend([image_token_id] * num_image_tokens)
-        for j, piece in enumerate(chunk.split(SEP2)):
-            if j:
-                ids.append(tokenizer.eos_id)
-            if piece:  # After `</s>` the slow Llama tokenizer adds no prefix space (vlm_jax.data.tokenizer).
-                ids.extend(tokenizer.encode_continuation(piece) if j else tokenizer.encode(piece))
+        elif isinstance(segment, EndOfTurn):
+            ids.append(tokenizer.eos_id)
+        else:
+            raise TypeError(f"unknown prompt segment {segment!r}")
+        previous = segment
     return ids

@@ -1,112 +1,131 @@
-"""Few-shot prompts in LLaVA-1.5's `llava_v1` conversation template (Vicuna v1 separators).
+"""Few-shot prompts as segments (text / image / end-of-turn) that go straight to token ids.
 
-A prompt is the system line, then one USER/ASSISTANT turn per demonstration, then the query turn with the
-assistant's reply left open:
+A benchmark family writes each turn's text (`registry.Benchmark.query_turn` / `demo_turn`); a *template*
+lays the turns out as segments. Templates are pluggable: `TEMPLATES[name](turns) -> Prompt`; `llava_v1` is
+LLaVA-1.5's conversation (Vicuna v1 separators), exactly what LLaVA's `Conversation.get_prompt()`
+(SeparatorStyle.TWO, sep " ", sep2 "</s>") gives for the messages the Multimodal-Textbook loaders append:
 
     {system} USER: <image>\\n{demo question} ASSISTANT: {demo answer}</s>USER: <image>\\n{question} ASSISTANT:
 
-exactly what LLaVA's `Conversation.get_prompt()` (SeparatorStyle.TWO, sep " ", sep2 "</s>") produces for the
-messages the Multimodal-Textbook few-shot loaders append. Each turn's text comes from `turn_text`, which
-dispatches on the example's own benchmark (a MathVista query can have MathVision demonstrations).
+Here `<image>` is an `Image` segment and `</s>` an `EndOfTurn` segment: no string round trip through
+placeholders, so a literal "<image>" or "</s>" inside a question stays plain text. `Prompt.render()` writes
+the string form above for prediction records.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Sequence
-
-from vlm_jax.evaluate.examples import OPTION_LETTERS, Example
+from typing import Any, Callable, Sequence
 
 SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 ROLES = ("USER", "ASSISTANT")
-SEP, SEP2 = " ", "</s>"
-IMAGE_PLACEHOLDER = "<image>"
-VQA_INSTRUCTION = "Answer the question using a single word or phrase."
-CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-_INLINE_IMAGE_TAG = re.compile(r"[ \t]*<image\d+>[ \t]*")
+IMAGE_PLACEHOLDER = "<image>"  # only in rendered prompts
+END_OF_TURN = "</s>"  # only in rendered prompts
+DEFAULT_TEMPLATE = "llava_v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EndOfTurn:
+    pass
+
+
+Segment = Text | Image | EndOfTurn
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """One user turn about one image: its text (instruction included, no image placeholder) and the assistant's
+    answer (None: the query turn, left open). `example` lets another model family's template write the turn
+    from the example's own fields instead of `text`."""
+
+    image_path: str
+    text: str
+    answer: str | None = None
+    example: Any = None  # the benchmark Example the turn is about, for templates that write their own text
 
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """Prompt text with one IMAGE_PLACEHOLDER per image, and the image files in placeholder order."""
+    """Segments in order; adjacent texts are merged (`make_prompt`)."""
 
-    text: str
-    image_paths: tuple[str, ...]
+    segments: tuple[Segment, ...]
 
+    @property
+    def image_paths(self) -> tuple[str, ...]:
+        return tuple(s.path for s in self.segments if isinstance(s, Image))
 
-def _vqa_turn(example: Example) -> str:
-    return f"{example.question_text}\n{VQA_INSTRUCTION}"
-
-
-def _scienceqa_turn(example: Example) -> str:
-    """LLaVA-1.5's ScienceQA format (`llava_test_CQM-A.json` with --single-pred-prompt)."""
-    lines = [f"Context: {example.meta['hint']}"] if example.meta["hint"] else []
-    lines.append(example.question_text)
-    lines += [f"{OPTION_LETTERS[i]}. {c}" for i, c in enumerate(example.choices)]
-    lines.append(CHOICE_INSTRUCTION)
-    return "\n".join(lines)
+    def render(self) -> str:
+        """The prompt as one string with `<image>` and `</s>` (for records and reading; never tokenized)."""
+        return "".join(s.text if isinstance(s, Text) else IMAGE_PLACEHOLDER if isinstance(s, Image) else END_OF_TURN
+                       for s in self.segments)
 
 
-def _query_turn(example: Example) -> str:
-    """MathVista's `query` / MathVerse's `query_wo`: the benchmarks' own prompts (hint, question, choices)."""
-    return example.meta["query"]
+def make_prompt(segments: Sequence[Segment]) -> Prompt:
+    """A Prompt with adjacent Text segments merged and empty texts dropped."""
+    out: list[Segment] = []
+    for s in segments:
+        if isinstance(s, Text):
+            if not s.text:
+                continue
+            if out and isinstance(out[-1], Text):
+                out[-1] = Text(out[-1].text + s.text)
+                continue
+        out.append(s)
+    return Prompt(tuple(out))
 
 
-def _mathvision_turn(example: Example) -> str:
-    """MATH-Vision has no official query field; this mirrors MathVista's query layout. Inline figure tags
-    (`<image1>`) are dropped: the model sees the question's single composite image."""
-    question = _INLINE_IMAGE_TAG.sub(" ", example.question_text)
-    question = "\n".join(line.strip() for line in question.splitlines() if line.strip())
-    if not example.choices:
-        return f"Hint: Please answer the question and provide the final answer at the end.\nQuestion: {question}"
-    lines = ["Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.",
-             f"Question: {question}"]
-    if any(c != OPTION_LETTERS[i] for i, c in enumerate(example.choices)):
-        lines.append("Choices:")
-        lines += [f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(example.choices)]
-    return "\n".join(lines)
+def parse_rendered(text: str) -> Prompt:
+    """The segments of a rendered prompt string (`<image>` → Image with an empty path, `</s>` → EndOfTurn): for
+    prompt strings written elsewhere (records, the original's loaders)."""
+    segments: list[Segment] = []
+    for k, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if k:
+            segments.append(Image(""))
+        for j, piece in enumerate(chunk.split(END_OF_TURN)):
+            if j:
+                segments.append(EndOfTurn())
+            segments.append(Text(piece))
+    return make_prompt(segments)
 
 
-_TURN_TEXT = {"okvqa": _vqa_turn, "textvqa": _vqa_turn, "scienceqa": _scienceqa_turn,
-              "mathvista": _query_turn, "mathverse": _query_turn, "mathvision": _mathvision_turn}
+def llava_v1(turns: Sequence[Turn]) -> Prompt:
+    """LLaVA-1.5 `conv_llava_v1`: system + " ", then per turn "USER: " <image> "\\n{text} " "ASSISTANT: {answer}"
+    </s>, the last (query) turn ending with the open "ASSISTANT:"."""
+    segments: list[Segment] = [Text(SYSTEM_PROMPT + " ")]
+    for turn in turns:
+        segments += [Text(f"{ROLES[0]}: "), Image(turn.image_path), Text(f"\n{turn.text} ")]
+        if turn.answer is None:
+            segments.append(Text(f"{ROLES[1]}:"))
+        else:
+            if not turn.answer:
+                raise ValueError(f"a demonstration about {turn.image_path} has an empty answer")
+            segments += [Text(f"{ROLES[1]}: {turn.answer}"), EndOfTurn()]
+    return make_prompt(segments)
 
 
-def turn_text(example: Example) -> str:
-    """The user-turn text (instruction included, image placeholder excluded) for an example of any benchmark."""
-    text = _TURN_TEXT[example.benchmark](example)
-    if IMAGE_PLACEHOLDER in text:
-        raise ValueError(f"{example.benchmark} question {example.qid}: text contains the image placeholder "
-                         f"{IMAGE_PLACEHOLDER!r}, which would desynchronise images and image tokens")
-    return text
+Template = Callable[[Sequence[Turn]], Prompt]
+TEMPLATES: dict[str, Template] = {"llava_v1": llava_v1}
 
 
-def demonstration_answer(example: Example) -> str:
-    """The assistant reply of a demonstration turn: the first ground-truth answer (VQA: the first human
-    answer, as the seeds' `x["answers"][0]`; multiple choice: the option letter; math: the answer value)."""
-    if not example.answers or not example.answers[0]:
-        raise ValueError(f"{example.benchmark} question {example.qid}: a demonstration needs a ground-truth answer")
-    return example.answers[0]
+def register_template(name: str, template: Template) -> None:
+    """Adds a prompt template (e.g. another model family's few-shot format) under `name`."""
+    TEMPLATES[name] = template
 
 
-def conversation_text(turns: Sequence[tuple[str, str | None]]) -> str:
-    """LLaVA `Conversation.get_prompt()` for SeparatorStyle.TWO: messages alternate USER / ASSISTANT, a message
-    is followed by SEP after a user turn and SEP2 after an assistant turn; a None message is left open."""
-    text = SYSTEM_PROMPT + SEP
-    seps = (SEP, SEP2)
-    for i, (role, message) in enumerate(turns):
-        text += f"{role}: {message}{seps[i % 2]}" if message else f"{role}:"
-    return text
-
-
-def build_prompt(query: Example, demonstrations: Sequence[Example] = ()) -> Prompt:
-    """The few-shot prompt for `query`: demonstrations in the given order (RICES puts the most similar last),
-    each an image + question turn answered by its ground truth, then the query turn with the answer open."""
-    turns: list[tuple[str, str | None]] = []
-    for demo in demonstrations:
-        turns.append((ROLES[0], f"{IMAGE_PLACEHOLDER}\n{turn_text(demo)}"))
-        turns.append((ROLES[1], demonstration_answer(demo)))
-    turns.append((ROLES[0], f"{IMAGE_PLACEHOLDER}\n{turn_text(query)}"))
-    turns.append((ROLES[1], None))
-    return Prompt(text=conversation_text(turns),
-                  image_paths=tuple(d.image_path for d in demonstrations) + (query.image_path,))
+def build_prompt(turns: Sequence[Turn], template: str = DEFAULT_TEMPLATE) -> Prompt:
+    """The prompt of demonstration turns followed by the query turn (answer None) in template `template`."""
+    if template not in TEMPLATES:
+        raise ValueError(f"prompt template {template!r}: expected one of {sorted(TEMPLATES)}")
+    if not turns or turns[-1].answer is not None or any(t.answer is None for t in turns[:-1]):
+        raise ValueError("a prompt is answered demonstration turns followed by one open query turn")
+    return TEMPLATES[template](turns)

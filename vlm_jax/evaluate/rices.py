@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 from typing import Callable, Sequence
 
@@ -51,6 +52,16 @@ def random_indices(pool_size: int, k: int, seed: int, query_index: int) -> np.nd
     if not 0 <= k <= pool_size:
         raise ValueError(f"k={k} demonstrations requested from a pool of {pool_size}")
     return np.random.default_rng([seed, query_index]).choice(pool_size, size=k, replace=False).astype(np.int64)
+
+
+def random_select_indices(pool_size: int, k: int, seed: int, num_queries: int) -> list[list[int]]:
+    """The original's math `random_select` mode: one Python `random.Random(seed)` stream drawing
+    `sample(range(pool_size), k)` for each query in order (its `random.seed(42)` then one draw per question),
+    demonstrations in draw order."""
+    if not 0 <= k <= pool_size:
+        raise ValueError(f"k={k} demonstrations requested from a pool of {pool_size}")
+    rng = random.Random(seed)
+    return [rng.sample(range(pool_size), k) for _ in range(num_queries)]
 
 
 def demonstrations(pool: Sequence[Example], indices: Sequence[int], query: Example,

@@ -7,7 +7,12 @@
 a newline, as LLaVA does. The tokenizer is the one the checkpoint records (`--tokenizer` overrides it);
 `--input-ids 1,2,3` drives a model without one: each image token id (`config.image_token_id`) marks one image,
 or a run of `num_image_tokens` of them one already-expanded image. Greedy unless `--temperature > 0`; stops at
-EOS. The same as `vlm_jax.load(CKPT).generate(prompt, images)`.
+EOS. For the LLaVA family the same as `vlm_jax.load(CKPT).generate(prompt, images)`.
+
+Idefics2 checkpoints use the Idefics2 processor (`vlm_jax.data.idefics2_processor`): images at their aspect ratio
+(longest edge 560, or 980 with `--high-res`; shortest 336), each `<image>` expanded to
+`<fake_token_around_image>` + 64 image tokens + `<fake_token_around_image>`; without placeholders the images
+go first.
 """
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ import math
 import sys
 from pathlib import Path
 
+import jax
+
 from vlm_jax import cli
-from vlm_jax.checkpoint import PARAMS_DIR, load_config, tokenizer_spec
+from vlm_jax.checkpoint import PARAMS_DIR, load_config, load_params, tokenizer_spec
+from vlm_jax.models.config import Idefics2Config
 from vlm_jax.inference.model import (DEFAULT_MAX_NEW_TOKENS, IMAGE_PLACEHOLDER, VLM, expand_image_tokens,
                                      load)
 
@@ -42,6 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="'byte' or a tokenizer folder (default: the one the checkpoint records)")
     parser.add_argument("--image-aspect-ratio", choices=["pad", "none"], default="pad",
                         help="pad: pad to a square with the mean colour first (LLaVA-1.5)")
+    parser.add_argument("--high-res", action="store_true",
+                        help="Idefics2: longest image edge 980 instead of 560 (the original's --high_res)")
+    parser.add_argument("--space-after-image", action="store_true",
+                        help="Idefics2: a space after each image block before a word (transformers 5's processor; "
+                        "the original's 4.40 adds none)")
     parser.add_argument("--json", action="store_true", help='print {"token_ids": [...], "text": ...}')
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
@@ -70,14 +83,19 @@ def parse_input_ids(text: str, vocab_size: int) -> list[int]:
     return ids
 
 
-def _prompt(args: argparse.Namespace):
-    """The prompt (text or ids), checked against the checkpoint and the --image count before any loading."""
+def _checked_config(args: argparse.Namespace):
+    """The checkpoint's model config, after checking --ckpt is a params checkpoint."""
     if not args.ckpt.is_dir():
         cli.require_dir(args.ckpt, "--ckpt", "give a vlm_jax params checkpoint (e.g. workdir/demo/final)")
     config = load_config(args.ckpt)
     if not (args.ckpt / PARAMS_DIR).is_dir():
         raise cli.InputError(f"--ckpt {args.ckpt}: no {PARAMS_DIR}/ folder (not a vlm_jax params checkpoint; "
                              "convert a Hugging Face one with python -m vlm_jax.convert hf-to-orbax)")
+    return config
+
+
+def _prompt(args: argparse.Namespace, config):
+    """The prompt (text or ids), checked against the checkpoint and the --image count before any loading."""
     n_images = len(args.image)
     if args.input_ids is not None:
         ids = parse_input_ids(args.input_ids, config.text_config.vocab_size)
@@ -96,10 +114,64 @@ def _prompt(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> dict:
     """Generates for one prompt; returns {"token_ids": new ids (EOS included), "text": decoded or None}."""
-    prompt = _prompt(args)
+    config = _checked_config(args)
+    if isinstance(config, Idefics2Config):
+        return _run_idefics2(args, config)
+    prompt = _prompt(args, config)
     vlm: VLM = load(args.ckpt, dtype=args.dtype, tokenizer=args.tokenizer, aspect=args.image_aspect_ratio)
     return vlm.generate(prompt, [str(p) for p in args.image], max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+
+
+def _run_idefics2(args: argparse.Namespace, config: Idefics2Config) -> dict:
+    """`run` for an Idefics2 checkpoint: the Idefics2 processor's images (no splitting, longest edge 560 or
+    980, shortest 336, padded with a pixel mask) and prompt expansion (`vlm_jax.data.idefics2_processor`)."""
+    from vlm_jax.data import idefics2_processor as proc
+    from vlm_jax.data.image import ImageRejected, open_image_file
+    from vlm_jax.inference.generation import generate, left_pad
+    from vlm_jax.models.idefics2 import Idefics2
+
+    longest, shortest = proc.SIZES["high_res" if args.high_res else "default"]
+    processor = None
+    spec = args.tokenizer or tokenizer_spec(args.ckpt)
+    if spec is not None and spec != "byte":
+        processor = proc.Idefics2Processor(spec, config.num_image_tokens, longest, shortest, args.space_after_image)
+    if args.input_ids is not None:
+        raw = parse_input_ids(args.input_ids, config.text_config.vocab_size)
+        ids, n_images = expand_image_tokens(raw, config.image_token_id, config.num_image_tokens)
+        if n_images != len(args.image):
+            raise cli.UsageError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
+    else:
+        if processor is None:
+            raise cli.InputError(f"--ckpt {args.ckpt} has no tokenizer files; use --input-ids")
+        prompt = args.prompt
+        if IMAGE_PLACEHOLDER not in prompt:
+            prompt = IMAGE_PLACEHOLDER * len(args.image) + prompt
+        if prompt.count(IMAGE_PLACEHOLDER) != len(args.image):
+            raise cli.UsageError(f"--prompt has {prompt.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders "
+                                 f"but {len(args.image)} --image")
+        ids = processor.encode(prompt)
+    images = []
+    for path in args.image:
+        try:
+            with open_image_file(path) as img:
+                images.append(proc.preprocess_image(img, longest, shortest))
+        except ImageRejected as e:
+            raise cli.InputError(f"--image {path}: {e}") from e
+        except FileNotFoundError as e:
+            raise cli.InputError(f"--image {path}: no such file") from e
+        except OSError as e:
+            raise cli.InputError(f"--image {path}: cannot read the image ({cli.one_line(e)})") from e
+    pixels, pixel_mask, image_mask = proc.pad_images([images]) if images else (None, None, None)
+    eos = processor.tokenizer.eos_token_id if processor is not None else config.text_config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    input_ids, segment_ids = left_pad([ids], pad_token_id=pad)
+    params = load_params(args.ckpt, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    out = generate(Idefics2(config), params, input_ids, segment_ids, pixels, image_mask,
+                   max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, pixel_attention_mask=pixel_mask)
+    new = out.rows()[0]
+    return {"token_ids": new, "text": None if processor is None else processor.decode(new)}
 
 
 def main(argv: list[str] | None = None) -> int:

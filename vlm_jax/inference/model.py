@@ -26,7 +26,7 @@ from PIL import Image
 
 from vlm_jax import cli
 from vlm_jax.checkpoint import CheckpointError, load_config, load_params, tokenizer_spec
-from vlm_jax.data.image import checkpoint_image_settings, preprocess_image
+from vlm_jax.data.image import ImageRejected, checkpoint_image_settings, open_image_file, preprocess_image
 from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from vlm_jax.inference.generation import generate, left_pad
 from vlm_jax.models.config import LlavaConfig
@@ -99,17 +99,22 @@ class VLM:
         return Llava(self.config)
 
     def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Images (paths or PIL images) -> float32 `[n, H, W, 3]`; an unreadable file is a ValueError naming it."""
+        """Images (paths or PIL images) -> float32 `[n, H, W, 3]`; a file that cannot be read or is over the size
+        limits of `vlm_jax.data.image` is a `cli.InputError` naming it."""
         out = []
         for image in images:
             if isinstance(image, Image.Image):
                 out.append(preprocess_image(image, aspect=self.aspect, **self.image_settings))
                 continue
             try:
-                with Image.open(image) as img:
+                with open_image_file(image) as img:
                     out.append(preprocess_image(img, aspect=self.aspect, **self.image_settings))
-            except OSError as e:  # missing file, unreadable or not an image
-                raise cli.InputError(f"image {image}: cannot read the image ({e})") from e
+            except ImageRejected as e:  # not a regular file, over the size limits
+                raise cli.InputError(f"image {image}: {cli.one_line(e)}") from e
+            except FileNotFoundError as e:
+                raise cli.InputError(f"image {image}: no such file") from e
+            except (OSError, ValueError) as e:  # unreadable or not an image
+                raise cli.InputError(f"image {image}: cannot read the image ({cli.one_line(e)})") from e
         if not out:
             size = self.image_settings.get("crop_size") or (self.image_settings["image_size"],) * 2
             return np.zeros((0, *size, 3), np.float32)

@@ -814,10 +814,17 @@ def _flash_bwd(st: _Static, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+def target_platform() -> str:
+  """The platform the kernel is compiled for: that of the mesh set with `jax.set_mesh` (e.g. TPU
+  devices of a compile-only topology, `vlm_jax.topology`), else JAX's default backend."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def default_backend() -> str:
-  """Kernel variant for the default JAX device: TPU -> "tpu" (Mosaic), else "gpu" (Triton; on
+  """Kernel variant for the target platform: TPU -> "tpu" (Mosaic), else "gpu" (Triton; on
   CPU it runs in interpret mode)."""
-  return "tpu" if jax.default_backend() == "tpu" else "gpu"
+  return "tpu" if target_platform() == "tpu" else "gpu"
 
 
 def flash_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, *, causal: bool = True,
@@ -837,9 +844,9 @@ def flash_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, *, causal:
       the window are skipped, so the work grows with ``seq * window`` instead of ``seq²``.
     scale: logit scale, default ``head_dim ** -0.5``.
     block_q, block_k: sequence tile sizes for all kernels (None -> per-backend defaults).
-    backend: ``"gpu"`` (Pallas Triton) or ``"tpu"`` (Pallas Mosaic); None -> from the default device.
+    backend: ``"gpu"`` (Pallas Triton) or ``"tpu"`` (Pallas Mosaic); None -> from ``target_platform()``.
     interpret: run the Pallas kernels in Pallas' interpret mode (e.g. on CPU); None -> True unless
-      the default device matches ``backend``. A ``pltpu.InterpretParams`` runs the TPU variant in
+      the target platform (``target_platform()``) matches ``backend``. A ``pltpu.InterpretParams`` runs the TPU variant in
       the (slower, stricter) TPU interpreter: NaN-filled scratch, out-of-bounds checks.
     config: full :class:`FlashConfig` (block_q / block_k still override its blocks).
 
@@ -864,7 +871,7 @@ def flash_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, *, causal:
   if backend not in BACKENDS:
     raise ValueError(f"flash_attention: backend must be one of {BACKENDS}; got {backend!r}")
   if interpret is None:
-    interpret = jax.default_backend() != backend
+    interpret = target_platform() != backend
   elif not isinstance(interpret, pltpu.InterpretParams):
     interpret = bool(interpret)
   scale = float(d ** -0.5 if scale is None else scale)

@@ -66,7 +66,8 @@ RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeFields))
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """Llama-3 RoPE frequency scaling (HF `rope_parameters` with `rope_type="llama3"`)."""
+    """RoPE frequency scaling: Llama-3's (HF `rope_type="llama3"`), or dynamic NTK (HF `rope_type="dynamic"`:
+    only `factor` is used, the base grows with the sequence past `max_position_embeddings`)."""
 
     factor: float = 8.0
     low_freq_factor: float = 1.0
@@ -75,7 +76,12 @@ class RopeScaling:
     rope_type: str = "llama3"
 
     def __post_init__(self):
-        _check_choice("RopeScaling", "rope_type", self.rope_type, ("llama3",))
+        _check_choice("RopeScaling", "rope_type", self.rope_type, ("llama3", "dynamic"))
+
+    def to_hf(self) -> dict:
+        if self.rope_type == "dynamic":
+            return {"rope_type": "dynamic", "factor": self.factor}
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +210,7 @@ class TextConfig(RuntimeFields):
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + ("rope_theta", "rope_scaling")}
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling is not None:
-            rope.update(dataclasses.asdict(self.rope_scaling))
+            rope.update(self.rope_scaling.to_hf())
         d.update(rope_parameters=rope)
         if self.sliding_window is None:
             del d["sliding_window"]
@@ -235,10 +241,13 @@ class TextConfig(RuntimeFields):
         if rope_type == "llama3":
             rope.setdefault("original_max_position_embeddings", kwargs.get("max_position_embeddings", 2048))
             scaling = RopeScaling(**rope)
+        elif rope_type == "dynamic":
+            scaling = RopeScaling(rope_type="dynamic", factor=float(rope["factor"]))
         elif rope_type == "default":
             scaling = None
         else:
-            raise ValueError(f"LlamaConfig rope_type={rope_type!r} is not supported (only 'default', 'llama3')")
+            raise ValueError(f"LlamaConfig rope_type={rope_type!r} is not supported (only 'default', 'llama3', "
+                             "'dynamic')")
         return cls(**kwargs, rope_theta=float(theta), rope_scaling=scaling, **runtime)
 
 

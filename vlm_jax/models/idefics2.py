@@ -113,11 +113,15 @@ class Idefics2(nn.Module):
         self.text_model = Llama(c.text_config)
 
     def image_features(self, pixel_values, pixel_attention_mask=None):
-        """Images `[n, H, W, 3]` (+ pixel mask bool `[n, H, W]`) → image tokens `[n, num_image_tokens, D]`."""
+        """Images `[n, H, W, 3]` (+ pixel mask bool `[n, H, W]`) → image tokens `[n, num_image_tokens, D]`.
+        Rows / columns past the last whole patch are dropped (HF's stride-p convolution and mask unfolding)."""
+        p = self.config.vision_config.patch_size
         n, h, w = pixel_values.shape[:3]
+        h, w = h - h % p, w - w % p
+        pixel_values = pixel_values[:, :h, :w]
         if pixel_attention_mask is None:
             pixel_attention_mask = jnp.ones((n, h, w), bool)
-        patch_mask = patch_attention_mask(pixel_attention_mask.astype(bool), self.config.vision_config.patch_size)
+        patch_mask = patch_attention_mask(pixel_attention_mask[:, :h, :w].astype(bool), p)
         hidden = self.vision_model(pixel_values, patch_mask)
         return self.connector(hidden, patch_mask.reshape(n, -1))
 

@@ -35,7 +35,7 @@ def rope_inv_freq(config: TextConfig) -> np.ndarray:
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
     inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
     rs = config.rope_scaling
-    if rs is None:
+    if rs is None or rs.rope_type == "dynamic":
         return inv_freq
     old_len = rs.original_max_position_embeddings
     low_freq_wavelen = old_len / rs.low_freq_factor
@@ -48,9 +48,24 @@ def rope_inv_freq(config: TextConfig) -> np.ndarray:
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
+def dynamic_ntk_inv_freq(config: TextConfig, positions) -> jax.Array:
+    """Dynamic NTK inverse frequencies `[batch, head_dim // 2]` (HF `rope_type="dynamic"`): per row, with
+    L = max(position) + 1, the base becomes theta * (factor * L / M - (factor - 1)) ** (dim / (dim - 2)) for
+    L > M = max_position_embeddings (unchanged below), recomputed every call as HF recomputes it whenever the
+    sequence grows."""
+    dim, max_pos, factor = config.head_dim, config.max_position_embeddings, config.rope_scaling.factor
+    seq_len = jnp.maximum(jnp.max(positions, axis=-1) + 1, max_pos).astype(jnp.float32)  # [batch]
+    base = config.rope_theta * (factor * seq_len / max_pos - (factor - 1)) ** (dim / (dim - 2))
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    return 1.0 / (base[:, None] ** exponents[None, :])
+
+
 def rope_cos_sin(positions, inv_freq):
-    """cos, sin tables `[batch, seq, head_dim]` (float32) for integer `positions [batch, seq]`."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    """cos, sin tables `[batch, seq, head_dim]` (float32) for integer `positions [batch, seq]` and inverse
+    frequencies `[head_dim // 2]` or per row `[batch, head_dim // 2]`."""
+    inv_freq = jnp.asarray(inv_freq)
+    inv_freq = inv_freq[None, None, :] if inv_freq.ndim == 1 else inv_freq[:, None, :]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -212,7 +227,8 @@ class Llama(nn.Module):
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))
         x = nn.with_logical_constraint(embeddings.astype(jnp.dtype(c.dtype)),
                                        ("activation_batch", "activation_length", "activation_embed"))
-        cos, sin = rope_cos_sin(positions, rope_inv_freq(c))
+        dynamic = c.rope_scaling is not None and c.rope_scaling.rope_type == "dynamic"
+        cos, sin = rope_cos_sin(positions, dynamic_ntk_inv_freq(c, positions) if dynamic else rope_inv_freq(c))
         segment_ids = segment_ids.astype(jnp.int32)
         if cache is None:
             kv_segment_ids, layer_caches = segment_ids, None

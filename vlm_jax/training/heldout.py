@@ -65,7 +65,10 @@ def choice_rows(questions: Sequence[Question], vlm: VLM) -> dict[str, np.ndarray
     """
     prefix_rows, choice_ids, pixels = [], [], []
     for q in questions:
-        pixel = vlm.pixels([q.image])[0]
+        try:
+            pixel = vlm.pixels([q.image])[0]
+        except cli.InputError as e:
+            raise cli.InputError(f"held-out {e}") from e
         prefix = vlm.prompt_ids(IMAGE_PLACEHOLDER + q.prompt, 1)
         for choice in q.choices:
             prefix_rows.append(prefix)

@@ -1,0 +1,138 @@
+"""Compiling for accelerators this machine does not have: the train step and the generation program for
+TPU slices (libtpu's compile-only devices, `vlm_jax.training.aot`), and the flash kernel's forward and
+backward for TPU (Mosaic) and for CUDA (Triton, lowered through `jax.export`)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax.kernels.flash_attention import flash_attention
+from vlm_jax.topology import compile_only_devices, parse_slice
+from vlm_jax.training import aot
+from vlm_jax.training.config import base_config, model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu is not installed (pip install -e '.[tpu]')")
+
+
+def test_parse_slice_names():
+    assert parse_slice("v5p-8").topology_name == "v5p:2x2x1" and parse_slice("v5p-8").chips == 4
+    assert parse_slice("v4-32").topology_name == "v4:2x2x4" and parse_slice("v4-32").chips == 16
+    assert parse_slice("v5e-32").topology_name == "v5e:4x8" and parse_slice("v5litepod-16").chips == 16
+    assert parse_slice("v6e-8").topology_name == "v6e:2x4" and parse_slice("v6e-8").hbm_gib == 31.25
+    assert parse_slice("V5P:2x2x2").chips == 8
+    two = parse_slice("2xv5e-16")
+    assert (two.num_slices, two.chips, two.accelerator_type) == (2, 32, "v5litepod-16")
+    for bad in ("v5p-6", "v9-8", "v5e:2x2x1", "tpu"):
+        with pytest.raises(ValueError, match="TPU slice"):
+            parse_slice(bad)
+
+
+def _tiny_train_config(**changes):
+    c = base_config()
+    c.attention_impl, c.dtype, c.remat_policy = "pallas", "bfloat16", "full"
+    c.global_batch_size, c.data.seq_len, c.data.max_images_per_row = 4, 256, 2
+    for key, value in changes.items():
+        c[key] = value
+    return c
+
+
+@needs_libtpu
+def test_tiny_llava_train_step_compiles_for_tpu_with_the_mosaic_kernel():
+    c = _tiny_train_config()
+    report = aot.compile_train_step(c, model_config(c), parse_slice("v5e:2x2"))
+    assert report["fits"] and report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert report["rows_per_chip"] == 1 and report["tokens_per_step"] == 4 * 256
+    assert 0 < report["arguments_gib"] < report["per_chip_gib"] < 1
+    assert report["model_tflops_per_step"] > 0
+    assert report["mosaic_calls"] >= 3  # the flash kernel's forward, dq and dk/dv, through Mosaic
+    assert set(aot.REPORT_KEYS) <= set(report)
+
+
+@needs_libtpu
+def test_multislice_mesh_puts_slices_on_the_data_axis():
+    from vlm_jax.sharding import make_mesh
+
+    mesh = make_mesh(data=2, fsdp=-1, tensor=1, devices=compile_only_devices(parse_slice("2xv5e:2x2")))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    assert (slices[0] == 0).all() and (slices[1] == 1).all()  # only `data` crosses slices (DCN)
+
+
+@needs_libtpu
+def test_generation_program_compiles_for_tpu():
+    c = base_config()
+    mc = model_config(c)
+    report = aot.compile_generation(mc, parse_slice("v5e-4"), batch_size=6, prompt_len=40,
+                                    max_images=2, max_new_tokens=8)
+    assert report["fits"] and report["rows_per_chip"] == 2 and report["prompt_len"] >= 40
+    assert report["per_chip_gib"] > 0
+
+
+@needs_libtpu
+def test_compile_topology_cli_exit_codes_and_json_last_line():
+    """Exit 1 with a one-line reason when the step does not fit (XLA attention materialises the
+    [batch, heads, 64k, 64k] scores: far beyond a v5e chip's 16 GiB), JSON object on the last line."""
+    cmd = [sys.executable, "-m", "vlm_jax.train", "--config", os.path.join(ROOT, "configs", "demo.py"),
+           "--compile_topology", "v5e-4", "--config.attention_impl=xla", "--config.data.seq_len=65536",
+           "--config.global_batch_size=4", "--config.model_overrides.text_config.max_position_embeddings=65536"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(last) == set(aot.REPORT_KEYS) and last["fits"] is False and last["per_chip_gib"] > 16
+    reasons = [line for line in out.stderr.splitlines() if line.startswith("does not fit")]
+    assert len(reasons) == 1 and "fewer rows per chip" in reasons[0]
+
+
+def _kernel_loss(causal, with_segments):
+    def loss(q, k, v, seg):
+        segs = (seg, seg) if with_segments else (None, None)
+        out = flash_attention(q, k, v, *segs, causal=causal, backend=loss.backend, interpret=False)
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    return loss
+
+
+# (head_dim, causal, segment ids): every value of each, GQA (8 query heads over 2 kv heads) throughout.
+KERNEL_CASES = [(64, True, True), (128, False, True), (128, True, False), (64, False, False)]
+
+
+def _kernel_args(head_dim, dtype=jnp.bfloat16):
+    b, s, h, kv = 2, 512, 8, 2
+    return (jax.ShapeDtypeStruct((b, s, h, head_dim), dtype), jax.ShapeDtypeStruct((b, s, kv, head_dim), dtype),
+            jax.ShapeDtypeStruct((b, s, kv, head_dim), dtype), jax.ShapeDtypeStruct((b, s), jnp.int32))
+
+
+@needs_libtpu
+@pytest.mark.parametrize("head_dim,causal,with_segments", KERNEL_CASES)
+def test_flash_kernel_forward_and_backward_compile_for_tpu(head_dim, causal, with_segments):
+    device = compile_only_devices(parse_slice("v5e:2x2"))[0]
+    loss = _kernel_loss(causal, with_segments)
+    loss.backend = "tpu"
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in _kernel_args(head_dim)]
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
+    text = compiled.as_text()
+    assert text.count('custom_call_target="tpu_custom_call"') >= 3  # forward, dq, dk/dv Mosaic kernels
+
+
+@pytest.mark.parametrize("head_dim,causal,with_segments", KERNEL_CASES)
+def test_flash_kernel_forward_and_backward_lower_for_cuda(head_dim, causal, with_segments):
+    loss = _kernel_loss(causal, with_segments)
+    loss.backend = "gpu"
+    exported = jax.export.export(
+        jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), platforms=("cuda",),
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(*_kernel_args(head_dim))
+    text = exported.mlir_module()
+    assert exported.platforms == ("cuda",)
+    for name in ("vlm_flash_fwd", "vlm_flash_dq", "vlm_flash_dkv"):
+        assert name in text, name

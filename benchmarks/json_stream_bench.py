@@ -9,6 +9,7 @@ documents, and prints elements/s, MB/s and peak RSS. Last line: one JSON object 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -42,21 +43,21 @@ def write_corpus(path: str, documents: int) -> None:
 def read_all(reader: str, path: str) -> tuple[int, float, str]:
     """(elements, seconds, digest of the parsed documents) for one reader."""
     start = time.perf_counter()
-    count, digest = 0, 0
+    count, digest = 0, hashlib.md5()
     if reader == "json_stream":
         from data_prep.json_stream import iter_json_array
 
         for _, doc in iter_json_array(path):
             count += 1
-            digest = hash((digest, len(doc["texts"]), doc["texts"][-1]))
+            digest.update(doc["texts"][-1].encode())
     else:
         import ijson
 
         with open(path, "rb") as f:
             for doc in ijson.items(f, "item", use_float=True):
                 count += 1
-                digest = hash((digest, len(doc["texts"]), doc["texts"][-1]))
-    return count, time.perf_counter() - start, str(digest)
+                digest.update(doc["texts"][-1].encode())
+    return count, time.perf_counter() - start, digest.hexdigest()
 
 
 def child(reader: str, path: str) -> None:

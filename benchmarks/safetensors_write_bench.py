@@ -1,5 +1,6 @@
-"""Memory of writing one safetensors shard: vlm_jax's streaming writer (`convert.safetensors_io.write_sharded`)
-vs the `safetensors` package's `safetensors.numpy.save_file`.
+"""Memory of writing one safetensors shard: the hand-written streaming writer vlm_jax used to have (kept here,
+`streaming_write`) vs the `safetensors` package's `safetensors.numpy.save_file`, which
+`convert.safetensors_io.write_sharded` uses since this measurement showed it needs no more memory.
 
     python benchmarks/safetensors_write_bench.py [--shard-mb 1024] [--tensors 8]
 
@@ -19,9 +20,30 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-WRITERS = ("vlm_jax", "safetensors")
+WRITERS = ("hand-written", "safetensors")
+
+
+def streaming_write(path: str, tensors: list, metadata: dict) -> None:
+    """The former vlm_jax writer: header, then each array's bytes straight from its buffer."""
+    import struct
+
+    import ml_dtypes
+    import numpy as np
+
+    names = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype(ml_dtypes.bfloat16): "BF16"}
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name, arr in tensors:
+        header[name] = {"dtype": names[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, arr in tensors:
+            f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
 
 
 def _rss_mib() -> float:
@@ -31,19 +53,17 @@ def _rss_mib() -> float:
 
 def child(writer: str, out: str, shard_mb: int, tensors: int) -> None:
     import numpy as np
+    from safetensors.numpy import save_file
+
 
     n = shard_mb * (1 << 20) // 4 // tensors
     arrays = [(f"layer.{i}.weight", np.full(n, i, np.float32)) for i in range(tensors)]
     before = _rss_mib()
     start = time.perf_counter()
-    if writer == "vlm_jax":
-        from vlm_jax.convert.safetensors_io import write_sharded
-
-        write_sharded(iter(arrays), out, max_shard_bytes=1 << 62)
+    os.makedirs(out, exist_ok=True)
+    if writer == "hand-written":
+        streaming_write(os.path.join(out, "model.safetensors"), arrays, {"format": "pt"})
     else:
-        from safetensors.numpy import save_file
-
-        os.makedirs(out, exist_ok=True)
         save_file(dict(arrays), os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,10 +1,10 @@
-"""Safetensors checkpoints: reading through the `safetensors` package, and a streaming sharded writer.
+"""Safetensors checkpoints through the `safetensors` package: reading tensor by tensor, writing in shards.
 
 Reading: `safetensors.safe_open(framework="numpy")` (memory-mapped; bfloat16 comes back as ml_dtypes.bfloat16
-in the pinned safetensors 0.8), one tensor at a time. Writing: our own writer streams each tensor from its
-array straight to the file, because `safetensors.numpy.save_file` first copies every tensor of a shard into
-bytes (a second copy of the shard; measured by `benchmarks/safetensors_write_bench.py`, see the README). Nothing
-here ever unpickles anything: `.bin`/`.pt` checkpoints are refused with a message saying how to convert them.
+in the pinned safetensors 0.8), one tensor at a time. Writing: `write_sharded` groups tensors into shards of at
+most `max_shard_bytes` (holding one shard) and writes each with `safetensors.numpy.save_file`, which needs no
+memory beyond the tensors (`benchmarks/safetensors_write_bench.py`, see the README). Nothing here ever
+unpickles anything: `.bin`/`.pt` checkpoints are refused with a message saying how to convert them.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from vlm_jax.checkpoint import CheckpointError
 
@@ -41,7 +41,6 @@ _DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -166,21 +165,8 @@ class SafetensorsDir:
 
 
 def _write_one(path: Path, tensors: list[tuple[str, np.ndarray]], metadata: dict[str, str]) -> None:
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for name, arr in tensors:
-        dtype_name = _DTYPE_NAMES.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
-        if dtype_name is None:
-            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
-        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for _, arr in tensors:
-            f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
+    """One safetensors file through the library (`safetensors.numpy.save_file`: no copy of the shard, measured)."""
+    save_file({name: np.ascontiguousarray(arr) for name, arr in tensors}, str(path), metadata=metadata)
 
 
 def write_sharded(

@@ -8,6 +8,9 @@ Starts from llava-v1.5-7b (a params-format checkpoint from `python -m vlm_jax.co
 the CLIP ViT-L/14-336 tower is frozen, the projector and the LM train; lr 2e-5, no weight decay,
 3% linear warmup then constant; bf16 compute on float32 master weights; 32768-token packed rows,
 at most 12 images per document; one epoch; a checkpoint every 100 steps, the last 5 kept; full remat.
+Memory: the LM head and cross-entropy run in 4096-position chunks; `memory="auto"` adds host offload of the
+layer inputs, a chunked MLP and bfloat16 Adam moments, in that order, only as far as the slice's HBM needs
+(`vlm_jax.training.memory`; README "Memory").
 Set `schedule_steps` to the epoch's step count (the warmup is 3% of it) and the mesh to the slice.
 """
 from vlm_jax.training.config import base_config, required
@@ -22,10 +25,16 @@ def get_config():
     c.dtype = "bfloat16"
     c.param_dtype = "float32"
     c.remat_policy = "full"
+    c.loss_chunk = 4096  # the LM head + cross-entropy 4096 positions at a time (never the full logits)
+    c.memory = "auto"  # offload / chunked MLP / bf16 moments only where the chips' HBM needs them
     c.attention_impl = "pallas"
     c.frozen = "vision_tower"
     c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
-    c.global_batch_size = 64  # packed 32k-token rows per step (~2M tokens)
+    # Packed 32k-token rows per update, matching the original's 16 documents per update (2 per GPU x 8,
+    # configs/llava_textbook_7b_seed.py): a textbook document's up to 12 images fill a row's 12 image slots,
+    # so rows hold about one document each and both configs make about as many updates per epoch.
+    # Slices with fewer than 16 devices: raise grad_accum_steps (e.g. 2 on 8 devices for one row per device).
+    c.global_batch_size = 16
     c.grad_accum_steps = 1
     c.num_train_steps = -1  # one pass over the data
     c.schedule_steps = 2000  # estimate of the epoch's steps, for the 3% warmup

@@ -275,9 +275,7 @@ def convert(
         if documents_written == 0:
             manifest["elapsed_s"] = round(time.monotonic() - start, 3)
             _write_json(manifest_path, manifest)
-            for name, path in extra.items():
-                os.replace(path, os.path.join(writer.out_dir, name))
-            writer.abort()
+            writer.publish_empty(extra)
             raise NothingWritten(_nothing_reason(manifest, out_dir))
         manifest["shards"] = writer.shards()
         manifest["elapsed_s"] = round(time.monotonic() - start, 3)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import array
 import collections
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ from vlm_jax import cli
 from vlm_jax.checkpoint import load_config, load_vision_tower, tokenizer_spec as checkpoint_tokenizer
 from vlm_jax.data import records
 from data_prep.stats_plots import write_histograms
+from vlm_jax.data.image import check_image_size, open_image_bytes
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
 
 PAPER_GROUPS = tuple(range(4, 12))  # image counts per document in the paper's similarity table
@@ -40,7 +40,9 @@ DISTRIBUTIONS = ("images", "text_pieces", "tokens", "similarity")
 
 
 def decode_images(doc: dict[str, Any]) -> tuple[list[str | None], list[Image.Image], int]:
-    """Decodes a record's images; corrupt/empty ones are dropped with their placeholder and counted.
+    """Decodes a record's images; corrupt/empty ones, and those over `vlm_jax.data.image`'s pixel or
+    aspect-ratio limit (refused from the header, never decoded), are dropped with their placeholder and
+    counted as corrupt.
 
     Returns (texts with None at the kept image positions, decoded RGB images in order, corrupt count).
     """
@@ -50,7 +52,8 @@ def decode_images(doc: dict[str, Any]) -> tuple[list[str | None], list[Image.Ima
             texts.append(text)
             continue
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image_bytes(data) as img:
+                check_image_size(*img.size)
                 images.append(img.convert("RGB"))
         except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image: count it.
             corrupt += 1
@@ -170,10 +173,12 @@ def _similarity(protocol: str, doc: dict[str, Any], feats: np.ndarray, images: l
     if protocol == "standard":
         return {"group": len(images), **dataclasses.asdict(document_similarity(feats, [grey(img) for img in images]))}
     image_num = _image_num(doc, len(images))
-    bgr = [decode_bgr(data) for data in doc["images"] if data is not None]
     row = {"group": image_num, "image_num": image_num, "pairs": len(images) * (len(images) - 1) // 2,
            "similarity": None, "clip": None, "ssim": None, "clip_sum": None, "ssim_sum": None, "ssim_failed": None}
-    if corrupt or any(b is None for b in bgr):  # the original's clip_success = False: left out of the table
+    if corrupt:  # the original's clip_success = False: left out of the table
+        return row
+    bgr = [decode_bgr(data) for data in doc["images"] if data is not None]  # all passed the size limits above
+    if any(b is None for b in bgr):
         return row
     sums = original_sums(feats, bgr)
     row.update(clip_sum=sums.clip_sum, ssim_sum=sums.ssim_sum, ssim_failed=sums.ssim_failed)
@@ -274,18 +279,44 @@ def make_featurizer(clip_ckpt: str | None, batch_size: int, seed: int = 0) -> Cl
                                  "half of the similarity is NOT meaningful, the SSIM half is")
 
 
-def _check_data(data: Sequence[str]) -> None:
-    """InputError before anything runs for a `--data` entry that is missing or an unreadable corpus folder."""
-    for spec in data:
-        if not os.path.exists(spec):
-            raise cli.InputError(f"--data {spec}: no such file or folder")
-        if not is_json_input(spec):
-            records.open_corpus(spec)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit status (0, 1 bad input, 2 usage) after one `error:` line."""
     return cli.run(_main, argv, prog="python -m data_prep.stats")
+
+
+def _check_args(parser, args) -> None:
+    """Every input named on the command line exists and is of the right kind, before anything is computed."""
+    from data_prep.corpus_reader import JSON_SUFFIXES, is_json_input
+
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--max-images", args.max_images, 0),
+                             ("--num-image-tokens", args.num_image_tokens, 1), ("--max-documents", args.max_documents, 1)):
+        if value is not None and value < low:
+            parser.error(f"{name} must be >= {low}, got {value}")
+    fix = ("give a converted corpus folder (the --out of python -m data_prep.convert) or the seeds' JSON/JSONL "
+           "with --images")
+    for spec in args.data:
+        if not os.path.exists(spec):
+            raise cli.InputError(f"--data {spec}: no such file or folder; {fix}")
+        if is_json_input(spec):
+            if os.path.isdir(spec) and not any(n.endswith(JSON_SUFFIXES) for n in os.listdir(spec)):
+                raise cli.InputError(f"--data {spec}: not a converted corpus folder (no dataset_info.json) and no "
+                                     f".json/.jsonl files in it; {fix}")
+            if not os.path.isdir(spec) and not spec.endswith(JSON_SUFFIXES):
+                raise cli.InputError(f"--data {spec}: neither a converted corpus folder nor .json/.jsonl; {fix}")
+            if args.images is None:
+                parser.error(f"--data {spec} is JSON input: pass --images ROOT (the folder its image paths are in)")
+            cli.require_dir(args.images, "--images", "give the folder the JSON's image paths are relative to")
+        else:
+            records.open_corpus(spec)  # an unreadable corpus folder fails here, before anything runs
+    if os.path.isdir(args.out):
+        raise cli.InputError(f"--out {args.out}: is a folder; give the report's file name, e.g. {args.out}/report.json")
+    if args.clip_ckpt:
+        cli.require_dir(args.clip_ckpt, "--clip-ckpt", "give a vlm_jax params checkpoint (python -m vlm_jax.convert "
+                                                       "hf-to-orbax)")
+    if args.tokenizer not in (None, "byte"):
+        from vlm_jax.data.tokenizer import check_tokenizer_folder
+
+        check_tokenizer_folder(args.tokenizer, "--tokenizer")
 
 
 def _main(argv: list[str]) -> int:
@@ -306,7 +337,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--similarity", default="original", choices=PROTOCOLS,
                         help="in-sample similarity: 'original' (the paper's table, data_prep.similarity) or 'standard'")
     args = parser.parse_args(argv)
-    _check_data(args.data)
+    _check_args(parser, args)
 
     from vlm_jax.data.tokenizer import make_tokenizer
 

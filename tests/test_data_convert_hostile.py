@@ -144,6 +144,12 @@ def test_a_run_that_wrote_nothing_exits_1(env, capsys, content, reason):
     assert "no document written" in line and reason in line
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["manifest.json", "skipped.jsonl"]  # why, but no dataset
+    _jsonl(src, [GOOD])  # fixed input: the same --out is accepted again (it holds only that report)
+    assert _run(tmp_path, images, src) == 0 and len(_docs(out)) == 1
+    src.write_bytes(content)  # --overwrite with nothing to write: the previous corpus goes, the report stays
+    capsys.readouterr()
+    assert _run(tmp_path, images, src, "--overwrite") == 1 and "no document written" in _error_line(capsys)
+    assert sorted(os.listdir(out)) == ["manifest.json", "skipped.jsonl"]
 
 
 # --- bad records and images: skipped and counted, the rest converted -------------------------------------
@@ -244,3 +250,18 @@ def test_readers_refuse_an_unfinished_conversion_in_one_line(env, capsys):
     line = _error_line(capsys)
     assert "a conversion did not finish" in line and "dataset_info.json" in line
     assert not (tmp_path / "report.json").exists()
+
+
+def test_stats_refuses_huge_images_in_a_corpus_from_the_header(tmp_path):
+    from data_prep import stats
+    from data_testlib import write_corpus_dir
+
+    good = image_bytes(24, 16, seed=1)
+    doc = {"id": "d", "texts": ["t", None, None, None, "end"], "images": [None, good, _png_header_only(12_000, 12_000),
+                                                                          image_bytes(1, 300, seed=2, fmt="PNG"), None],
+           "image_meta": [None] * 5, "metadata": {}}
+    corpus = write_corpus_dir(str(tmp_path / "corpus"), [doc])  # written directly: no conversion limits applied
+    out = tmp_path / "stats" / "report.json"
+    assert stats.main(["--data", corpus, "--out", str(out), "--similarity", "standard"]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 1 and report["images_corrupt"] == 2  # 144 M pixels and 1:300, never decoded

@@ -146,3 +146,22 @@ def test_usage_errors(capsys, argv, needle):
 def test_run_form_errors(capsys, extra, code, needle):
     assert main(["--config", f"{REPO}/configs/eval/okvqa.py", *extra]) == code
     one_line_error(capsys.readouterr().err, needle)
+
+
+def test_images_that_are_not_regular_files_or_too_large(tmp_path):
+    """A named pipe is refused without blocking, a 1x60000 image before any canvas is built: errors naming
+    the file (the limits of vlm_jax.data.image)."""
+    from PIL import Image
+
+    from vlm_jax.evaluate.examples import BenchmarkFileError
+    from vlm_jax.evaluate.pixels import load_pixels
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(BenchmarkFileError, match="pipe.png.*not a regular file"):
+        load_pixels([str(fifo)], {"image_size": 28})
+    Image.new("RGB", (1, 60000)).save(tmp_path / "tall.png")
+    with pytest.raises(BenchmarkFileError, match="tall.png.*aspect ratio"):
+        load_pixels([str(tmp_path / "tall.png")], {"image_size": 28})
+    with pytest.raises(BenchmarkFileError, match="nope.png"):
+        load_pixels([str(tmp_path / "nope.png")], {"image_size": 28})

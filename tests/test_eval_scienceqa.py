@@ -138,3 +138,30 @@ def test_bad_records_are_named(tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(BenchmarkFileError, match=r"problems.json pid 9: missing field 'grade'"):
         load_scienceqa(str(path))
+
+
+def test_run_generates_for_image_questions_and_scores_the_whole_split(sqa_files):
+    """The run's question list is the image questions; scoring keeps every test question (the original's
+    Total); the demonstration pool is the train split's image questions, whole for RICES, a seeded sample of
+    query_set_size for `random` or rices.pool=query_set."""
+    import runpy
+
+    from vlm_jax.evaluate.run import load_questions_and_pool
+
+    problems, splits = sqa_files
+    config = runpy.run_path(os.path.join(REPO, "configs", "eval", "scienceqa.py"))["get_config"]()
+    config.eval_split.problems_path = config.demo_split.problems_path = problems
+    config.eval_split.pid_splits_path = config.demo_split.pid_splits_path = splits
+    config.shots = 1
+    examples, queries, pool = load_questions_and_pool(config)
+    assert [e.qid for e in examples] == ["1", "2", "3", "4", "5"] and [q.qid for q in queries] == ["1", "2", "4", "5"]
+    assert [e.qid for e in pool] == ["6"]
+    data = json.loads(open(problems).read())
+    data.update({str(i): dict(PROBLEMS["6"], question=f"t{i}") for i in range(7, 12)})
+    open(problems, "w").write(json.dumps(data))
+    json.dump({"test": ["1", "2", "3", "4", "5"], "train": [str(i) for i in range(6, 12)]}, open(splits, "w"))
+    assert len(load_questions_and_pool(config)[2]) == 6  # RICES: the whole demonstration split
+    config.query_set_size = 3
+    config.rices.pool = "query_set"
+    sample = [e.qid for e in load_questions_and_pool(config)[2]]
+    assert len(sample) == 3 and sample == [e.qid for e in load_questions_and_pool(config)[2]]  # seeded

@@ -14,7 +14,7 @@ import pytest
 
 from vlm_jax.evaluate.__main__ import main
 from vlm_jax.evaluate.examples import BenchmarkFileError, Example
-from vlm_jax.evaluate.vqa import (leave_one_out_accuracy, load_vqa, okvqa_accuracy, score_okvqa, score_textvqa,
+from vlm_jax.evaluate.vqa import (leave_one_out_accuracy, load_vqa, okvqa_accuracy, score_textvqa,
                                   short_answer, textvqa_accuracy, vqa_accuracy)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -60,17 +60,18 @@ def test_bucketed_position_ids_match_hf_embeddings_rule():
     from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionEmbeddings
     from transformers import Idefics2VisionConfig
 
-    emb = Idefics2VisionEmbeddings(Idefics2VisionConfig(hidden_size=4, image_size=980, patch_size=14))
+    emb = Idefics2VisionEmbeddings(Idefics2VisionConfig(hidden_size=1, num_channels=1, image_size=980,
+                                                        patch_size=14))
     with torch.no_grad():
-        emb.position_embedding.weight.copy_(torch.arange(4900, dtype=torch.float32)[:, None].expand(4900, 4))
+        emb.position_embedding.weight.copy_(torch.arange(4900, dtype=torch.float32)[:, None])
         emb.patch_embedding.weight.zero_()
         emb.patch_embedding.bias.zero_()
-    masks = np.zeros((3, 70, 70), bool)
+    masks = np.zeros((3, 70, 45), bool)  # a 70 x 45 patch grid (980 x 630 px) on the 70 x 70 table
     masks[0, :24, :40] = True
     masks[1, :70, :17] = True
-    masks[2, :39, :70] = True
+    masks[2, :39, :45] = True
     with torch.no_grad():
-        ref = emb(torch.zeros(3, 3, 980, 980), torch.from_numpy(masks))[..., 0].numpy().astype(np.int32)
+        ref = emb(torch.zeros(3, 1, 980, 630), torch.from_numpy(masks))[..., 0].numpy().astype(np.int32)
     got = np.asarray(siglip.bucket_position_ids(jnp.asarray(masks), 70))
     np.testing.assert_array_equal(got, ref)
 

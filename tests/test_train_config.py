@@ -58,6 +58,17 @@ def test_textbook_7b_config_mirrors_the_seed_run():
     assert resolved.text_config.dtype == "bfloat16" and resolved.text_config.param_dtype == "float32"
 
 
+def test_seed_config_has_the_original_batches_and_loss():
+    packed, seed = _load("llava_textbook_7b"), _load("llava_textbook_7b_seed")
+    assert (seed.data.packing, seed.data.shuffle, packed.data.packing, packed.data.shuffle) == \
+        ("none", False, "best_fit", True)
+    assert seed.mesh.fsdp * seed.mesh.data == 8 and seed.global_batch_size == 16 and seed.grad_accum_steps == 1
+    assert (seed.loss_normalization, seed.optim.max_grad_norm) == ("per_device", 0.0)
+    assert packed.loss_normalization == "global" and packed.global_batch_size == seed.global_batch_size
+    # everything else is the packed config's
+    assert seed.optim.learning_rate == packed.optim.learning_rate and seed.data.seq_len == packed.data.seq_len
+
+
 def test_demo_config_resolves_and_unknown_override_fails():
     c = _load("demo")
     assert model_config(c).num_image_tokens == 16 and c.demo_corpus.build

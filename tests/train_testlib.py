@@ -76,15 +76,16 @@ def initial_state(config: LlavaConfig, frozen=(), seed: int = 0) -> TrainState:
 
 
 def run_steps(config: LlavaConfig, mesh, batches, state: TrainState, *, frozen=(), grad_accum_steps: int = 1,
-              nan_policy: str = "stop"):
+              nan_policy: str = "stop", **step_options):
     """`state` (host) placed on `mesh` by the sharding rules, one train step per batch; returns
-    (final state, per-step metrics on host)."""
+    (final state, per-step metrics on host). `step_options`: more `make_train_step` arguments."""
     schedule, tx = optimizer()
     _, shardings = abstract_train_state(config, frozen, tx, mesh, DEFAULT_RULES)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         state = jax.device_put(state, shardings)
         step = jit_train_step(make_train_step(Llava(config), tx, schedule, frozen=frozen,
-                                              grad_accum_steps=grad_accum_steps, nan_policy=nan_policy),
+                                              grad_accum_steps=grad_accum_steps, nan_policy=nan_policy,
+                                              **step_options),
                               shardings, batch_sharding(mesh))
         metrics = []
         for batch in batches:

@@ -30,6 +30,8 @@ from vlm_jax.inference.model import VLM
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
+from vlm_jax.training import aot
+from vlm_jax.training import memory as memory_lib
 from vlm_jax.training.config import check_inputs, model_config as resolve_model_config
 from vlm_jax.training.config import validate as validate_config
 from vlm_jax.training.distributed import batch_divisor, global_batch, maybe_initialize_distributed
@@ -72,6 +74,8 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
         "preprocessor_config": d.preprocessor_config or None,
         "seed": d.seed,
         "num_epochs": None if d.num_epochs < 0 else d.num_epochs,
+        "shuffle": d.shuffle,
+        "packing": d.packing,
         "num_workers": d.num_workers,
         "read_threads": d.read_threads,
         "process_index": jax.process_index(),
@@ -127,6 +131,39 @@ def _build_demo_corpus(config, workdir: str) -> None:
             config.heldout.file = paths["heldout"]
 
 
+def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[str, Any]:
+    """The pieces of a run that depend on the config's model and memory options: model_config, frozen,
+    schedule, tx, abstract (state of ShapeDtypeStructs), shardings, step_fn (jitted, state donated)."""
+    model_config = resolve_model_config(config, architecture)
+    frozen = parse_module_list(config.frozen)
+    schedule = make_schedule(config.optim, _schedule_steps(config))
+    tx = make_optimizer(config.optim, schedule)
+    abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
+    step_fn = jit_train_step(
+        make_train_step(Llava(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
+                        nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
+                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh)),
+        shardings, batch_sharding(mesh))
+    return {"model_config": model_config, "frozen": frozen, "schedule": schedule, "tx": tx, "abstract": abstract,
+            "shardings": shardings, "step_fn": step_fn}
+
+
+def step_bytes(config: ml_collections.ConfigDict, architecture, mesh) -> float:
+    """Device bytes the compiled train step of `config` needs (`memory_lib.compiled_bytes`); inf when the
+    compiler itself reports that it does not fit."""
+    parts = build_step(config, architecture, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        batch = aot.abstract_batch(parts["model_config"], batch=config.global_batch_size, seq_len=config.data.seq_len,
+                                   max_images_per_row=config.data.max_images_per_row, sharding=batch_sharding(mesh))
+        lowered = parts["step_fn"].lower(parts["abstract"], batch)
+    try:
+        return memory_lib.compiled_bytes(lowered.compile())
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "memory" in str(e).lower():
+            return float("inf")
+        raise
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the config") -> dict[str, Any]:
     """Runs (or resumes) training as `config` says; returns a summary dict (also printed as JSON).
     The config and the inputs it names are checked first (`source` names the config file in errors)."""
@@ -160,15 +197,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     if config.demo_corpus.build:
         _build_demo_corpus(config, workdir)
     loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
-    tx = make_optimizer(config.optim, schedule)
-    abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
+    hbm = memory_lib.device_hbm_bytes(jax.devices()[0])
+    if hbm is not None and config.memory == "auto":
+        config, _, tried = memory_lib.choose(config, batch_divisor(mesh), lambda c: step_bytes(c, architecture, mesh),
+                                             lambda need: need <= hbm)
+        for name, need in tried:
+            _log(f"memory: {name}: {need / 2**30:.2f} GiB of {hbm / 2**30:.2f} GiB HBM per device"
+                 f"{'' if need <= hbm else ', does not fit'}")
+    parts = build_step(config, architecture, mesh)
+    model_config, tx, abstract, shardings, step_fn = (
+        parts["model_config"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
+    model = Llava(model_config)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                               save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save)
-    step_fn = jit_train_step(
-        make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
-                        nan_policy=config.nan_policy),
-        shardings, batch_sharding(mesh))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, ckpt_lib.RUN_CONFIG_FILE), "w") as f:
             json.dump({"train": config.to_dict(), "model": ckpt_lib.architecture_dict(model_config)}, f, indent=2)
@@ -311,7 +353,6 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     table and, as the last line, a JSON object; returns 0 if it fits the chip's HBM, else 1 (after one
     `does not fit: ...` line on stderr)."""
     from vlm_jax.topology import parse_slice
-    from vlm_jax.training import aot
 
     if not os.environ.get("JAX_PLATFORMS"):  # nothing runs here: no accelerator backend needed
         jax.config.update("jax_platforms", "cpu")
@@ -322,7 +363,13 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     architecture = None
     if config.init_checkpoint and os.path.exists(os.path.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
         architecture = ckpt_lib.load_config(config.init_checkpoint)
-    report = aot.compile_train_step(config, resolve_model_config(config, architecture), tpu_slice)
+    mesh_shards = aot.batch_shards(config, tpu_slice)
+    config, report, tried = memory_lib.choose(
+        config, mesh_shards, lambda c: aot.compile_train_step(c, resolve_model_config(c, architecture), tpu_slice),
+        lambda r: r["fits"])
+    report["memory_options"] = tried[-1][0]
+    for name, r in tried[:-1]:
+        print(f"memory: {name}: {r['per_chip_gib']:.2f} GiB per chip, does not fit", flush=True)
     print(aot.format_table(report), flush=True)
     if not report["fits"]:
         print(f"does not fit: train step on {tpu_slice.name} {report['reason']}", file=sys.stderr, flush=True)
@@ -362,12 +409,15 @@ def _main(argv: list[str]) -> int:
         return 0
     values = parse_flags(argv)
     config = values.config
+    source = values["config"].config_filename
+    # Before any field is read; a compile-only run needs no checkpoint, tokenizer or data.
+    validate_config(config, source, check_required=not values.compile_topology)
     logging.use_absl_handler()
     # Orbax logs every save step at INFO through absl; keep the console to our own lines (-v 0 shows them).
     logging.set_verbosity(logging.WARNING if values.verbosity is None else values.verbosity)
     if values.compile_topology:
         return compile_for_topology(config, values.compile_topology)
-    summary = train(config, values.workdir or config.workdir, source=values["config"].config_filename)
+    summary = train(config, values.workdir or config.workdir, source=source)
     _log(json.dumps(summary, indent=2))
     return 0
 

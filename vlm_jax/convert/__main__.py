@@ -38,13 +38,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.hf is not None or args.clip is not None or args.vision is None or args.llm is None:
             parser.error("hf-to-orbax --family idefics2 needs --vision SIGLIP_DIR and --llm MISTRAL_DIR "
                          "(an Idefics2 --hf folder needs no --family)")
-        return args
-    if args.command == "hf-to-orbax" and (args.vision or args.config or args.vision_biases):
-        parser.error("--vision, --config and --vision-biases go with --family idefics2")
-    if args.command == "hf-to-orbax" and args.hf is None and (args.clip is None or args.llm is None):
-        parser.error("hf-to-orbax needs --hf DIR, or --clip DIR and --llm DIR")
-    if args.command == "hf-to-orbax" and args.hf is not None and args.llm is not None:
-        parser.error("--llm goes with --clip only, not with --hf")
+    elif args.command == "hf-to-orbax":
+        if args.vision or args.config or args.vision_biases:
+            parser.error("--vision, --config and --vision-biases go with --family idefics2")
+        if args.hf is None and (args.clip is None or args.llm is None):
+            parser.error("hf-to-orbax needs --hf DIR, or --clip DIR and --llm DIR")
+        if args.hf is not None and args.llm is not None:
+            parser.error("--llm goes with --clip only, not with --hf")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        kind = "a non-empty folder" if args.out.is_dir() else "a file"
+        raise cli.InputError(f"--out {args.out}: is {kind}; give a new or empty folder (nothing is overwritten)")
+    if args.command == "orbax-to-hf":
+        from vlm_jax.convert.safetensors_io import parse_size
+
+        try:
+            parse_size(args.max_shard_size)
+        except ValueError as e:
+            parser.error(f"--max-shard-size: {e}")
     return args
 
 

@@ -1,10 +1,11 @@
 """Grain training pipeline: converted corpora -> packed, batched, checkpointable batches.
 
     corpus folders (TFDS ArrayRecord data sources, `vlm_jax.data.records.open_corpora`)
-      -> [process_index::process_count] -> shuffle(seed) -> repeat(num_epochs)
+      -> [process_index::process_count] -> shuffle(seed) (unless shuffle=False: file order) -> repeat(num_epochs)
       -> DocumentProcessor (record decode, image decode + CLIP preprocessing, seed tokenization;
          in `num_workers` worker processes via mp_prefetch, else in `read_threads` threads)
-      -> count-and-drop (loader metrics, in the main process) -> first-fit packing -> batch
+      -> count-and-drop (loader metrics, in the main process) -> best-fit packing (look-ahead, packing="best_fit")
+         or one padded document per row (packing="none", the original's batches) -> batch
 
 Every step is deterministic given `seed`, and the per-record step is one-to-one, so the batches do
 not depend on `num_workers`. Shuffling reshuffles each epoch (Grain folds the epoch into the seed).
@@ -28,11 +29,12 @@ from PIL import Image
 
 from vlm_jax.data.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageRejected, preprocess_image,
                                 read_processor_settings)
-from vlm_jax.data.packing import document_example, pack_documents
+from vlm_jax.data.packing import document_example, pack_documents, pad_documents
 from vlm_jax.data import records as corpus_records
 from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer, tokenize_interleaved
 
 COUNTS_KEY = "loader_counts"
+PACKINGS = ("best_fit", "none")
 COUNTER_NAMES = (
     "documents_read",
     "documents_used",
@@ -57,7 +59,9 @@ class LoaderConfig:
     image_token_id: defaults to the tokenizer's `<image>` id. max_length defaults to seq_len.
     preprocessor_config: a checkpoint's preprocessor_config.json; when given, its size, crop,
     mean and std replace image_size/crop_size/image_mean/image_std.
-    num_open_rows: rows the first-fit packer keeps open (default batch_size).
+    pack_lookahead: documents the best-fit packer looks ahead over (see `vlm_jax.data.packing`).
+    shuffle: False reads the records in file order (the original's sequential sampler).
+    packing: "best_fit" packs documents into rows; "none" pads each document to its own row.
     num_epochs: None repeats forever (use that, with a step budget, for multi-host training:
     hosts may pack different numbers of rows from their shards).
     """
@@ -82,7 +86,9 @@ class LoaderConfig:
     num_workers: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 2
-    num_open_rows: int | None = None
+    pack_lookahead: int = 64
+    shuffle: bool = True
+    packing: str = "best_fit"
     process_index: int = 0
     process_count: int = 1
 
@@ -275,7 +281,11 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
     records = grain.MapDataset.source(source)[config.process_index :: config.process_count]
     if len(records) == 0:
         raise ValueError(f"process {config.process_index}/{config.process_count} has no records")
-    docs = records.shuffle(seed=config.seed).repeat(config.num_epochs).map(processor)
+    if config.packing not in PACKINGS:
+        raise ValueError(f"packing={config.packing!r}: expected one of {PACKINGS}")
+    if config.shuffle:
+        records = records.shuffle(seed=config.seed)
+    docs = records.repeat(config.num_epochs).map(processor)
     read_options = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(config.read_threads, 1) * 2)
     stream = docs.to_iter_dataset(read_options)
     if config.num_workers > 0:
@@ -287,13 +297,17 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
             grain.MultiprocessingOptions(num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size)
         )
     stream = _CountAndDropIterDataset(stream, max_consecutive_drops=len(records))
-    rows = pack_documents(
-        stream,
-        seq_len=config.seq_len,
-        max_images_per_row=config.max_images_per_row,
-        num_open_rows=config.num_open_rows or config.batch_size,
-        pad_id=tokenizer.pad_id,
-    )
+    if config.packing == "none":
+        rows = pad_documents(stream, seq_len=config.seq_len, max_images_per_row=config.max_images_per_row,
+                             pad_id=tokenizer.pad_id)
+    else:
+        rows = pack_documents(
+            stream,
+            seq_len=config.seq_len,
+            max_images_per_row=config.max_images_per_row,
+            lookahead=config.pack_lookahead,
+            pad_id=tokenizer.pad_id,
+        )
     return rows.batch(config.batch_size, drop_remainder=True)
 
 

@@ -179,7 +179,8 @@ class CorpusWriter:
     Shards are written in `out_dir/.partial/` and only `publish()` moves them into `out_dir` with
     `features.json`, the extra files and, last, `dataset_info.json`: a folder holds a readable corpus
     only once conversion finished. `out_dir` must be empty (or hold only a `.partial/` left by a killed
-    run); with `overwrite=True` a previous corpus' files there are replaced, other files are kept.
+    run, or the `manifest.json` + `skipped.jsonl` of a run that wrote nothing); with `overwrite=True` a
+    previous corpus' files there are replaced, other files are kept.
     """
 
     def __init__(self, out_dir: str, shard_size: int, name: str = "corpus", overwrite: bool = False):
@@ -255,6 +256,15 @@ class CorpusWriter:
         shutil.rmtree(self.partial)
         return names
 
+    def publish_empty(self, extra_files: Mapping[str, str] | None = None) -> None:
+        """Ends a run that wrote no document: a previous corpus in `out_dir` is removed (there is no
+        dataset to describe) and only `extra_files` (the run's report) are moved in."""
+        self._close_shard()
+        _remove_previous_corpus(self.out_dir)
+        for name, path in (extra_files or {}).items():
+            os.replace(path, os.path.join(self.out_dir, name))
+        shutil.rmtree(self.partial, ignore_errors=True)
+
     def abort(self) -> None:
         """Closes and removes what was written (nothing is published)."""
         self._close_shard()
@@ -268,9 +278,19 @@ def _prepare_out_dir(out_dir: str, overwrite: bool) -> None:
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise CorpusError(f"--out {out_dir} is not writable")
     leftover = [n for n in os.listdir(out_dir) if n != PARTIAL_DIR]
+    if set(leftover) <= {"manifest.json", "skipped.jsonl"} and _own_manifest(out_dir):
+        leftover = []  # the report of a run that wrote no corpus: replaced like a leftover .partial/
     if leftover and not overwrite:
         raise CorpusError(f"--out {out_dir} is not empty ({len(leftover)} entries, e.g. {sorted(leftover)[0]!r}): "
                           "choose an empty folder or pass --overwrite to replace a previous conversion")
+
+
+def _own_manifest(out_dir: str) -> bool:
+    try:
+        with open(os.path.join(out_dir, "manifest.json")) as f:
+            return json.load(f).get("record_format") == RECORD_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _remove_previous_corpus(out_dir: str) -> None:

@@ -261,3 +261,17 @@ def tokenize_interleaved(
     for start in image_starts:
         labels[start : start + num_image_tokens] = IGNORE_INDEX
     return TokenizedDocument(input_ids=input_ids, labels=labels, num_images=len(image_starts), truncated=truncated)
+
+
+TOKENIZER_FILE_NAMES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def check_tokenizer_folder(path: str, what: str) -> str:
+    """`path` if it is a folder with Hugging Face tokenizer files, else a one-line `cli.InputError` naming `what`."""
+    from vlm_jax import cli
+
+    fix = "give 'byte' or a Hugging Face tokenizer folder (tokenizer.json or tokenizer.model)"
+    cli.require_dir(path, what, fix)
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILE_NAMES):
+        raise cli.InputError(f"{what} {path}: no tokenizer files there; {fix}")
+    return path

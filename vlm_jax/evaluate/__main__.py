@@ -127,7 +127,7 @@ def run_main(argv: list[str]) -> int:
 def score_main(argv: list[str]) -> int:
     from vlm_jax.evaluate import registry
     from vlm_jax.evaluate.judge import math_judge
-    from vlm_jax.evaluate.predictions import append_records, read_predictions
+    from vlm_jax.evaluate.predictions import read_predictions, write_jsonl_atomic
     from vlm_jax.evaluate.run_config import check_config
 
     values = parse(argv, "score")
@@ -139,8 +139,7 @@ def score_main(argv: list[str]) -> int:
     scored = benchmark.score(examples, read_predictions(values.predictions), protocol=config.protocol,
                              allow_missing=config.allow_missing, judge=judge)
     if values.records:
-        open(values.records, "w").close()
-        append_records(values.records, scored.records)
+        write_jsonl_atomic(values.records, scored.records)
     print(json.dumps(scored.summary, indent=1))
     return 0
 

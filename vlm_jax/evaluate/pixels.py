@@ -5,18 +5,21 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from vlm_jax.data.image import preprocess_image
+from vlm_jax.data.image import ImageRejected, open_image_file, preprocess_image
+from vlm_jax.evaluate.examples import BenchmarkFileError
 
 
 def load_pixels(paths: Sequence[str], settings: dict, aspect: str = "pad") -> np.ndarray:
-    """float32 `[len(paths), H, W, 3]`; a missing or unreadable image is an error naming the file."""
+    """float32 `[len(paths), H, W, 3]`; a missing, unreadable, non-regular (FIFO, device) or oversized image is
+    an error naming the file (`vlm_jax.data.image` limits, checked before decoding)."""
     out = []
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with open_image_file(path) as img:
                 out.append(preprocess_image(img, aspect=aspect, **settings))
+        except ImageRejected as e:
+            raise BenchmarkFileError(f"image {path}: {e}") from e
         except (FileNotFoundError, OSError) as e:
-            raise FileNotFoundError(f"image {path}: cannot be read ({e})") from e
+            raise BenchmarkFileError(f"image {path}: cannot be read ({e})") from e
     return np.stack(out)

@@ -59,6 +59,15 @@ def append_records(path: str, records: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
+    """Writes JSON lines to `path` through a temporary file and a rename (never a half-written file)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    append_records(tmp, records)
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Writes JSON to `path` through a temporary file and a rename (never a half-written file)."""
     tmp = f"{path}.{os.getpid()}.tmp"

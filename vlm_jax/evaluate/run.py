@@ -28,13 +28,14 @@ from vlm_jax.evaluate.batched_generation import Request, generate_requests
 from vlm_jax.evaluate.examples import BenchmarkFileError, Example, sample_query_set
 from vlm_jax.evaluate.judge import math_judge
 from vlm_jax.evaluate.pixels import load_pixels
-from vlm_jax.evaluate.predictions import append_records, read_partial_records, write_json_atomic
+from vlm_jax.evaluate.predictions import (append_records, read_partial_records, write_json_atomic,
+                                         write_jsonl_atomic)
 from vlm_jax.evaluate.prompt_tokens import load_tokenizer, prompt_token_ids
 from vlm_jax.evaluate.prompts import Prompt, build_prompt
 from vlm_jax.evaluate.run_config import NTK_FACTOR, check_config, max_new_tokens, uses_ntk_rope
 from vlm_jax.inference.generation import gather_rows, local_data_mesh, process_slice
 from vlm_jax.inference.model import load
-from vlm_jax.models.config import LlavaConfig, RopeScaling
+from vlm_jax.models.config import Idefics2Config, LlavaConfig, RopeScaling
 from vlm_jax.models.llava import Llava
 
 
@@ -172,6 +173,11 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     an interrupted run with the same prompts is resumed."""
     check_config(config)
     ckpt = Path(ckpt)
+    stored = load_config(ckpt)
+    if isinstance(stored, Idefics2Config):  # the model family picks the protocol: the original's Idefics2 one
+        from vlm_jax.evaluate import idefics2_protocol
+
+        return idefics2_protocol.run_evaluation(config, ckpt, stored)
     started = time.time()
     benchmark = registry.get(config.benchmark)
     model_config = model_config_for_run(config, ckpt)
@@ -226,10 +232,6 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
                   "demo_ids": [d.qid for d in ds], **{k: v for k, v in by_qid[q.qid].items() if k != "question_id"}}
                  for q, p, ds in zip(queries, prompts, demos)]
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = f"{predictions_path}.{os.getpid()}.tmp"
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        append_records(tmp, final)
-        os.replace(tmp, predictions_path)
+        write_jsonl_atomic(str(predictions_path), final)
         write_json_atomic(str(out_dir / f"{output_stem(config)}.scores.json"), scores)
     return scores

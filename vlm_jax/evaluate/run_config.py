@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from ml_collections import ConfigDict
 
 from vlm_jax import cli
-from vlm_jax.evaluate.registry import PROTOCOLS
+from vlm_jax.evaluate import registry
 
 DEMO_SELECTIONS = ("rices", "random", "random_select")
 RICES_ENCODERS = ("clip", "model")
@@ -88,9 +88,8 @@ def _choice(c: ConfigDict, name: str, value, choices) -> None:
 
 def check_config(c: ConfigDict) -> None:
     """A ValueError naming the field for settings a run cannot use."""
-    from vlm_jax.evaluate import registry
     _choice(c, "benchmark", c.benchmark, tuple(registry.names()))
-    _choice(c, "protocol", c.protocol, PROTOCOLS)
+    _choice(c, "protocol", c.protocol, tuple(registry.PROTOCOLS))
     _choice(c, "demo_selection", c.demo_selection, DEMO_SELECTIONS)
     _choice(c, "rices.encoder", c.rices.encoder, RICES_ENCODERS)
     _choice(c, "rices.pool", c.rices.pool, RICES_POOLS)
@@ -110,7 +109,6 @@ def check_config(c: ConfigDict) -> None:
 
 def max_new_tokens(c: ConfigDict) -> int:
     """`config.max_new_tokens`, or the benchmark's own when 0."""
-    from vlm_jax.evaluate import registry
     return c.max_new_tokens or registry.get(c.benchmark).max_new_tokens
 
 

@@ -21,6 +21,7 @@ answers as option letters.
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any, Mapping, Sequence
 
@@ -30,8 +31,6 @@ from vlm_jax.evaluate.examples import (OPTION_LETTERS, BenchmarkFileError, Examp
                                        read_jsonl, text_field)
 from vlm_jax.evaluate.predictions import accuracy_by, align, records, summary
 from vlm_jax.evaluate.registry import Benchmark, Scored, register, register_loader
-
-import os
 
 MULTI_CHOICE = "multi_choice"
 FREE_FORM = "free_form"

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlm_jax.models.llama import init_cache
+from vlm_jax.models.llama import init_cache, split_cache
 from vlm_jax.models.llava import Llava, check_image_tokens
 
 
@@ -139,7 +139,7 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], step, axis=1)
         return step + 1, cache, tokens, done | (new == eos_token_id), rng
 
-    _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, tokens, done, rng))
+    _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), split_cache(cache), tokens, done, rng))
     return tokens
 
 

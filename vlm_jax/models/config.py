@@ -7,7 +7,8 @@ Field names follow Hugging Face's `CLIPVisionConfig`, `LlamaConfig` and `LlavaCo
 Besides the architecture, each sub-config carries run-time choices that do not change the weights:
 `dtype` (compute), `param_dtype` (storage), `attention_impl` ("xla" | "cudnn" | "pallas"),
 `attention_block_q` / `attention_block_k` (sequence tiles of the "pallas" kernel; None = the kernel's
-per-backend defaults) and `remat_policy` (see `vlm_jax.models.layers.REMAT_POLICIES`).
+per-backend defaults), `remat_policy` (see `vlm_jax.models.layers.REMAT_POLICIES`) and `mlp_chunk`
+(positions per chunk of the Llama MLP, 0 = all at once; see `vlm_jax.models.llama.LlamaMLP`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import dataclasses
 from typing import Any, Mapping
 
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas")
-REMAT_POLICY_NAMES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+REMAT_POLICY_NAMES = ("none", "full", "offload", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 FEATURE_STRATEGIES = ("default", "full")
@@ -43,6 +44,8 @@ def _check_runtime(cfg: Any) -> None:
     _check_choice(name, "param_dtype", cfg.param_dtype, DTYPES)
     _check_choice(name, "attention_impl", cfg.attention_impl, ATTENTION_IMPLS)
     _check_choice(name, "remat_policy", cfg.remat_policy, REMAT_POLICY_NAMES)
+    if not isinstance(cfg.mlp_chunk, int) or cfg.mlp_chunk < 0:
+        raise ValueError(f"{name}.mlp_chunk={cfg.mlp_chunk!r}: expected an int >= 0")
     for field in ("attention_block_q", "attention_block_k"):
         block = getattr(cfg, field)
         if block is not None and (not isinstance(block, int) or block < 16 or block & (block - 1)):
@@ -59,6 +62,7 @@ class RuntimeFields:
     attention_block_q: int | None = None
     attention_block_k: int | None = None
     remat_policy: str = "none"
+    mlp_chunk: int = 0
 
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeFields))
@@ -305,7 +309,7 @@ class LlavaConfig:
 
     def with_runtime(self, **runtime) -> "LlavaConfig":
         """Same model with run-time fields (`dtype`, `param_dtype`, `attention_impl`,
-        `attention_block_q`, `attention_block_k`, `remat_policy`) replaced in both towers."""
+        `attention_block_q`, `attention_block_k`, `remat_policy`, `mlp_chunk`) replaced in both towers."""
         unknown = set(runtime) - set(RUNTIME_FIELDS)
         if unknown:
             raise ValueError(f"LlavaConfig.with_runtime: unknown fields {sorted(unknown)}; expected {RUNTIME_FIELDS}")

@@ -129,7 +129,9 @@ class Idefics2(nn.Module):
         """Token embeddings `[b, s, D]` with image tokens spliced in (text only when no pixels)."""
         c = self.config
         is_image = input_ids == c.image_token_id
-        embeddings = self.text_model.embed(jnp.where(is_image, 0, input_ids))
+        # Every id keeps its own embedding first (HF: `<image>` is in the vocabulary), so an `<image>` token
+        # generated during decoding is embedded as transformers embeds it; image positions are then replaced.
+        embeddings = self.text_model.embed(input_ids)
         if pixel_values is None:
             return embeddings
         if image_mask is None:

@@ -8,10 +8,18 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-# Rematerialisation policies by config name ("none" = no remat). "full" saves nothing and recomputes
-# the whole layer in the backward pass.
+# The name (`jax.ad_checkpoint.checkpoint_name`) of a stacked layer's input, the one residual per layer
+# that "full" remat keeps for the backward pass.
+LAYER_INPUT = "layer_input"
+
+# Rematerialisation policies by config name ("none" = no remat). "full" saves nothing but each layer's
+# input and recomputes the whole layer in the backward pass; "offload" is "full" with those layer inputs
+# kept in host memory (pinned_host) instead of device memory: same math, less HBM, transfers to host.
 REMAT_POLICIES = {
     "full": None,
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=[LAYER_INPUT],
+        offload_src="device", offload_dst="pinned_host"),
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }

@@ -10,15 +10,17 @@ attends over the whole cache with `q_offset=cache_index`.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from vlm_jax.models.attention import attention, decode_attention
 from vlm_jax.models.config import TextConfig
-from vlm_jax.models.layers import DenseGeneral, RMSNorm, normal_init, stacked
+from vlm_jax.models.layers import LAYER_INPUT, DenseGeneral, RMSNorm, normal_init, stacked
 
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
@@ -110,12 +112,20 @@ class LlamaAttention(nn.Module):
             # (scanning it as xs / ys would copy every layer's cache on every decode step). It is kept
             # [layers, batch, kv_heads, max_len, head_dim]: the layout the one-token decode attention reads
             # directly (no per-step transpose of the whole cache).
+            # With `layer` None the buffers are this layer's own `[batch, kv_heads, max_len, head_dim]` (the
+            # unrolled decode of `Llama`, where the attention reads the buffer itself, not a sliced copy).
             cache_k, cache_v, layer = layer_cache
-            write = lambda cache, x: jax.lax.dynamic_update_slice(  # noqa: E731
-                cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype)[None], (layer, 0, 0, cache_index, 0))
-            cache_k, cache_v = write(cache_k, k), write(cache_v, v)
-            layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dtype)
-            layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dtype)
+            if layer is None:
+                write = lambda cache, x: jax.lax.dynamic_update_slice(  # noqa: E731
+                    cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype), (0, 0, cache_index, 0))
+                cache_k, cache_v = write(cache_k, k), write(cache_v, v)
+                layer_k, layer_v = cache_k.astype(dtype), cache_v.astype(dtype)
+            else:
+                write = lambda cache, x: jax.lax.dynamic_update_slice(  # noqa: E731
+                    cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype)[None], (layer, 0, 0, cache_index, 0))
+                cache_k, cache_v = write(cache_k, k), write(cache_v, v)
+                layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(dtype)
+                layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(dtype)
             if q.shape[1] == 1 and not _is_static_zero(cache_index):
                 out = decode_attention(q, layer_k, layer_v, segment_ids, kv_segment_ids, cache_index,
                                        sliding_window=c.sliding_window)
@@ -125,25 +135,57 @@ class LlamaAttention(nn.Module):
                                 q_offset=cache_index, implementation=c.attention_impl,
                                 block_q=c.attention_block_q, block_k=c.attention_block_k,
                                 sliding_window=c.sliding_window)
-            new_cache = (cache_k, cache_v, layer + 1)
+            new_cache = (cache_k, cache_v, None if layer is None else layer + 1)
         out = proj(c.hidden_size, axis=(-2, -1), name="o_proj",
                    kernel_init=normal_init(c.initializer_range, ("heads", "head_dim", "embed")))(out)
         return out, new_cache
 
 
+class _Kernel(nn.Module):
+    """One `kernel` parameter (the params layout of a bias-free `nn.Dense`), returned as an array."""
+
+    shape: tuple
+    initializer: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", self.initializer, self.shape, self.param_dtype)
+
+
+def _gated_mlp(x, gate, up, down, dtype):
+    """`down(silu(gate(x)) * up(x))` on x `[b, s, D]` with kernels `[D, F]`, `[D, F]`, `[F, D]` cast to `dtype`."""
+    x = x.astype(dtype)
+    h = nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+    h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+    return h @ down.astype(dtype)
+
+
 class LlamaMLP(nn.Module):
+    """SiLU-gated MLP. With `config.mlp_chunk` > 0 (dividing the sequence) it runs on that many positions
+    at a time in a rematerialised `lax.scan`: the same math (the MLP is position-wise; the kernels'
+    gradients are summed over chunks in the params' dtype) without `[seq, intermediate]` buffers."""
+
     config: TextConfig
 
     @nn.compact
     def __call__(self, x):
         c = self.config
-        dense = partial(nn.Dense, use_bias=False, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        pdtype = jnp.dtype(c.param_dtype)
         up_init = normal_init(c.initializer_range, ("embed", "mlp"))
-        h = nn.silu(dense(c.intermediate_size, kernel_init=up_init, name="gate_proj")(x))
-        h = h * dense(c.intermediate_size, kernel_init=up_init, name="up_proj")(x)
-        h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-        return dense(c.hidden_size, kernel_init=normal_init(c.initializer_range, ("mlp", "embed")),
-                     name="down_proj")(h)
+        gate = _Kernel((c.hidden_size, c.intermediate_size), up_init, pdtype, name="gate_proj")()
+        up = _Kernel((c.hidden_size, c.intermediate_size), up_init, pdtype, name="up_proj")()
+        down = _Kernel((c.intermediate_size, c.hidden_size), normal_init(c.initializer_range, ("mlp", "embed")),
+                       pdtype, name="down_proj")()
+        dtype = jnp.dtype(c.dtype)
+        b, s, d = x.shape
+        chunk = c.mlp_chunk
+        if chunk <= 0 or chunk >= s or s % chunk:
+            return _gated_mlp(x, gate, up, down, dtype)
+        chunks = jnp.swapaxes(x.reshape(b, s // chunk, chunk, d), 0, 1)
+        body = jax.checkpoint(lambda _, xc: (None, _gated_mlp(xc, gate, up, down, dtype)))
+        _, out = jax.lax.scan(body, None, chunks)
+        return jnp.swapaxes(out, 0, 1).reshape(b, s, d)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -156,6 +198,7 @@ class LlamaDecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, carry, cos, sin, segment_ids, kv_segment_ids, cache_index):
         x, layer_cache = carry
+        x = checkpoint_name(x, LAYER_INPUT)  # the residual the "offload" remat policy moves to host memory
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         h = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x)
@@ -213,15 +256,33 @@ class Llama(nn.Module):
         if not c.tie_word_embeddings:
             self.lm_head = LMHead(c)
 
+    def _unrolled_layers(self, x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index):
+        """The layers one by one (a Python loop over the stacked params, sliced at static indices) on a
+        `split_cache` cache → (x, (k tuple, v tuple, None))."""
+        c = self.config
+        stacked_params = nn.unbox(self.layers.variables["params"])
+        layer = LlamaDecoderLayer(c, parent=None)  # applied functionally to each layer's slice
+        ks, vs = [], []
+        for i, (k, v) in enumerate(zip(cache["k"], cache["v"])):
+            params = jax.tree.map(lambda a: a[i], stacked_params)
+            (x, (k, v, _)), _ = layer.apply({"params": params}, (x, (k, v, None)), cos, sin, segment_ids,
+                                            kv_segment_ids, cache_index)
+            ks.append(k)
+            vs.append(v)
+        return x, (tuple(ks), tuple(vs), None)
+
     def embed(self, input_ids):
         """Token embeddings `[b, s, D]` in the compute dtype."""
         return self.embed_tokens(input_ids)
 
-    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None, last_logits_only=False):
+    def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None, last_logits_only=False,
+                 hidden_only=False):
         """embeddings `[b, s, D]`, positions / segment_ids int `[b, s]` (segment 0 = padding).
         With `cache` (from `init_cache`) the chunk is written at `cache_index` (int scalar, may be
         traced) and attends to every filled slot before it; returns the updated cache.
-        `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill)."""
+        `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill).
+        `hidden_only`: the final-norm hidden states `[b, s, D]` instead of logits (the training loss
+        applies the head itself, in sequence chunks, with `output_kernel`)."""
         c = self.config
         if self.is_initializing():  # create the embedding table even though the caller embeds
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))
@@ -237,16 +298,39 @@ class Llama(nn.Module):
                 raise ValueError("Llama: cache given without cache_index")
             kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
             layer_caches = (cache["k"], cache["v"], jnp.int32(0))
-        (x, layer_caches), _ = self.layers((x, layer_caches), cos, sin, segment_ids, kv_segment_ids, cache_index)
+        if cache is not None and isinstance(cache["k"], tuple):
+            x, layer_caches = self._unrolled_layers(x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index)
+        else:
+            (x, layer_caches), _ = self.layers((x, layer_caches), cos, sin, segment_ids, kv_segment_ids,
+                                               cache_index)
         if last_logits_only:
             x = x[:, -1:]
         x = self.norm(x)
+        if hidden_only:
+            return x, None
         logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         new_cache = None
         if cache is not None:
             new_cache = {"k": layer_caches[0], "v": layer_caches[1], "segment_ids": kv_segment_ids}
         return logits, new_cache
+
+
+def output_kernel(config: TextConfig, params) -> jax.Array:
+    """The LM head `[embed, vocab]` of a Llama params tree (the token embedding, transposed, when tied);
+    `hidden @ output_kernel` in the compute dtype with float32 accumulation gives the logits."""
+    if config.tie_word_embeddings:
+        return params["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def split_cache(cache: dict) -> dict:
+    """The cache with `k`, `v` as tuples of per-layer `[batch, kv_heads, max_len, head_dim]` buffers. `Llama`
+    then runs its layers unrolled, each attending over its own buffer in place (with the stacked layout, each
+    layer of each decode step reads a copied slice of the stack). `generation.decode_loop` decodes on this."""
+    if isinstance(cache["k"], tuple):
+        return cache
+    return {"k": tuple(cache["k"]), "v": tuple(cache["v"]), "segment_ids": cache["segment_ids"]}
 
 
 def init_cache(config: TextConfig, batch: int, max_len: int, dtype=None) -> dict:

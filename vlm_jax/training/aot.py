@@ -111,6 +111,14 @@ def fit_verdict(figures: dict[str, float], tpu_slice: Slice, *, rows_per_chip: f
             f"{figures['arguments_gib']:.1f} GiB of state; try " + ", or ".join(advice))
 
 
+def batch_shards(config: ml_collections.ConfigDict, tpu_slice: Slice) -> int:
+    """Devices along the batch axes (data x fsdp) of `config.mesh` on `tpu_slice` (no devices needed)."""
+    sizes = {k: config.mesh[k] for k in ("data", "fsdp", "tensor")}
+    known = math.prod(v for v in sizes.values() if v != -1)
+    sizes = {k: (tpu_slice.chips // known if v == -1 else v) for k, v in sizes.items()}
+    return sizes["data"] * sizes["fsdp"]
+
+
 def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaConfig,
                        tpu_slice: Slice) -> dict[str, Any]:
     """Lowers and compiles `vlm_jax.train`'s step for `tpu_slice`; returns the report (see `report_row`)."""
@@ -130,7 +138,9 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
     batch = abstract_batch(model_config, batch=config.global_batch_size, seq_len=config.data.seq_len,
                            max_images_per_row=config.data.max_images_per_row, sharding=batch_sharding(mesh))
     step = jit_train_step(make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
-                                          nan_policy=config.nan_policy),
+                                          nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
+                                          loss_normalization=config.loss_normalization,
+                                          batch_shards=batch_divisor(mesh)),
                           shardings, batch_sharding(mesh))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):  # as vlm_jax.train runs it
         compiled, figures = compile_or_measure(step.lower(state, batch), (state, batch))
@@ -144,7 +154,8 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
                          attention_impl=config.attention_impl)
     return {"program": "train_step", "topology": tpu_slice.name, "libtpu_topology": tpu_slice.topology_name,
             "num_slices": tpu_slice.num_slices, "chips": tpu_slice.chips, "mesh": dict(mesh.shape),
-            "rows_per_chip": rows_per_chip, "fits": not reason, "reason": reason, "hbm_gib": tpu_slice.hbm_gib,
+            "rows_per_chip": rows_per_chip, "memory_options": "as written", "fits": not reason, "reason": reason,
+            "hbm_gib": tpu_slice.hbm_gib,
             **figures, "tokens_per_step": config.global_batch_size * config.data.seq_len,
             "model_tflops_per_step": flops / 1e12, "mosaic_calls": mosaic_calls, "compile_s": compile_s}
 
@@ -196,7 +207,8 @@ def compile_generation(model_config: LlavaConfig, tpu_slice: Slice, *, batch_siz
             "compile_s": compile_s}
 
 
-REPORT_KEYS = ("topology", "chips", "fits", "per_chip_gib", "hbm_gib", "arguments_gib", "temporaries_gib",
+REPORT_KEYS = ("topology", "chips", "fits", "per_chip_gib", "hbm_gib", "arguments_gib", "temporaries_gib", "rows_per_chip",
+               "memory_options",
                "tokens_per_step", "model_tflops_per_step", "compile_s")
 
 
@@ -207,6 +219,8 @@ def format_table(report: dict[str, Any]) -> str:
             ("chips", report["chips"]), ("mesh", report["mesh"])]
     if "rows_per_chip" in report:
         rows.append(("rows per chip", f"{report['rows_per_chip']:g}"))
+    if "memory_options" in report:
+        rows.append(("memory options (memory=auto)", report["memory_options"]))
     for key in ("arguments_gib", "outputs_gib", "aliased_gib", "temporaries_gib", "code_gib", "per_chip_gib"):
         rows.append((key.replace("_gib", " (GiB/chip)"), f"{report[key]:.2f}"))
     rows += [("usable HBM (GiB/chip)", f"{report['hbm_gib']:.2f}"), ("fits", "yes" if report["fits"] else "NO"),
@@ -222,4 +236,4 @@ def format_table(report: dict[str, Any]) -> str:
 
 def summary_json(report: dict[str, Any]) -> dict[str, Any]:
     """The last-line JSON object: `REPORT_KEYS` (GiB rounded to 0.01)."""
-    return {k: round(report[k], 3) if isinstance(report[k], float) else report[k] for k in REPORT_KEYS}
+    return {k: round(report[k], 3) if isinstance(report[k], float) else report[k] for k in REPORT_KEYS if k in report}

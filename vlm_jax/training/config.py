@@ -44,7 +44,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype ("bfloat16" for bf16 compute on float32 master weights)
     c.param_dtype = "float32"
     c.attention_impl = "xla"  # "xla" | "cudnn" | "pallas"
-    c.remat_policy = "none"  # "none" | "full" | "dots_saveable" | "dots_with_no_batch_dims_saveable"
+    c.remat_policy = "none"  # "none" | "full" | "offload" (full, layer inputs in host memory) | "dots_saveable" | ...
+    c.loss_chunk = 0  # positions per chunk of the LM head + cross-entropy (0: full [seq, vocab] logits)
+    c.mlp_chunk = 0  # positions per chunk of the Llama MLP (0: all at once; must divide data.seq_len)
+    # "fixed": the memory options as written | "auto": the fastest rung of vlm_jax.training.memory.LADDER
+    # whose compiled step fits the device's HBM (devices without a reported limit, e.g. CPU: as written)
+    c.memory = "fixed"
     c.frozen = "vision_tower"  # comma-separated top-level modules that do not train
 
     # Mesh: sizes of the (data, fsdp, tensor) axes; one may be -1 (= the remaining devices).
@@ -53,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Steps and batch.
     c.global_batch_size = 8  # packed rows per optimizer step, all processes together
     c.grad_accum_steps = 1  # microbatches per step (global_batch_size must divide by it)
+    # "global": token mean over the whole global batch | "per_device": each device's (and microbatch's)
+    # token mean, averaged over devices and microbatches (the original's; see vlm_jax.training.step)
+    c.loss_normalization = "global"
     c.num_train_steps = 100  # -1: until the data ends (data.num_epochs epochs)
     c.schedule_steps = -1  # length of the LR schedule (warmup_ratio, cosine); -1: num_train_steps
 
@@ -67,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
         "b2": 0.999,
         "eps": 1e-8,
         "max_grad_norm": 1.0,  # 0: no clipping
+        "moment_dtype": "float32",  # Adam moments stored as "float32" | "bfloat16" (updates computed in float32)
     })
 
     # Data (vlm_jax.data.LoaderConfig; image size, image tokens and image token id come from the model).
@@ -80,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
         "preprocessor_config": "",  # a checkpoint's preprocessor_config.json (size, crop, mean, std)
         "num_epochs": 1,  # -1: repeat forever
         "seed": 0,  # shuffle seed
+        "shuffle": True,  # False: records in file order (the original's sequential sampler)
+        "packing": "best_fit",  # "best_fit" packs documents into rows | "none": one padded document per row
         "num_workers": 0,  # Grain worker processes (0: threads in the main process)
         "read_threads": 2,
     })
@@ -118,12 +129,13 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
 
 def model_config(config: ml_collections.ConfigDict, architecture: LlavaConfig | None = None) -> LlavaConfig:
     """The LlavaConfig to train: `architecture` (from `init_checkpoint`) or the preset, with
-    `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy)."""
+    `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy, mlp_chunk)."""
     base = architecture if architecture is not None else preset(config.model_preset)
     try:
         merged = LlavaConfig.from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
         return merged.with_runtime(dtype=config.dtype, param_dtype=config.param_dtype,
-                                   attention_impl=config.attention_impl, remat_policy=config.remat_policy)
+                                   attention_impl=config.attention_impl, remat_policy=config.remat_policy,
+                                   mlp_chunk=config.mlp_chunk)
     except cli.UserError:
         raise
     except (TypeError, ValueError) as e:
@@ -201,6 +213,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "remat_policy": _choice(*REMAT_POLICY_NAMES), "frozen": _modules,
     "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
     "global_batch_size": _int(1), "grad_accum_steps": _int(1),
+    "loss_chunk": _int(0), "mlp_chunk": _int(0), "memory": _choice("fixed", "auto"),
+    "loss_normalization": _choice("global", "per_device"), "optim.moment_dtype": _choice("float32", "bfloat16"),
     "num_train_steps": _int(0, special=(-1,)), "schedule_steps": _int(1, special=(-1,)),
     "optim.learning_rate": _float(0.0), "optim.schedule": _choice("constant", "cosine"),
     "optim.warmup_steps": _int(0, special=(-1,)), "optim.warmup_ratio": _float(0.0, 1.0),
@@ -209,6 +223,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "optim.eps": _float(0.0, lo_open=True), "optim.max_grad_norm": _float(0.0),
     "data.shards": _str, "data.tokenizer": _nonempty_str, "data.seq_len": _int(1), "data.max_images": _int(0),
     "data.max_images_per_row": _int(1), "data.image_aspect": _choice("pad", "none"),
+    "data.shuffle": _bool, "data.packing": _choice("best_fit", "none"),
     "data.preprocessor_config": _str, "data.num_epochs": _int(1, special=(-1,)), "data.seed": _int(),
     "data.num_workers": _int(0), "data.read_threads": _int(1),
     "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1), "checkpoint.async_save": _bool,
@@ -281,6 +296,8 @@ def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
     if not config.data.shards and not config.demo_corpus.build:
         problems.append("data.shards is empty: give converted corpus folders (python -m data_prep.convert) "
                         "or set demo_corpus.build=True")
+    if config.mlp_chunk and config.data.seq_len % config.mlp_chunk:
+        problems.append(f"mlp_chunk={config.mlp_chunk} must divide data.seq_len={config.data.seq_len}")
     if config.data.max_images > config.data.max_images_per_row:
         problems.append(f"data.max_images={config.data.max_images} must be <= data.max_images_per_row="
                         f"{config.data.max_images_per_row} (a document's images must fit one row)")
@@ -301,11 +318,9 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
             raise cli.InputError(f"init_checkpoint {config.init_checkpoint}: no {CONFIG_FILE}, not a vlm_jax params "
                                  "checkpoint (convert one with python -m vlm_jax.convert hf-to-orbax)")
     if config.data.tokenizer != "byte":
-        fix = "give 'byte' or a Hugging Face tokenizer folder (tokenizer.json or tokenizer.model)"
-        cli.require_dir(config.data.tokenizer, "data.tokenizer", fix)
-        if not any(os.path.isfile(os.path.join(config.data.tokenizer, name))
-                   for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-            raise cli.InputError(f"data.tokenizer {config.data.tokenizer}: no tokenizer files there; {fix}")
+        from vlm_jax.data.tokenizer import check_tokenizer_folder
+
+        check_tokenizer_folder(config.data.tokenizer, "data.tokenizer")
     if not config.demo_corpus.build:
         import glob
 

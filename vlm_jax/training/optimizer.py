@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from vlm_jax.training.params import weight_decay_mask
 
 SCHEDULES = ("constant", "cosine")
+MOMENT_DTYPES = ("float32", "bfloat16")
 
 
 def warmup_steps_for(optim: Mapping[str, Any], schedule_steps: int) -> int:
@@ -45,12 +48,35 @@ def make_schedule(optim: Mapping[str, Any], schedule_steps: int) -> optax.Schedu
                                               end_value=peak * float(optim["min_lr_ratio"]))
 
 
+def stored_as(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+    """`inner` with its floating-point state stored in `dtype` (e.g. bfloat16 Adam moments: half the
+    memory) and computed in float32: the state is upcast before each update and rounded after it."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(tree, to):
+        return jax.tree.map(lambda x: x.astype(to) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+    def init(params):
+        return cast(inner.init(params), dtype)
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, cast(state, jnp.float32), params)
+        return updates, cast(state, dtype)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim: Mapping[str, Any], schedule: optax.Schedule) -> optax.GradientTransformation:
     """Global-norm clipping (`max_grad_norm`, 0 = off) then AdamW (`b1`, `b2`, `eps`, `weight_decay`
-    on all but biases and norm scales). Moments are kept in the parameters' dtype (float32 masters)."""
+    on all but biases and norm scales). Moments are stored in `moment_dtype` ("float32", or "bfloat16"
+    to halve their memory; the update itself is computed in float32)."""
+    moment_dtype = optim.get("moment_dtype", "float32")
+    if moment_dtype not in MOMENT_DTYPES:
+        raise ValueError(f"optim.moment_dtype={moment_dtype!r}: expected one of {MOMENT_DTYPES}")
     parts = []
     if optim["max_grad_norm"] > 0:
         parts.append(optax.clip_by_global_norm(float(optim["max_grad_norm"])))
-    parts.append(optax.adamw(schedule, b1=float(optim["b1"]), b2=float(optim["b2"]), eps=float(optim["eps"]),
-                             weight_decay=float(optim["weight_decay"]), mask=weight_decay_mask))
+    adamw = optax.adamw(schedule, b1=float(optim["b1"]), b2=float(optim["b2"]), eps=float(optim["eps"]),
+                        weight_decay=float(optim["weight_decay"]), mask=weight_decay_mask)
+    parts.append(adamw if moment_dtype == "float32" else stored_as(adamw, moment_dtype))
     return optax.chain(*parts)

@@ -1,10 +1,15 @@
 """One optimizer step: loss over the global batch (with gradient accumulation), clipping, AdamW.
 
-Loss normalisation: the loss is the sum of token cross-entropies where `loss_mask` is set, divided
-by the number of such tokens in the *whole global batch* (every device, every microbatch). With
-accumulation the batch `[accum * micro, ...]` is cut into `accum` microbatches that each span all
-data shards; each microbatch contributes `sum_ce / total_mask`, so the accumulated gradient equals
-the gradient of the one-shot global-batch loss.
+With accumulation the batch `[accum * micro, ...]` is cut into `accum` microbatches that each span all
+data shards (microbatch j takes rows j, j + accum, ...). Loss normalisation (`loss_normalization`):
+- "global" (vlm_jax's default): the sum of token cross-entropies where `loss_mask` is set, divided by
+  the number of such tokens in the *whole global batch* (every device, every microbatch); each
+  microbatch contributes `sum_ce / total_mask`, so the accumulated gradient equals the gradient of the
+  one-shot global-batch loss.
+- "per_device" (the original's DeepSpeed/HF Trainer loss): each microbatch's rows are cut into
+  `batch_shards` contiguous groups (the rows one device holds); each group's loss is its own token
+  mean, and the step's loss is the mean over all (microbatch, group) pairs, so accumulating `accum`
+  microbatches equals one step on `accum` times as many devices.
 """
 from __future__ import annotations
 
@@ -16,19 +21,23 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from vlm_jax.models.llama import output_kernel
 from vlm_jax.models.llava import Llava
+from vlm_jax.training.loss import token_cross_entropy
 from vlm_jax.training.params import merge_params, split_params
 from vlm_jax.training.state import TrainState
 
 MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "positions", "segment_ids")
 NAN_POLICIES = ("stop", "skip")
+LOSS_NORMALIZATIONS = ("global", "per_device")
 
 
-def token_losses(model: Llava, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
-    """Masked next-token cross-entropy `[b, seq]` float32 (0 where `loss_mask` is 0)."""
-    logits, _ = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
-    return ce * batch["loss_mask"]
+def token_losses(model: Llava, params: Any, batch: Mapping[str, jax.Array], loss_chunk: int = 0) -> jax.Array:
+    """Masked next-token cross-entropy `[b, seq]` float32 (0 where `loss_mask` is 0); the LM head and
+    the softmax run `loss_chunk` positions at a time (0: all at once), see `vlm_jax.training.loss`."""
+    hidden, _ = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), hidden_only=True)
+    kernel = output_kernel(model.config.text_config, params["language_model"])
+    return token_cross_entropy(hidden, kernel, batch["targets"], batch["loss_mask"], loss_chunk)
 
 
 def split_microbatches(batch: Mapping[str, jax.Array], accum: int) -> dict[str, jax.Array]:
@@ -46,21 +55,35 @@ def split_microbatches(batch: Mapping[str, jax.Array], accum: int) -> dict[str, 
 
 
 def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    frozen: Sequence[str], grad_accum_steps: int = 1, nan_policy: str = "stop"):
+                    frozen: Sequence[str], grad_accum_steps: int = 1, nan_policy: str = "stop", loss_chunk: int = 0,
+                    loss_normalization: str = "global", batch_shards: int = 1):
     """`(state, batch) -> (state, metrics)`, to be jitted with state donation.
 
-    metrics (float32 scalars): loss (global-batch mean over loss tokens), loss_tokens, tokens (non-padding
+    metrics (float32 scalars): loss (as `loss_normalization` says, see the module docstring), loss_tokens, tokens (non-padding
     tokens), images (real images), grad_norm
     (before clipping, trained params only), lr (used by this update), finite (1.0 if loss and
     grads are finite). With `nan_policy="skip"` a non-finite update leaves the state unchanged
     except `step`; with "stop" it is applied and the host loop stops with an error.
+    `loss_chunk`: positions per chunk of the LM head + cross-entropy (`token_losses`).
+    `batch_shards`: devices along the batch axes (data x fsdp), the groups of "per_device".
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"loss_normalization={loss_normalization!r}: expected one of {LOSS_NORMALIZATIONS}")
 
     def microbatch_loss(trained, frozen_params, micro, denominator):
+        """(this microbatch's share of the step's loss, that share times `denominator`)."""
         params = merge_params(trained, frozen_params)
-        loss_sum = token_losses(model, params, micro).sum()
+        row_sums = token_losses(model, params, micro, loss_chunk).sum(axis=-1)
+        if loss_normalization == "global":
+            loss_sum = row_sums.sum()
+        else:
+            if row_sums.shape[0] % batch_shards:
+                raise ValueError(f"microbatch of {row_sums.shape[0]} rows does not split over {batch_shards} devices")
+            group_sums = row_sums.reshape(batch_shards, -1).sum(axis=1)
+            group_tokens = micro["loss_mask"].astype(jnp.float32).reshape(batch_shards, -1).sum(axis=1)
+            loss_sum = (group_sums / jnp.maximum(group_tokens, 1.0)).sum()
         return loss_sum / denominator, loss_sum
 
     grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
@@ -68,7 +91,10 @@ def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: op
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         trained, frozen_params = split_params(state.params, frozen)
         loss_tokens = batch["loss_mask"].astype(jnp.float32).sum()
-        denominator = jnp.maximum(loss_tokens, 1.0)
+        if loss_normalization == "global":
+            denominator = jnp.maximum(loss_tokens, 1.0)
+        else:  # a mean over (microbatch, device group) pairs
+            denominator = jnp.float32(grad_accum_steps * batch_shards)
         if grad_accum_steps == 1:
             (_, loss_sum), grads = grad_fn(trained, frozen_params, batch, denominator)
         else:

@@ -1,0 +1,123 @@
+"""The memory techniques change no result: chunked LM head + cross-entropy, the chunked MLP and the
+"offload" remat policy give the plain step's loss and gradients (fp32, 8 simulated devices, fsdp x data)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from train_testlib import initial_state, packed_batches, tiny_config, write_corpus
+from vlm_jax.models.llava import Llava
+from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
+from vlm_jax.training.loss import token_cross_entropy
+from vlm_jax.training.optimizer import make_optimizer, make_schedule
+from vlm_jax.training.step import MODEL_INPUTS, token_losses
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(config, batch, params, the plain loss and gradients on 8 devices)."""
+    config = tiny_config()
+    batch = packed_batches(write_corpus(tmp_path_factory.mktemp("corpus")), config, 1)[0]
+    params = initial_state(config).params
+    want = loss_and_grads(lambda p, b: plain_loss(config, p, b), params, batch, make_mesh(2, 4, 1))
+    return config, batch, params, want
+
+
+def plain_loss(config, params, batch):
+    """The reference: full `[b, s, vocab]` logits from the model, optax cross-entropy, global token mean."""
+    logits, _ = Llava(config).apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * batch["loss_mask"]
+    return ce.sum() / batch["loss_mask"].sum()
+
+
+def loss_and_grads(fn, params, batch, mesh):
+    """jit(value_and_grad(fn)) on `mesh` (batch over data x fsdp, params replicated), results on host."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        batch = jax.device_put(batch, batch_sharding(mesh))
+        return jax.device_get(jax.jit(jax.value_and_grad(fn))(params, batch))
+
+
+def assert_same(got, want):
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-6)
+    flat_got, flat_want = jax.tree.leaves(got[1]), jax.tree.leaves(want[1])
+    assert len(flat_got) == len(flat_want)
+    for g, w in zip(flat_got, flat_want):
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-7)
+
+
+def test_chunked_cross_entropy_equals_full_logits(setup):
+    config, batch, params, want = setup
+    model = Llava(config)
+    # 24 does not divide the 64-token rows: the last chunk is padded
+    got = loss_and_grads(lambda p, b: token_losses(model, p, b, 24).sum() / b["loss_mask"].sum(),
+                         params, batch, make_mesh(2, 4, 1))
+    assert_same(got, want)
+
+
+def test_cross_entropy_chunks_pad_to_zero():
+    hidden = jax.random.normal(jax.random.key(0), (2, 7, 4))
+    kernel = jax.random.normal(jax.random.key(1), (4, 11))
+    targets = jnp.arange(14).reshape(2, 7) % 11
+    mask = jnp.ones((2, 7)).at[1, 3].set(0.0)
+    full = token_cross_entropy(hidden, kernel, targets, mask, 0)
+    assert full[1, 3] == 0 and full[0, 3] > 0
+    np.testing.assert_allclose(token_cross_entropy(hidden, kernel, targets, mask, 3), full, rtol=1e-6)
+
+
+def test_chunked_mlp_and_offloaded_remat_equal_plain_step(setup):
+    config, batch, params, want = setup
+    changed = config.with_runtime(remat_policy="offload", mlp_chunk=16)
+    assert changed.text_config.mlp_chunk == 16 and changed.text_config.remat_policy == "offload"
+    got = loss_and_grads(lambda p, b: plain_loss(changed, p, b), params, batch, make_mesh(2, 4, 1))
+    assert_same(got, want)
+
+
+def test_bfloat16_moments_store_half_and_update_in_float32():
+    optim = {"learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "warmup_ratio": 0.0,
+             "min_lr_ratio": 0.0, "weight_decay": 0.1, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "max_grad_norm": 1.0}
+    params = {"w": jax.random.normal(jax.random.key(0), (8, 8)), "scale": jnp.ones((8,))}
+    grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 1)) + 0.1, params) for i in range(3)]
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        tx = make_optimizer({**optim, "moment_dtype": dtype}, make_schedule(optim, 10))
+        state, updates = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            updates.append(u)
+        results[dtype] = (state, updates)
+    moments = [x for x in jax.tree.leaves(results["bfloat16"][0]) if x.ndim]
+    assert moments and all(x.dtype == jnp.bfloat16 for x in moments)
+    f32, bf16 = results["float32"][1], results["bfloat16"][1]
+    # the first update starts from zero moments: identical; later ones see rounded moments
+    for a, b in zip(jax.tree.leaves(f32[0]), jax.tree.leaves(bf16[0])):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(f32[2]), jax.tree.leaves(bf16[2])):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=1e-5)
+        assert b.dtype == jnp.float32
+    with pytest.raises(ValueError, match="moment_dtype"):
+        make_optimizer({**optim, "moment_dtype": "float16"}, make_schedule(optim, 10))
+
+
+def test_memory_ladder_adds_one_option_per_rung_and_auto_stops_at_the_first_fit():
+    from vlm_jax.training import memory
+    from vlm_jax.training.config import base_config
+
+    c = base_config()
+    c.global_batch_size, c.data.seq_len, c.memory = 16, 8192, "auto"
+    names = [name for name, _ in memory.rungs(c, batch_shards=8)]
+    assert names == ["as written", "grad_accum_steps=2", "remat_policy=offload", "mlp_chunk=4096",
+                     "optim.moment_dtype=bfloat16"]
+    last = memory.rungs(c, 8)[-1][1]
+    assert (last.grad_accum_steps, last.remat_policy, last.mlp_chunk, last.optim.moment_dtype) == \
+        (2, "offload", 4096, "bfloat16")
+    c.loss_normalization = "per_device"  # accumulation would change the per-device groups: not offered
+    assert "grad_accum_steps=2" not in [name for name, _ in memory.rungs(c, 8)]
+    tried = []
+    chosen, result, _ = memory.choose(c, 8, lambda cfg: tried.append(cfg.remat_policy) or cfg.remat_policy,
+                                      lambda r: r == "offload")
+    assert tried == ["none", "offload"] and chosen.remat_policy == "offload" and chosen.mlp_chunk == 0
+    c.memory = "fixed"
+    assert memory.choose(c, 8, lambda cfg: 1, lambda r: False)[0].remat_policy == "none"

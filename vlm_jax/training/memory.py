@@ -1,0 +1,92 @@
+"""Which memory-saving options a train step uses: the fastest rung of a ladder whose compiled step fits HBM.
+
+Every rung gives the same loss and gradients as the config as written (tests/test_train_memory.py,
+tests/test_train_loss_norm.py); each adds one option to the previous rung, cheapest in speed first:
+
+0. the config as written (e.g. the 7B config: full remat, LM head + cross-entropy in 4096-position chunks);
+1. `grad_accum_steps` raised so each device holds one row per microbatch (same FLOPs; only with
+   `loss_normalization="global"`, where accumulation is exact);
+2. `remat_policy="offload"`: each layer's saved input (one `[seq, hidden]` per layer and row, 8 GiB for a
+   32k row of a 7B model) lives in host memory, copied back for the backward pass;
+3. `mlp_chunk=MLP_CHUNK`: the MLP runs that many positions at a time (it recomputes the MLP forward once more);
+4. `optim.moment_dtype="bfloat16"`: Adam moments stored in bfloat16 (updates still computed in float32;
+   the only rung that changes numerics, by the moments' rounding).
+
+`config.memory = "auto"` takes the first rung whose compiled step fits the device's HBM (the train loop:
+`compiled.memory_analysis()` against the device's `bytes_limit`; `--compile_topology`: against the slice's
+usable HBM); "fixed" uses the config as written. Devices that report no memory limit (CPU) use the
+config as written.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+
+MEMORY_MODES = ("auto", "fixed")
+MLP_CHUNK = 4096
+
+
+def rungs(config: ml_collections.ConfigDict, batch_shards: int) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """[(description, config)] of the ladder's rungs for `config` on `batch_shards` devices along the batch
+    axes, cumulative, skipping rungs that change nothing (e.g. accumulation at one row per device)."""
+    out = [("as written", ml_collections.ConfigDict(config.to_dict()))]
+
+    def add(name: str, **changes):
+        c = ml_collections.ConfigDict(out[-1][1].to_dict())
+        changed = False
+        for key, value in changes.items():
+            node = c
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            changed |= node[leaf] != value
+            node[leaf] = value
+        if changed:
+            out.append((name, c))
+
+    rows = config.global_batch_size // config.grad_accum_steps // max(batch_shards, 1)
+    if rows > 1 and config.loss_normalization == "global":
+        add(f"grad_accum_steps={config.grad_accum_steps * rows}", grad_accum_steps=config.grad_accum_steps * rows)
+    add("remat_policy=offload", remat_policy="offload")
+    if config.data.seq_len % MLP_CHUNK == 0 and config.data.seq_len > MLP_CHUNK:
+        add(f"mlp_chunk={MLP_CHUNK}", mlp_chunk=MLP_CHUNK)
+    add("optim.moment_dtype=bfloat16", **{"optim.moment_dtype": "bfloat16"})
+    return out
+
+
+def compiled_bytes(compiled) -> int:
+    """Device bytes a compiled program needs: arguments + outputs not aliased to them + temporaries
+    + generated code (`compiled.memory_analysis()`)."""
+    m = compiled.memory_analysis()
+    return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+            + m.generated_code_size_in_bytes)
+
+
+def device_hbm_bytes(device) -> int | None:
+    """The memory limit a device reports (`memory_stats()["bytes_limit"]`), None when it reports none."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # CPU devices and compile-only topology devices report nothing
+        return None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def choose(config: ml_collections.ConfigDict, batch_shards: int, attempt: Callable[[ml_collections.ConfigDict], Any],
+           fits: Callable[[Any], bool]) -> tuple[ml_collections.ConfigDict, Any, list[tuple[str, Any]]]:
+    """(the config to use, its attempt's result, [(rung description, attempt result)] for every rung tried).
+
+    `attempt(config)` compiles that config's step and returns anything `fits` judges. With
+    `config.memory == "fixed"` only the config as written is attempted. When no rung fits, the last
+    rung's config and result are returned (the caller reports the shortfall)."""
+    mode = config.get("memory", "fixed")
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"memory={mode!r}: expected one of {MEMORY_MODES}")
+    ladder = rungs(config, batch_shards) if mode == "auto" else [("as written", config)]
+    tried = []
+    for name, candidate in ladder:
+        result = attempt(candidate)
+        tried.append((name, result))
+        if fits(result):
+            break
+    return candidate, result, tried

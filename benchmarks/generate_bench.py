@@ -138,11 +138,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch intra-op threads (default: torch's); for 1 thread on both sides also run with "
+                             "XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'")
     parser.add_argument("--curve", default="16,256,1000,4000",
                         help="cache lengths for the decode step-time curve ('' to skip)")
     parser.add_argument("--curve-batch", type=int, default=8)
     parser.add_argument("--curve-steps", type=int, default=32)
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory(prefix="genbench") as tmp:
         root = Path(tmp)
         hf_model = build_model(root / "hf", args)

@@ -94,7 +94,9 @@ def interleaved_times(steps, n_warmup: int, n_timed: int) -> list[list[float]]:
     return times
 
 
-def jax_step_fn(config: LlavaConfig, batch: dict):
+def jax_step_fn(config: LlavaConfig, batch: dict, with_hlo: bool = False):
+    """A no-argument function running one jitted vlm_jax train step on `batch`; with `with_hlo` also the
+    compiled step's HLO text (for train_profile.py)."""
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     schedule = make_schedule(OPTIM, 100)
     tx = make_optimizer(OPTIM, schedule)
@@ -108,6 +110,8 @@ def jax_step_fn(config: LlavaConfig, batch: dict):
         holder["state"], metrics = step(holder["state"], device_batch)
         jax.block_until_ready(metrics["loss"])
 
+    if with_hlo:
+        return run, step.lower(state, device_batch).compile().as_text()
     return run
 
 
@@ -142,11 +146,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", choices=sorted(CONFIGS), default="small", help="model shape (see CONFIGS)")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="PyTorch intra-op threads (for 1 thread on both sides also run with XLA_FLAGS="
+                             "'--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1')")
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.torch_threads)
     config = CONFIGS[args.size]()
     batch = make_batch(config, args.batch, args.seq)
     tokens = args.batch * args.seq
@@ -158,7 +165,7 @@ def main(argv=None) -> dict:
     pair_ratios = sorted(t / j for j, t in zip(*times))
     print(f"LLaVA train step ({args.size}: {param_count(config) / 1e6:.1f}M params), float32, batch {args.batch} x "
           f"seq {args.seq} ({tokens} tokens, {config.num_image_tokens} image tokens/row), vision tower frozen; "
-          f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads, jax {jax.__version__}, torch "
+          f"{jax.devices()[0].device_kind}, torch {torch.get_num_threads()} threads, jax {jax.__version__}, torch "
           f"{torch.__version__}; {args.steps} interleaved timed steps each")
     print(f"| {'implementation':24s} | step ms (median) | min-max ms | tokens/s | vs PyTorch |")
     print(f"|{'-' * 26}|-----------------:|-----------:|---------:|-----------:|")

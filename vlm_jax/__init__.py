@@ -4,7 +4,11 @@
 `import vlm_jax` stays light for tools that need no JAX model.
 """
 
+from vlm_jax.platforms import default_platforms as _default_platforms
+
 __version__ = "0.1.0"
+
+_default_platforms()  # libtpu installed on a machine without TPUs: run JAX on CPU quietly (vlm_jax.platforms)
 __all__ = ["load"]
 
 

@@ -94,7 +94,7 @@ def interleaved_times(steps, n_warmup: int, n_timed: int) -> list[list[float]]:
     return times
 
 
-def jax_step_fn(config: LlavaConfig, batch: dict, with_hlo: bool = False):
+def jax_step_fn(config: LlavaConfig, batch: dict, with_hlo: bool = False, loss_chunk: int = 0):
     """A no-argument function running one jitted vlm_jax train step on `batch`; with `with_hlo` also the
     compiled step's HLO text (for train_profile.py)."""
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -102,7 +102,7 @@ def jax_step_fn(config: LlavaConfig, batch: dict, with_hlo: bool = False):
     tx = make_optimizer(OPTIM, schedule)
     _, shardings = abstract_train_state(config, FROZEN, tx, mesh, DEFAULT_RULES)
     state = init_train_state(config, FROZEN, tx, shardings, jax.random.key(0))
-    step = jit_train_step(make_train_step(Llava(config), tx, schedule, frozen=FROZEN), shardings, batch_sharding(mesh))
+    step = jit_train_step(make_train_step(Llava(config), tx, schedule, frozen=FROZEN, loss_chunk=loss_chunk), shardings, batch_sharding(mesh))
     device_batch = jax.device_put(batch, batch_sharding(mesh))
     holder = {"state": state}
 
@@ -146,6 +146,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", choices=sorted(CONFIGS), default="small", help="model shape (see CONFIGS)")
+    parser.add_argument("--loss-chunk", type=int, default=0,
+                        help="vlm_jax: positions per chunk of the LM head + cross-entropy (0: full logits)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="PyTorch intra-op threads (for 1 thread on both sides also run with XLA_FLAGS="
                              "'--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1')")
@@ -158,7 +160,7 @@ def main(argv=None) -> dict:
     batch = make_batch(config, args.batch, args.seq)
     tokens = args.batch * args.seq
     names = ("vlm_jax (JAX)", "transformers (PyTorch)")
-    steps = [make(config, batch) for make in (jax_step_fn, torch_step_fn)]
+    steps = [jax_step_fn(config, batch, loss_chunk=args.loss_chunk), torch_step_fn(config, batch)]
     times = interleaved_times(steps, 2, args.steps)
     medians = [statistics.median(t) for t in times]
     # per-pair ratios: each timed vlm_jax step against the PyTorch step right after it (same machine load)
@@ -174,7 +176,7 @@ def main(argv=None) -> dict:
               f"{medians[1] / med:9.2f}x |")
     print(f"vlm_jax / PyTorch per interleaved pair: median {statistics.median(pair_ratios):.2f}x, "
           f"range {pair_ratios[0]:.2f}-{pair_ratios[-1]:.2f}x")
-    figures = {"size": args.size, "params": param_count(config), "batch": args.batch, "seq": args.seq,
+    figures = {"size": args.size, "loss_chunk": args.loss_chunk, "params": param_count(config), "batch": args.batch, "seq": args.seq,
                "vlm_jax_step_ms": medians[0] * 1e3, "torch_step_ms": medians[1] * 1e3,
                "vlm_jax_tokens_per_s": tokens / medians[0], "torch_tokens_per_s": tokens / medians[1],
                "ratio": medians[1] / medians[0], "pair_ratio_median": statistics.median(pair_ratios),

@@ -24,6 +24,7 @@ from absl import flags, logging
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import cli, config_file
 from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_iterator
+from vlm_jax.models.config import LlavaConfig
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
@@ -31,7 +32,9 @@ from vlm_jax.training import aot
 from vlm_jax.training import memory as memory_lib
 from vlm_jax.training.config import check_inputs, model_config as resolve_model_config
 from vlm_jax.training.config import validate as validate_config
-from vlm_jax.training.distributed import batch_divisor, global_batch, maybe_initialize_distributed
+from vlm_jax.training.distributed import batch_divisor, global_batch, host_line, maybe_initialize_distributed
+from vlm_jax.training.preemption import PreemptionFlag
+from vlm_jax.training.profiling import StepProfiler
 from vlm_jax.training.flops import peak_flops_per_device, train_step_flops
 from vlm_jax.training.metrics import MetricsWriter, Throughput
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
@@ -164,11 +167,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     The config and the inputs it names are checked first (`source` names the config file in errors)."""
     validate_config(config, source)
     check_inputs(config, workdir)
-    maybe_initialize_distributed()
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    maybe_initialize_distributed(config.distributed)
+    print(host_line(), flush=True)  # every host: which process it is and its devices
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy
     workdir = os.path.abspath(workdir)
     architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
     model_config = resolve_model_config(config, architecture)
+    if not isinstance(model_config, LlavaConfig):
+        raise cli.UsageError(f"{type(model_config).__name__}: the training CLI's data pipeline (tokenization, image "
+                             "preprocessing, held-out set) is LLaVA's; Idefics2 training from the CLI is not there yet")
     frozen = parse_module_list(config.frozen)
     model = Llava(model_config)
     try:
@@ -240,6 +249,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
         summary.update(loop_summary)
         checkpointer.wait()
         checkpointer.close()
+        if summary["preempted"]:  # exit promptly: the rerun continues from the checkpoint just saved
+            return summary
         if score is not None:
             summary["heldout_end"] = score(state.params)
             _log(f"held-out at step {summary['final_step']}: {_fmt(summary['heldout_end'])}")
@@ -256,7 +267,8 @@ def _fmt(metrics: dict) -> str:
 
 
 def _progress(config, start_step: int, total: int | None):
-    if not config.progress_bar or jax.process_index() != 0:
+    """A tqdm bar on process 0 when stdout is a terminal (pods and batch logs get log lines instead)."""
+    if not config.progress_bar or jax.process_index() != 0 or not sys.stdout.isatty():
         return None
     from tqdm import tqdm
 
@@ -302,7 +314,8 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
                     record["mfu"] = rates["flops"] / (peak * jax.device_count())
             record.update({f"loader/{k}": v for k, v in loader_metrics(loader).items()})
             if bar is None:
-                _log(f"step {step}: " + _fmt({k: v for k, v in record.items() if "/" not in k}))
+                _log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step}: "
+                     + _fmt({k: v for k, v in record.items() if "/" not in k}))
         writer.write(step, record)
         if bar is not None:
             bar.update(step - bar.n)
@@ -310,20 +323,28 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
 
     step = start_step
     start_time = time.perf_counter()
+    preemption = PreemptionFlag()
+    profiler = StepProfiler(os.path.join(workdir, "profile"), first_step=start_step + 2, steps=config.profile_steps)
     try:
         while total is None or step < total:
+            if preemption.stop:
+                _log(f"{preemption.signal_name} received: saved step {step}, exiting (rerun to continue)")
+                break
             try:
                 local = next(loader)
             except StopIteration:
                 _log(f"data exhausted after step {step}")
                 break
+            profiler.before(step)
             state, metrics = step_fn(state, global_batch(local, mesh))
             step += 1
+            profiler.after(step, metrics)
+            preemption.poll()  # all processes agree on stopping here (one tiny collective with several)
             while pending:
                 report(*pending.pop())
-            if checkpointer.should_save(step):
+            if checkpointer.should_save(step) or preemption.stop:
                 report(step, metrics)  # a non-finite step must not be saved
-                checkpointer.save(step, state, loader)
+                checkpointer.save(step, state, loader, force=preemption.stop)
             else:
                 pending.append((step, metrics))
         while pending:
@@ -331,10 +352,13 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
         if step > start_step and checkpointer.latest_step() != step:
             checkpointer.save(step, state, loader, force=True)
     finally:
+        preemption.restore()
+        profiler.stop()
         writer.close()
         if bar is not None:
             bar.close()
-    summary = {"start_step": start_step, "final_step": step, "seconds": time.perf_counter() - start_time}
+    summary = {"start_step": start_step, "final_step": step, "seconds": time.perf_counter() - start_time,
+               "preempted": preemption.stop}
     if losses:
         k = max(1, len(losses) // 10)
         summary.update(first_loss=losses[0], last_loss=losses[-1], first_10pct_mean_loss=float(np.mean(losses[:k])),

@@ -94,14 +94,16 @@ class Connector(nn.Module):
     @nn.compact
     def __call__(self, features, valid):
         c = self.config
-        projected = LlamaMLP(c.text_config, name="modality_projection")(features)
+        projected = LlamaMLP(c.text_config, in_features=c.vision_config.hidden_size,
+                             name="modality_projection")(features)
         return PerceiverResampler(c, name="perceiver_resampler")(projected, valid)
 
 
 class Idefics2(nn.Module):
     """Idefics2ForConditionalGeneration. `__call__(input_ids [b, s], pixel_values [b, n_img, H, W, 3] | None,
     image_mask [b, n_img] | None, positions [b, s], segment_ids [b, s], cache=None, cache_index=None,
-    last_logits_only=False, pixel_attention_mask=None [b, n_img, H, W]) -> (logits [b, s or 1, vocab], cache)`.
+    last_logits_only=False, pixel_attention_mask=None [b, n_img, H, W], hidden_only=False) -> (logits
+    [b, s or 1, vocab], cache)` (`hidden_only`: final-norm hidden states instead of logits, see `Llama`).
     `pixel_attention_mask` None means every pixel of every image is valid (images of one size)."""
 
     config: Idefics2Config
@@ -145,10 +147,10 @@ class Idefics2(nn.Module):
         return splice_image_features(embeddings, is_image, feats, image_mask)
 
     def __call__(self, input_ids, pixel_values, image_mask, positions, segment_ids, cache=None, cache_index=None,
-                 last_logits_only=False, pixel_attention_mask=None):
+                 last_logits_only=False, pixel_attention_mask=None, hidden_only=False):
         embeddings = self.embed(input_ids, pixel_values, image_mask, pixel_attention_mask)
         return self.text_model(embeddings, positions, segment_ids, cache=cache, cache_index=cache_index,
-                               last_logits_only=last_logits_only)
+                               last_logits_only=last_logits_only, hidden_only=hidden_only)
 
 
 def init_variables(config: Idefics2Config, rng: jax.Array) -> dict:

@@ -13,14 +13,37 @@ import numpy as np
 from vlm_jax.models import clip, config as config_lib, idefics2, llama, llava, siglip
 
 
-def abstract_params(cfg) -> dict:
-    """Boxed `{"params": ...}` of ShapeDtypeStructs for a LlavaConfig, Idefics2Config or one of their towers."""
-    init = {config_lib.LlavaConfig: llava.init_variables, config_lib.VisionConfig: clip.init_variables,
-            config_lib.TextConfig: llama.init_variables, config_lib.Idefics2Config: idefics2.init_variables,
-            config_lib.SiglipVisionConfig: siglip.init_variables}.get(type(cfg))
+# Model families: top-level config class -> (Flax module, boxed-variables init, name of the text model's params
+# subtree). One line per family.
+FAMILIES = {config_lib.LlavaConfig: (llava.Llava, llava.init_variables, "language_model"),
+            config_lib.Idefics2Config: (idefics2.Idefics2, idefics2.init_variables, "text_model")}
+_TOWERS = {config_lib.VisionConfig: clip.init_variables, config_lib.TextConfig: llama.init_variables,
+           config_lib.SiglipVisionConfig: siglip.init_variables}
+
+
+def model_for(cfg):
+    """The Flax module of a top-level model config (`Llava(cfg)` or `Idefics2(cfg)`)."""
+    if type(cfg) not in FAMILIES:
+        raise ValueError(f"no model family for {type(cfg).__name__}")
+    return FAMILIES[type(cfg)][0](cfg)
+
+
+def text_model_params(cfg, params) -> dict:
+    """The text model's (Llama's) subtree of a family's params (`language_model` / `text_model`)."""
+    return params[FAMILIES[type(cfg)][2]]
+
+
+def init_variables(cfg, rng) -> dict:
+    """Boxed `{"params": ...}` of the model `cfg` describes (a family or one of its towers)."""
+    init = FAMILIES[type(cfg)][1] if type(cfg) in FAMILIES else _TOWERS.get(type(cfg))
     if init is None:
         raise ValueError(f"param_count: no model for {type(cfg).__name__}")
-    return jax.eval_shape(partial(init, cfg), jax.random.key(0))
+    return init(cfg, rng)
+
+
+def abstract_params(cfg) -> dict:
+    """Boxed `{"params": ...}` of ShapeDtypeStructs for a LlavaConfig, Idefics2Config or one of their towers."""
+    return jax.eval_shape(partial(init_variables, cfg), jax.random.key(0))
 
 
 def param_count(cfg) -> int:

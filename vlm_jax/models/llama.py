@@ -164,17 +164,21 @@ def _gated_mlp(x, gate, up, down, dtype):
 class LlamaMLP(nn.Module):
     """SiLU-gated MLP. With `config.mlp_chunk` > 0 (dividing the sequence) it runs on that many positions
     at a time in a rematerialised `lax.scan`: the same math (the MLP is position-wise; the kernels'
-    gradients are summed over chunks in the params' dtype) without `[seq, intermediate]` buffers."""
+    gradients are summed over chunks in the params' dtype) without `[seq, intermediate]` buffers.
+    `in_features` (default `hidden_size`): the input width (Idefics2's modality projection maps the vision
+    width to the text width with this MLP)."""
 
     config: TextConfig
+    in_features: int | None = None
 
     @nn.compact
     def __call__(self, x):
         c = self.config
         pdtype = jnp.dtype(c.param_dtype)
+        d_in = c.hidden_size if self.in_features is None else self.in_features
         up_init = normal_init(c.initializer_range, ("embed", "mlp"))
-        gate = _Kernel((c.hidden_size, c.intermediate_size), up_init, pdtype, name="gate_proj")()
-        up = _Kernel((c.hidden_size, c.intermediate_size), up_init, pdtype, name="up_proj")()
+        gate = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="gate_proj")()
+        up = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="up_proj")()
         down = _Kernel((c.intermediate_size, c.hidden_size), normal_init(c.initializer_range, ("mlp", "embed")),
                        pdtype, name="down_proj")()
         dtype = jnp.dtype(c.dtype)
@@ -185,7 +189,7 @@ class LlamaMLP(nn.Module):
         chunks = jnp.swapaxes(x.reshape(b, s // chunk, chunk, d), 0, 1)
         body = jax.checkpoint(lambda _, xc: (None, _gated_mlp(xc, gate, up, down, dtype)))
         _, out = jax.lax.scan(body, None, chunks)
-        return jnp.swapaxes(out, 0, 1).reshape(b, s, d)
+        return jnp.swapaxes(out, 0, 1).reshape(b, s, c.hidden_size)
 
 
 class LlamaDecoderLayer(nn.Module):

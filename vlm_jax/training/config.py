@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from vlm_jax import cli
-from vlm_jax.models.config import ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, LlavaConfig, preset
+from vlm_jax.models.config import (ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, LlavaConfig,
+                                   model_config_from_dict, preset)
 
 REQUIRED = "REQUIRED: "  # the value of a field a config file leaves for the command line (see `required`)
 
@@ -100,7 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10  # console + throughput metrics every N steps (loss goes to metrics.jsonl every step)
     c.nan_policy = "stop"  # non-finite loss: "stop" with an error naming the step | "skip" the update
     c.peak_tflops_per_device = 0.0  # for MFU; 0: look up the device kind (unknown kinds: no MFU)
-    c.progress_bar = True
+    c.progress_bar = True  # a tqdm bar on process 0 when stdout is a terminal; else a log line every log_every
+    c.distributed = "auto"  # "auto": join a multi-process job when one is detected (training.distributed); "off"
+    c.profile_steps = 0  # > 0: a jax.profiler trace of this many steps after warm-up into WORKDIR/profile
+    c.compilation_cache_dir = ""  # a persistent XLA compilation cache directory ("": none)
     c.tensorboard = True
 
     # Held-out multiple-choice set (vlm_jax.training.heldout), scored before and after training.
@@ -132,7 +136,7 @@ def model_config(config: ml_collections.ConfigDict, architecture: LlavaConfig | 
     `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy, mlp_chunk)."""
     base = architecture if architecture is not None else preset(config.model_preset)
     try:
-        merged = LlavaConfig.from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
+        merged = model_config_from_dict(deep_merge(base.to_dict(), config.model_overrides.to_dict()))
         return merged.with_runtime(dtype=config.dtype, param_dtype=config.param_dtype,
                                    attention_impl=config.attention_impl, remat_policy=config.remat_policy,
                                    mlp_chunk=config.mlp_chunk)
@@ -229,6 +233,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1), "checkpoint.async_save": _bool,
     "save_final_params": _bool, "log_every": _int(1), "nan_policy": _choice("stop", "skip"),
     "peak_tflops_per_device": _float(0.0), "progress_bar": _bool, "tensorboard": _bool,
+    "distributed": _choice("auto", "off"), "profile_steps": _int(0), "compilation_cache_dir": _str,
     "heldout.file": _str, "heldout.batch_size": _int(1),
     "demo_corpus.build": _bool, "demo_corpus.dir": _str, "demo_corpus.train_documents": _int(1),
     "demo_corpus.heldout_per_class": _int(0), "demo_corpus.image_size": _int(8), "demo_corpus.seed": _int(),

@@ -17,7 +17,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from vlm_jax.models.config import LlavaConfig
-from vlm_jax.models.llava import init_variables
+from vlm_jax.models.init import init_variables
 from vlm_jax.sharding import param_shardings
 from vlm_jax.training.params import split_params
 

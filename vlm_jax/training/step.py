@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from vlm_jax.models.init import text_model_params
 from vlm_jax.models.llama import output_kernel
 from vlm_jax.models.llava import Llava
 from vlm_jax.training.loss import token_cross_entropy
@@ -36,7 +37,7 @@ def token_losses(model: Llava, params: Any, batch: Mapping[str, jax.Array], loss
     """Masked next-token cross-entropy `[b, seq]` float32 (0 where `loss_mask` is 0); the LM head and
     the softmax run `loss_chunk` positions at a time (0: all at once), see `vlm_jax.training.loss`."""
     hidden, _ = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), hidden_only=True)
-    kernel = output_kernel(model.config.text_config, params["language_model"])
+    kernel = output_kernel(model.config.text_config, text_model_params(model.config, params))
     return token_cross_entropy(hidden, kernel, batch["targets"], batch["loss_mask"], loss_chunk)
 
 

@@ -1,4 +1,4 @@
-"""Generation throughput of `vlm_jax.generation.generate` vs transformers `LlavaForConditionalGeneration.generate`
+"""Generation throughput of `vlm_jax.inference.generation.generate` vs transformers `LlavaForConditionalGeneration.generate`
 on the same small random LLaVA (saved to disk, converted with hf-to-orbax), the same prompts, on this machine.
 
 Prefill tokens/s = prompt tokens (image tokens included, padding excluded) / time of a 1-new-token call;
@@ -29,8 +29,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
-from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params  # noqa: E402
-from vlm_jax.generation import decode_loop, generate, left_pad  # noqa: E402
+import vlm_jax  # noqa: E402
+from vlm_jax.inference.generation import decode_loop, generate, left_pad  # noqa: E402
 from vlm_jax.models.llama import init_cache  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
@@ -138,17 +138,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch intra-op threads (default: torch's); for 1 thread on both sides also run with "
+                             "XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'")
     parser.add_argument("--curve", default="16,256,1000,4000",
                         help="cache lengths for the decode step-time curve ('' to skip)")
     parser.add_argument("--curve-batch", type=int, default=8)
     parser.add_argument("--curve-steps", type=int, default=32)
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory(prefix="genbench") as tmp:
         root = Path(tmp)
         hf_model = build_model(root / "hf", args)
         assert convert_main(["hf-to-orbax", "--hf", str(root / "hf"), "--out", str(root / "ckpt")]) == 0
-        config = read_config(root / "ckpt")
-        llava, params = Llava(config), restore_params(root / "ckpt" / PARAMS_DIR)
+        vlm = vlm_jax.load(root / "ckpt")  # the inference handle; the loop below is timed without its prompt handling
+        config, llava, params = vlm.config, vlm.model, vlm.params
     rows, images = prompts(args, config.num_image_tokens, np.random.default_rng(0))
     prompt_tokens = sum(len(r) for r in rows)
 

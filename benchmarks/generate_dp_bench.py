@@ -1,4 +1,4 @@
-"""Data-parallel generation: `vlm_jax.generation.generate(mesh=local_data_mesh())` (`jit` of a `jax.shard_map`
+"""Data-parallel generation: `vlm_jax.inference.generation.generate(mesh=local_data_mesh())` (`jit` of a `jax.shard_map`
 of the per-device program `_generate` over the mesh) vs `jax.pmap` of the same `_generate`, on all local devices.
 
 Both run a small random LLaVA on one batch of left-padded prompts with 0, 1 or 2 images per row, take host
@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.models.init import random_params  # noqa: E402
-from vlm_jax.generation import (GenerationOutput, _generate, _pad_axis, bucket_length, generate,  # noqa: E402
+from vlm_jax.inference.generation import (GenerationOutput, _generate, _pad_axis, bucket_length, generate,  # noqa: E402
                                 left_pad, local_data_mesh, place_params)
 from vlm_jax.models.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from vlm_jax.models.llava import Llava, check_image_tokens  # noqa: E402

@@ -94,13 +94,15 @@ def interleaved_times(steps, n_warmup: int, n_timed: int) -> list[list[float]]:
     return times
 
 
-def jax_step_fn(config: LlavaConfig, batch: dict):
+def jax_step_fn(config: LlavaConfig, batch: dict, with_hlo: bool = False, loss_chunk: int = 0):
+    """A no-argument function running one jitted vlm_jax train step on `batch`; with `with_hlo` also the
+    compiled step's HLO text (for train_profile.py)."""
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     schedule = make_schedule(OPTIM, 100)
     tx = make_optimizer(OPTIM, schedule)
     _, shardings = abstract_train_state(config, FROZEN, tx, mesh, DEFAULT_RULES)
     state = init_train_state(config, FROZEN, tx, shardings, jax.random.key(0))
-    step = jit_train_step(make_train_step(Llava(config), tx, schedule, frozen=FROZEN), shardings, batch_sharding(mesh))
+    step = jit_train_step(make_train_step(Llava(config), tx, schedule, frozen=FROZEN, loss_chunk=loss_chunk), shardings, batch_sharding(mesh))
     device_batch = jax.device_put(batch, batch_sharding(mesh))
     holder = {"state": state}
 
@@ -108,6 +110,8 @@ def jax_step_fn(config: LlavaConfig, batch: dict):
         holder["state"], metrics = step(holder["state"], device_batch)
         jax.block_until_ready(metrics["loss"])
 
+    if with_hlo:
+        return run, step.lower(state, device_batch).compile().as_text()
     return run
 
 
@@ -142,23 +146,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", choices=sorted(CONFIGS), default="small", help="model shape (see CONFIGS)")
+    parser.add_argument("--loss-chunk", type=int, default=0,
+                        help="vlm_jax: positions per chunk of the LM head + cross-entropy (0: full logits)")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="PyTorch intra-op threads (for 1 thread on both sides also run with XLA_FLAGS="
+                             "'--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1')")
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.torch_threads)
     config = CONFIGS[args.size]()
     batch = make_batch(config, args.batch, args.seq)
     tokens = args.batch * args.seq
     names = ("vlm_jax (JAX)", "transformers (PyTorch)")
-    steps = [make(config, batch) for make in (jax_step_fn, torch_step_fn)]
+    steps = [jax_step_fn(config, batch, loss_chunk=args.loss_chunk), torch_step_fn(config, batch)]
     times = interleaved_times(steps, 2, args.steps)
     medians = [statistics.median(t) for t in times]
     # per-pair ratios: each timed vlm_jax step against the PyTorch step right after it (same machine load)
     pair_ratios = sorted(t / j for j, t in zip(*times))
     print(f"LLaVA train step ({args.size}: {param_count(config) / 1e6:.1f}M params), float32, batch {args.batch} x "
           f"seq {args.seq} ({tokens} tokens, {config.num_image_tokens} image tokens/row), vision tower frozen; "
-          f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads, jax {jax.__version__}, torch "
+          f"{jax.devices()[0].device_kind}, torch {torch.get_num_threads()} threads, jax {jax.__version__}, torch "
           f"{torch.__version__}; {args.steps} interleaved timed steps each")
     print(f"| {'implementation':24s} | step ms (median) | min-max ms | tokens/s | vs PyTorch |")
     print(f"|{'-' * 26}|-----------------:|-----------:|---------:|-----------:|")
@@ -167,7 +176,7 @@ def main(argv=None) -> dict:
               f"{medians[1] / med:9.2f}x |")
     print(f"vlm_jax / PyTorch per interleaved pair: median {statistics.median(pair_ratios):.2f}x, "
           f"range {pair_ratios[0]:.2f}-{pair_ratios[-1]:.2f}x")
-    figures = {"size": args.size, "params": param_count(config), "batch": args.batch, "seq": args.seq,
+    figures = {"size": args.size, "loss_chunk": args.loss_chunk, "params": param_count(config), "batch": args.batch, "seq": args.seq,
                "vlm_jax_step_ms": medians[0] * 1e3, "torch_step_ms": medians[1] * 1e3,
                "vlm_jax_tokens_per_s": tokens / medians[0], "torch_tokens_per_s": tokens / medians[1],
                "ratio": medians[1] / medians[0], "pair_ratio_median": statistics.median(pair_ratios),

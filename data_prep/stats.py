@@ -29,8 +29,8 @@ from data_prep.formats import FORMATS
 from data_prep.similarity import (PROTOCOLS, ClipFeaturizer, decode_bgr, document_similarity, grey, original_score,
                                   original_sums, random_vision_tower)
 from vlm_jax import cli
+from vlm_jax.checkpoint import load_config, load_vision_tower, tokenizer_spec as checkpoint_tokenizer
 from vlm_jax.data import records
-from vlm_jax.convert.orbax_params import load_vision_tower
 from data_prep.stats_plots import write_histograms
 from vlm_jax.data.image import check_image_size, open_image_bytes
 from vlm_jax.data.tokenizer import Tokenizer, seed_text_pieces
@@ -339,16 +339,13 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
 
-    from vlm_jax.data.loader import make_tokenizer
+    from vlm_jax.data.tokenizer import make_tokenizer
 
     tokenizer_spec = args.tokenizer
     num_image_tokens = args.num_image_tokens
     if args.clip_ckpt:
-        from vlm_jax.convert.orbax_params import read_config
-
-        if tokenizer_spec is None and os.path.isfile(os.path.join(args.clip_ckpt, "tokenizer_config.json")):
-            tokenizer_spec = args.clip_ckpt
-        num_image_tokens = num_image_tokens or read_config(args.clip_ckpt).num_image_tokens
+        tokenizer_spec = tokenizer_spec or checkpoint_tokenizer(args.clip_ckpt)
+        num_image_tokens = num_image_tokens or load_config(args.clip_ckpt).num_image_tokens
     tokenizer_spec = tokenizer_spec or "byte"
     num_image_tokens = num_image_tokens or 576
     featurizer = make_featurizer(args.clip_ckpt, args.batch_size)
@@ -358,7 +355,7 @@ def _main(argv: list[str]) -> int:
                                     "projected get_image_features (convert openai/clip-vit-large-patch14-336 with "
                                     "its projection for the paper's numbers)")
     if tokenizer_spec == "byte":
-        notes["tokenizer_note"] = "byte tokenizer (no --tokenizer and no tokenizer in --clip-ckpt): text token counts are UTF-8 bytes"
+        notes["tokenizer_note"] = "byte tokenizer (--tokenizer, --clip-ckpt's record, or neither given): text token counts are UTF-8 bytes"
     for line in (f"[stats] CLIP: {featurizer.source}; features: {featurizer.feature}", notes.get("tokenizer_note"),
                  notes.get("similarity_note")):
         if line:

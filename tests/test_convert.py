@@ -14,8 +14,7 @@ from transformers import LlavaForConditionalGeneration
 
 import tiny_hf_models as tiny
 from vlm_jax.convert.__main__ import main as convert_main
-from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, restore_numpy_leaf
-from vlm_jax.convert.safetensors_io import CheckpointError
+from vlm_jax.checkpoint import PARAMS_DIR, CheckpointError, restore_leaf, tree_metadata
 
 
 def run(*argv):
@@ -63,7 +62,7 @@ def test_llava_hf_round_trip_is_bit_identical_and_loads(llava):
 def test_bfloat16_round_trip_keeps_bfloat16(tmp_path):
     tiny.llava_hf(tmp_path / "hf", dtype=torch.bfloat16)
     run("hf-to-orbax", "--hf", tmp_path / "hf", "--out", tmp_path / "ckpt")
-    meta = params_metadata(tmp_path / "ckpt" / PARAMS_DIR)
+    meta = tree_metadata(tmp_path / "ckpt" / PARAMS_DIR)
     assert meta["language_model"]["lm_head"]["kernel"].dtype == ml_dtypes.bfloat16
     run("orbax-to-hf", "--ckpt", tmp_path / "ckpt", "--out", tmp_path / "out")
     src, out = tiny.hf_state_dict(tmp_path / "hf"), tiny.hf_state_dict(tmp_path / "out")
@@ -104,8 +103,8 @@ def test_clip_plus_llm_start(tmp_path):
     for seed, name in ((3, "a"), (3, "b"), (4, "c")):
         run("hf-to-orbax", "--clip", tmp_path / "clip", "--llm", tmp_path / "llm", "--seed", seed,
             "--out", tmp_path / name)
-    meta = params_metadata(tmp_path / "a" / PARAMS_DIR)
-    proj = [restore_numpy_leaf(tmp_path / n / PARAMS_DIR, ("multi_modal_projector", "linear_1", "kernel"), meta)
+    meta = tree_metadata(tmp_path / "a" / PARAMS_DIR)
+    proj = [restore_leaf(tmp_path / n / PARAMS_DIR, ("multi_modal_projector", "linear_1", "kernel"), meta)
             for n in "abc"]
     np.testing.assert_array_equal(proj[0], proj[1])
     assert not np.array_equal(proj[0], proj[2])

@@ -14,9 +14,9 @@ import hf_tiny
 from test_models_idefics2 import batch, images
 from vlm_jax.convert.__main__ import main
 from vlm_jax.convert.idefics2 import interpolate_positions
-from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
+from vlm_jax.checkpoint import load_config, load_params
 from vlm_jax.models import config as config_lib
-from vlm_jax.models import hf_idefics2
+from vlm_jax.models.hf import idefics2 as hf_idefics2
 from vlm_jax.models.init import abstract_params
 
 
@@ -40,11 +40,11 @@ def round_trip(tmp_path_factory):
 
 def test_import_is_bit_identical_to_the_hf_state_dict(round_trip):
     root, hf = round_trip
-    cfg = read_config(root / "ckpt")
+    cfg = load_config(root / "ckpt")
     assert isinstance(cfg, config_lib.Idefics2Config)
     assert cfg.with_runtime(param_dtype="float32") == hf_tiny.idefics2_config()
     want = hf_idefics2.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf))
-    got = dict(flat(restore_params(root / "ckpt" / PARAMS_DIR)))
+    got = dict(flat(load_params(root / "ckpt")))
     assert set(got) == set(dict(flat(want)))
     for path, value in flat(want):
         np.testing.assert_array_equal(got[path], value, err_msg="/".join(path))
@@ -110,7 +110,7 @@ def test_from_scratch_assembly_of_mistral_and_siglip(tmp_path):
     args = ["hf-to-orbax", "--family", "idefics2", "--vision", str(tmp_path / "siglip"), "--llm",
             str(tmp_path / "mistral"), "--config", str(tmp_path / "idefics2.json"), "--seed", "3"]
     assert main(args + ["--out", str(tmp_path / "ckpt")]) == 0
-    got = restore_params(tmp_path / "ckpt" / PARAMS_DIR)
+    got = load_params(tmp_path / "ckpt")
     sd = {k: v.numpy() for k, v in mistral.state_dict().items()}
     text = got["text_model"]
     np.testing.assert_array_equal(text["embed_tokens"]["embedding"][:t.vocab_size - 3], sd["model.embed_tokens.weight"])
@@ -132,7 +132,7 @@ def test_from_scratch_assembly_of_mistral_and_siglip(tmp_path):
     np.testing.assert_array_equal(got["connector"]["perceiver_resampler"]["latents"], 1.0)
     # --vision-biases copies the biases too.
     assert main(args + ["--vision-biases", "--out", str(tmp_path / "ckpt2")]) == 0
-    got2 = restore_params(tmp_path / "ckpt2" / PARAMS_DIR)
+    got2 = load_params(tmp_path / "ckpt2")
     np.testing.assert_array_equal(got2["vision_model"]["layers"]["mlp"]["fc1"]["bias"][0],
                                   vs["vision_model.encoder.layers.0.mlp.fc1.bias"])
     # Every param of the model, with its shape (the tree an Idefics2 of this config applies).

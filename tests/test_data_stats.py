@@ -18,9 +18,8 @@ from transformers import PreTrainedTokenizerFast
 
 from data_prep import stats
 from data_prep.similarity import ClipFeaturizer, document_similarity, grey, random_vision_tower
-from vlm_jax.convert.orbax_params import load_vision_tower
 from data_testlib import image_bytes, write_corpus_dir
-from vlm_jax.convert.orbax_params import save_numpy_params
+from vlm_jax.checkpoint import load_vision_tower, save_params
 from vlm_jax.data.image import preprocess_image
 from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, tokenize_interleaved
 from vlm_jax.models.init import random_params
@@ -174,7 +173,7 @@ def test_token_counts_are_what_the_model_sees(tmp_path, featurizer):
 def test_cli_with_converted_checkpoint_on_seed_json(tmp_path):
     cfg = preset("tiny")
     params = random_params(cfg, seed=4)
-    save_numpy_params(tmp_path / "ckpt", params, cfg)
+    save_params(tmp_path / "ckpt", params, cfg)
     config, loaded = load_vision_tower(tmp_path / "ckpt")
     assert config == cfg.vision_config
     for a, b in zip(*(sorted(_leaves(t)) for t in (loaded, params["vision_tower"]))):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import hf_tiny
-from vlm_jax.models import hf_weights, llama
+from vlm_jax.models import hf as hf_table, llama
 from vlm_jax.models.config import RopeScaling, TextConfig
 
 MAX_POS = 16
@@ -35,7 +35,7 @@ def models():
     torch.manual_seed(3)
     hf = LlamaForCausalLM(LlamaConfig(**hf_config, attn_implementation="eager")).eval()
     assert TextConfig.from_hf(hf.config.to_dict()).rope_scaling == cfg.rope_scaling
-    params = hf_weights.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llama")
+    params = hf_table.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llama")
     return cfg, hf, params
 
 

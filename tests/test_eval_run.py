@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_jax.convert.orbax_params import save_numpy_params
+from vlm_jax.checkpoint import load_config, load_params, load_vision_tower, save_params
 from vlm_jax.models.init import random_params
 from vlm_jax.evaluate.__main__ import main as evaluate_main
-from vlm_jax.convert.orbax_params import load_vision_tower
 from vlm_jax.evaluate.clip_embed import checkpoint_embedder, hf_clip_embedder
 from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.rices import embed_images, rices_indices
@@ -65,7 +64,7 @@ def write_split(root, name, n, seed):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
     cfg = tiny_config()
-    save_numpy_params(root / "ckpt", random_params(cfg, seed=0, std=0.2), cfg)
+    save_params(root / "ckpt", random_params(cfg, seed=0, std=0.2), cfg)
     write_split(root, "train", N_TRAIN, seed=1)
     write_split(root, "val", N_VAL, seed=2)
     # val question 3 shows exactly train image 4: RICES must put train question 4 last (nearest the query)
@@ -97,7 +96,7 @@ def cli_args(root, out, *extra):
     args = split("val")
     s = "demo_split"
     args += split("train")
-    return ["--config", "configs/eval/okvqa.py", "--ckpt", str(root / "ckpt"), *args, "--config.tokenizer=bytes",
+    return ["--config", "configs/eval/okvqa.py", "--ckpt", str(root / "ckpt"), *args, "--config.tokenizer=byte",
             "--config.dtype=float32", "--config.max_new_tokens=5", "--config.batch_size=4",
             f"--config.rices.clip_path={root / 'clip'}", f"--config.output_dir={out}", *extra]
 
@@ -221,13 +220,12 @@ def test_batched_rows_match_one_by_one(setup):
     """A bucketed, left-padded batch with per-row image counts (2, 0, 1 images) on 8 devices gives each row
     what `generate` gives it alone and unpadded; split over 2 simulated processes (`process_slice`) and
     gathered (`gather_rows`), the rows come back in order."""
-    from vlm_jax.convert.orbax_params import restore_params
     from vlm_jax.evaluate.batched_generation import Request, generate_requests
-    from vlm_jax.generation import gather_rows, generate, left_pad, local_data_mesh, process_slice
+    from vlm_jax.inference.generation import gather_rows, generate, left_pad, local_data_mesh, process_slice
     from vlm_jax.models.llava import Llava
 
     cfg = tiny_config()
-    model, params = Llava(cfg), restore_params(setup / "ckpt" / "params")
+    model, params = Llava(cfg), load_params(setup / "ckpt", sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     images = [str(p) for p in sorted((setup / "train").glob("*.png"))]
     block = [cfg.image_token_id] * cfg.num_image_tokens
     rng = np.random.default_rng(0)
@@ -271,7 +269,6 @@ def test_batched_rows_match_one_by_one(setup):
 
 def test_eight_shots_switch_the_language_model_to_dynamic_ntk_rope(setup):
     """As the original's loader (`llama_use_rope_scaling=args.shots >= 8`): dynamic NTK, factor 3, from 8 shots."""
-    from vlm_jax.convert.orbax_params import read_config
     from vlm_jax.evaluate.run import model_config_for_run
     from vlm_jax.models.config import RopeScaling
 
@@ -279,7 +276,7 @@ def test_eight_shots_switch_the_language_model_to_dynamic_ntk_rope(setup):
     assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling == \
         RopeScaling(rope_type="dynamic", factor=3.0)
     config.shots = 4  # the checkpoint's own RoPE (the tiny preset's is Llama-3 scaled)
-    own = read_config(setup / "ckpt").text_config.rope_scaling
+    own = load_config(setup / "ckpt").text_config.rope_scaling
     assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling == own != RopeScaling(rope_type="dynamic", factor=3.0)
     config.rope_scaling = "dynamic"
     assert model_config_for_run(config, setup / "ckpt").text_config.rope_scaling.rope_type == "dynamic"

@@ -1,4 +1,4 @@
-"""`python -m vlm_jax.generate` and `vlm_jax.generation.generate` on a converted tiny random llava-hf model
+"""`python -m vlm_jax.generate` and `vlm_jax.inference.generation.generate` on a converted tiny random llava-hf model
 give the same tokens as transformers' `LlavaForConditionalGeneration.generate` (greedy) on the same weights,
 images and prompt."""
 from __future__ import annotations
@@ -20,9 +20,9 @@ from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
 import tiny_hf_models as tiny
 from vlm_jax.convert.__main__ import main as convert_main
-from vlm_jax.convert.orbax_params import PARAMS_DIR, read_config, restore_params
+from vlm_jax.checkpoint import load_config, load_params
 from vlm_jax.generate import main as generate_main
-from vlm_jax.generation import (bucket_length, gather_rows, generate, left_pad, local_data_mesh, process_slice,
+from vlm_jax.inference.generation import (bucket_length, gather_rows, generate, left_pad, local_data_mesh, process_slice,
                                  sample_tokens)
 from vlm_jax.sharding import make_mesh
 from vlm_jax.models.llava import Llava
@@ -123,6 +123,25 @@ def test_cli_subprocess(setup):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["token_ids"] == want
 
 
+def test_load_handle_batch_equals_transformers_per_prompt(setup):
+    """`vlm_jax.load(ckpt).generate` on a batch of text and id prompts with different image counts gives each
+    prompt transformers' greedy tokens, and a single prompt gives a single result."""
+    import vlm_jax
+
+    root, model, images = setup
+    vlm = vlm_jax.load(root / "ckpt")
+    prompts = ["w5 <image> w7 w8 <image> w9", [1, 11, 12, IMG, 13], "w20 w21"]
+    per_prompt = [[images[0], images[1]], [images[2]], []]
+    got = vlm.generate(prompts, per_prompt, max_new_tokens=6)
+    wants = [hf_generate(model, expand([1, 5, IMG, 7, 8, IMG, 9]), hf_pixels(root, images[:2]), 6),
+             hf_generate(model, expand([1, 11, 12, IMG, 13]), hf_pixels(root, images[2:]), 6),
+             hf_generate(model, [1, 20, 21], None, 6)]
+    assert [g["token_ids"] for g in got] == wants
+    assert vlm.generate(prompts[0], per_prompt[0], max_new_tokens=6)["token_ids"] == wants[0]
+    with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
+        vlm.generate(prompts[0], per_prompt[1])
+
+
 ROWS = [[1, 5, IMG, 7, 8, IMG, 9], [1, 11, 12, 13, 14, IMG, 15, 16, 17, 18, 19], [1, 20, 21], [1, IMG, 3, 4],
         [1, 30, IMG, IMG, 31]]
 ROW_IMAGES = [[0, 1], [2], [], [1], [2, 0]]
@@ -143,7 +162,7 @@ def batch_arrays(pixels, rows, row_images):
 @pytest.fixture(scope="module")
 def loaded(setup):
     root, _, images = setup
-    return Llava(read_config(root / "ckpt")), restore_params(root / "ckpt" / PARAMS_DIR), hf_pixels(root, images)
+    return Llava(load_config(root / "ckpt")), load_params(root / "ckpt", sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), hf_pixels(root, images)
 
 
 def test_batched_left_padded_rows_match_per_row_and_stop_at_eos(setup, loaded):
@@ -214,7 +233,7 @@ def test_process_slices_and_gather_cover_every_item_once():
 
 
 def _packed(rows, indices, per):
-    from vlm_jax.generation import _pack_rows
+    from vlm_jax.inference.generation import _pack_rows
 
     return _pack_rows([rows[i] for i in indices], list(indices), per, 3)
 
@@ -232,7 +251,7 @@ def test_top_p_samples_only_from_the_nucleus():
 
 
 def test_prompts_in_one_length_bucket_compile_once(loaded):
-    from vlm_jax.generation import _generate
+    from vlm_jax.inference.generation import _generate
 
     llava, params, _ = loaded
     before = _generate._cache_size()

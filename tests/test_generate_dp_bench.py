@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vlm_jax.models.init import random_params
-from vlm_jax.generation import generate, local_data_mesh
+from vlm_jax.inference.generation import generate, local_data_mesh
 from vlm_jax.models.llava import Llava
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_dp_bench.py"

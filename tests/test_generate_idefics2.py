@@ -6,7 +6,7 @@ import torch
 
 import hf_tiny
 from test_models_idefics2 import image_block, images, load
-from vlm_jax.generation import generate, left_pad
+from vlm_jax.inference.generation import generate, left_pad
 from vlm_jax.models import idefics2
 
 NEW = 12

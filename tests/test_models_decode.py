@@ -3,7 +3,7 @@
 Weights are the tiny random transformers models' (hf_tiny), so the full forward is itself the HF-verified
 one (tests/test_models_hf.py). A batch of two rows, the second left-padded (segment 0), is prefilled into a
 cache longer than needed (empty slots stay segment 0), then extended one token at a time with a traced
-`cache_index`, as `vlm_jax.generation` does. The "pallas" variant also writes a chunk at a static offset,
+`cache_index`, as `vlm_jax.inference.generation` does. The "pallas" variant also writes a chunk at a static offset,
 which maps onto the flash kernel (decode steps fall back to "xla")."""
 import dataclasses
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import hf_tiny
-from vlm_jax.models import hf_weights, llama, llava
+from vlm_jax.models import hf as hf_table, llama, llava
 
 ATOL = 1e-4
 PAD = 3  # left padding of row 1
@@ -67,7 +67,7 @@ def decode_matches_full(apply, cfg, ids, pos, seg, full, prefill_len: int, chunk
 @pytest.mark.parametrize("impl, chunk", [("xla", 0), ("pallas", 3)])
 def test_llama_cache_decoding_matches_full_forward(impl, chunk):
     base = hf_tiny.text_config()
-    params = hf_weights.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llama(False)), "llama")
+    params = hf_table.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llama(False)), "llama")
     rng = np.random.default_rng(0)
     ids, pos, seg = left_padded([list(rng.integers(3, base.vocab_size, 14)),
                                  list(rng.integers(3, base.vocab_size, 14 - PAD))])
@@ -92,7 +92,7 @@ def test_llama_cache_decoding_matches_full_forward(impl, chunk):
 def test_llava_cache_decoding_after_image_prefill_matches_full_forward(impl, chunk):
     """Row 0 holds three images (two adjacent), row 1 one image (in slot 2 of 3); all in the prefill."""
     base = hf_tiny.llava_config()
-    params = hf_weights.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llava()), "llava-hf")
+    params = hf_table.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llava()), "llava-hf")
     t, img = base.num_image_tokens, base.image_token_id
     ids, pos, seg = left_padded([[1, 5] + [img] * t + [6] + [img] * (2 * t) + [7, 8, 9, 10, 11, 12, 13],
                                  [1, 9] + [img] * t + [14, 15, 16, 17, 18, 19, 20]])

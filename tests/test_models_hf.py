@@ -1,5 +1,5 @@
 """CLIP, Llama and LLaVA forward passes against tiny random transformers models (weights copied via
-hf_weights), fp32 on CPU, max-abs error ≤ 1e-4."""
+vlm_jax.models.hf), fp32 on CPU, max-abs error ≤ 1e-4."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hf_tiny
-from vlm_jax.models import clip, hf_weights, llama, llava
+from vlm_jax.models import clip, hf as hf_table, llama, llava
 
 ATOL = 1e-4
 
@@ -20,7 +20,7 @@ def test_clip_hidden_states_pooled_and_projection_match_hf():
     hf = hf_tiny.hf_clip(with_projection=True)
     assert hf.config._attn_implementation == "eager"
     cfg = hf_tiny.vision_config(has_projection=True)
-    params = hf_weights.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "clip-vision-with-projection")
+    params = hf_table.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "clip-vision-with-projection")
     pixels = hf_tiny.pixels_nchw(3, cfg.image_size, seed=0)
     with torch.no_grad():
         ref = hf(pixel_values=pixels, output_hidden_states=True)
@@ -40,7 +40,7 @@ def test_clip_hidden_states_pooled_and_projection_match_hf():
 def test_clip_vision_model_pooler_matches_hf():
     hf = hf_tiny.hf_clip(with_projection=False)
     cfg = hf_tiny.vision_config()
-    params = hf_weights.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "clip-vision")
+    params = hf_table.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "clip-vision")
     pixels = hf_tiny.pixels_nchw(2, cfg.image_size, seed=1)
     with torch.no_grad():
         ref = hf(pixel_values=pixels)
@@ -54,7 +54,7 @@ def test_llama_logits_with_gqa_and_llama3_rope_match_hf(tied):
     hf = hf_tiny.hf_llama(tied)
     assert hf.config.rope_parameters["rope_type"] == "llama3" and hf.config.num_key_value_heads == 2
     cfg = hf_tiny.text_config(tie_word_embeddings=tied)
-    params = hf_weights.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llama")
+    params = hf_table.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llama")
     assert ("lm_head" in params) == (not tied)
     ids = np.random.default_rng(3).integers(0, cfg.vocab_size, size=(2, 40))
     with torch.no_grad():
@@ -92,7 +92,7 @@ def llava_batch(cfg):
 def test_llava_logits_with_interleaved_images_match_hf():
     hf = hf_tiny.hf_llava()
     cfg = hf_tiny.llava_config()
-    params = hf_weights.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llava-hf")
+    params = hf_table.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llava-hf")
     ids, attention_mask, hf_pixels, pixels, image_mask, len1 = llava_batch(cfg)
     llava.check_image_tokens(ids, image_mask, cfg.image_token_id, cfg.num_image_tokens)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_llava_logits_with_interleaved_images_match_hf():
 def test_llava_encode_images_and_pooled_vision_outputs():
     hf = hf_tiny.hf_llava()
     cfg = hf_tiny.llava_config()
-    params = hf_weights.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llava-hf")
+    params = hf_table.params_from_hf_state_dict(cfg, hf_tiny.state_dict_numpy(hf), "llava-hf")
     hf_pixels = hf_tiny.pixels_nchw(2, cfg.vision_config.image_size, seed=5)
     with torch.no_grad():
         ref_feats = hf.model.get_image_features(pixel_values=hf_pixels, vision_feature_layer=-2,

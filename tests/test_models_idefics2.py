@@ -1,5 +1,5 @@
 """Idefics2 (SigLIP at variable resolution → modality projection + perceiver → Mistral with a sliding window)
-against a tiny random transformers `Idefics2ForConditionalGeneration` (weights copied via hf_weights), fp32 on
+against a tiny random transformers `Idefics2ForConditionalGeneration` (weights copied via vlm_jax.models.hf), fp32 on
 CPU, max-abs error <= 1e-4: vision features, connector output, logits, KV-cache decoding, parameter count."""
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 import hf_tiny
-from vlm_jax.models import hf_idefics2, idefics2, llama, siglip
+from vlm_jax.models import idefics2, llama, siglip
+from vlm_jax.models.hf import idefics2 as hf_idefics2
 from vlm_jax.models import config as config_lib
 from vlm_jax.models.init import param_count
 

@@ -12,7 +12,7 @@ import numpy as np
 
 import hf_tiny
 from vlm_jax import sharding
-from vlm_jax.models import hf_weights, llava
+from vlm_jax.models import hf as hf_table, llava
 
 
 def packed_batch(cfg):
@@ -37,7 +37,7 @@ def packed_batch(cfg):
 def logits_and_grads(impl: str, mesh=None):
     """(logits, param grads, pallas_call count, shard_map count) of sum(logits * fixed cotangent)."""
     base = hf_tiny.llava_config()
-    params = hf_weights.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llava()), "llava-hf")
+    params = hf_table.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llava()), "llava-hf")
     batch = packed_batch(base)
     assert batch[0].shape[1] > 32  # several 16-token kernel blocks per row
     cotangent = jnp.asarray(np.random.default_rng(0).normal(size=batch[0].shape + (base.text_config.vocab_size,)),

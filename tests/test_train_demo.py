@@ -30,7 +30,23 @@ def test_short_demo_learns(tmp_path):
     assert summary["heldout_end"]["accuracy"] >= summary["heldout_start"]["accuracy"]
     assert os.listdir(tmp_path / "tensorboard")  # TensorBoard event files
     assert (tmp_path / "final" / "config.json").exists()
+    _final_records_its_tokenizer(tmp_path)
     _export_training_workdir_equals_final(tmp_path)
+
+
+def _final_records_its_tokenizer(workdir):
+    """The demo's final params say they use the byte tokenizer, so generate takes a text prompt with no extra flag;
+    the model config holds no run-time option of the run; the run's own config file has its own name."""
+    from vlm_jax.checkpoint import RUN_CONFIG_FILE, tokenizer_spec
+    from vlm_jax.generate import main as generate_main
+
+    assert tokenizer_spec(workdir / "final") == "byte"
+    stored = json.loads((workdir / "final" / "config.json").read_text())
+    assert "dtype" not in stored["text_config"] and "attention_impl" not in stored["vision_config"]
+    assert "train" in json.loads((workdir / RUN_CONFIG_FILE).read_text())
+    image = next((workdir / "corpus" / "images" / "heldout").iterdir())
+    assert generate_main(["--ckpt", str(workdir / "final"), "--image", str(image), "--prompt", "<image> This is",
+                          "--max-new-tokens", "4"]) == 0
 
 
 def _export_training_workdir_equals_final(workdir):
@@ -39,7 +55,7 @@ def _export_training_workdir_equals_final(workdir):
     from safetensors.numpy import load_file
 
     from vlm_jax.convert.orbax_to_hf import export
-    from vlm_jax.convert.safetensors_io import CheckpointError
+    from vlm_jax.checkpoint import CheckpointError, tokenizer_spec
 
     export(workdir, workdir / "hf_latest")
     export(workdir / "final", workdir / "hf_final")
@@ -47,6 +63,7 @@ def _export_training_workdir_equals_final(workdir):
     assert latest.keys() == final.keys() and len(latest) > 10
     for name in final:
         assert (latest[name] == final[name]).all(), name
+    assert tokenizer_spec(workdir / "hf_latest") == tokenizer_spec(workdir / "hf_final") == "byte"
     with pytest.raises(CheckpointError, match="no checkpoint for step 7"):
         export(workdir, workdir / "hf_bad", step=7)
     with pytest.raises(CheckpointError, match="training workdirs only"):

@@ -52,7 +52,9 @@ def reference(tmp_path_factory):
     subprocess.run([sys.executable, "-c", f"from vlm_jax import demo_corpus; demo_corpus.build({str(corpus)!r}, "
                     "train_documents=48, heldout_per_class=0)"], cwd=ROOT, env=_env(root), check=True)
     log = open(root / "full.log", "w")
-    process = _start(root / "full", corpus, log)
+    # The reference run also traces 2 steps with jax.profiler (tracing does not change any number).
+    process = subprocess.Popen(_command(root / "full", corpus) + ["--config.profile_steps=2"], cwd=ROOT,
+                               env=_env(root), stdout=log, stderr=subprocess.STDOUT)
     yield corpus, process, root
     process.wait()
     log.close()
@@ -115,3 +117,9 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_rerun_continues(reference, t
     summary = json.loads((victim / "summary.json").read_text())
     assert summary["start_step"] == saved and summary["final_step"] == STEPS
     _assert_same_losses(_records(victim), _reference_records(reference))
+
+
+def test_profile_steps_write_a_trace(reference):
+    _reference_records(reference)
+    traces = list((reference[2] / "full" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0

@@ -1,89 +1,265 @@
-"""Checkpoints: the params format shared with conversion/evaluation, and resumable train checkpoints.
+"""Checkpoints: the params format (the one home of its reader, writer, partial restore, tokenizer record and
+error), and the resumable train checkpointer.
 
-Params format (a directory), written by `save_params`, read by `load_config` / `load_params`:
-    DIR/config.json   `LlavaConfig.to_dict()` (architecture and run-time fields)
-    DIR/params/       an Orbax PyTree checkpoint of the LLaVA params tree, unboxed, as
-                      `Llava(config).init(...)["params"]` produces it (top-level `vision_tower`,
-                      `multi_modal_projector`, `language_model`)
-`hf-to-orbax` conversion writes this format; training reads it as `init_checkpoint` and writes
-it at the end of a run (`WORKDIR/final/`).
+Params format (a directory), written by `save_params`, read by `load_config` / `load_params` /
+`load_vision_tower` / `tokenizer_spec`:
+    DIR/config.json          the model's architecture: `LlavaConfig.to_dict()` without the run-time fields
+                             (`dtype`, `attention_impl`, `attention_block_q/k`, `remat_policy`), which the
+                             reader applies as options (`load_config(DIR, dtype=...)`); `param_dtype` stays,
+                             it describes the stored params
+    DIR/params/              an Orbax PyTree checkpoint of the unboxed LLaVA params tree, as
+                             `Llava(config).init(...)["params"]` produces it (top-level `vision_tower`,
+                             `multi_modal_projector`, `language_model`)
+    DIR/<tokenizer files>    the Hugging Face tokenizer the model was trained with (`tokenizer.json`, ...), or
+    DIR/tokenizer_spec.json  `{"tokenizer": "byte"}` for a tokenizer that needs no files
+    DIR/preprocessor_config.json  (optional) the image preprocessing, as Hugging Face writes it
+`hf-to-orbax` writes this format; training reads it as `init_checkpoint` and writes it at the end of a run
+(`WORKDIR/final/`); generation, evaluation, corpus statistics and `orbax-to-hf` read it.
 
-Train checkpoints (`WORKDIR/checkpoints/<step>/`, `TrainCheckpointer`): an Orbax
-`CheckpointManager` with two items, `state` (the `TrainState`: step, params, optimizer state) and
-`data` (the Grain iterator's state, one JSON file per process). Saves are asynchronous, every
-`save_every` steps and at the end, keeping the last `keep`; Orbax writes to a temporary directory
-and renames it when complete, so a run killed mid-save leaves the previous checkpoint as latest.
+Memory: orbax deep-copies host numpy arrays before writing by default (a second copy of the whole model);
+`save_params` registers a `NumpyHandler(deepcopy_host_arrays=False)`, caps OCDBT data files at
+`OCDBT_DATA_FILE_BYTES` (else the encoded chunks of the whole model wait in memory), and `restore_leaf` reads
+one leaf at a time (partial restore) so an export never holds more than one (layer-stacked) leaf.
+
+Train checkpoints (`WORKDIR/checkpoints/<step>/`, `TrainCheckpointer`): an Orbax `CheckpointManager` with two
+items, `state` (the `TrainState`: step, params, optimizer state) and `data` (the Grain iterator's state, one
+JSON file per process). Saves are asynchronous, every `save_every` steps and at the end, keeping the last
+`keep`; Orbax writes to a temporary directory and renames it when complete, so a run killed mid-save leaves
+the previous checkpoint as latest.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
+from orbax.checkpoint import type_handlers
+from orbax.checkpoint._src.serialization import type_handler_registry
 
-from vlm_jax.models.config import LlavaConfig
+from vlm_jax.cli import InputError
+from vlm_jax.data.image import PREPROCESSOR_FILE
+from vlm_jax.data.tokenizer import BYTE_SPEC, TOKENIZER_FILES
+from vlm_jax.models.config import RUNTIME_FIELDS, Idefics2Config, LlavaConfig, VisionConfig, model_config_from_dict
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+TOKENIZER_SPEC_FILE = "tokenizer_spec.json"
+RUN_CONFIG_FILE = "train_config.json"  # a training run directory's own config: {"train": ..., "model": ...}
+# The files besides config.json and params/ that make a checkpoint usable (tokenizer, image preprocessing,
+# generation defaults); they travel unchanged between a Hugging Face folder and a params checkpoint.
+SIDE_FILES = TOKENIZER_FILES + (TOKENIZER_SPEC_FILE, PREPROCESSOR_FILE, "processor_config.json",
+                                "generation_config.json")
+# Run-time options a params checkpoint never stores (param_dtype does describe the stored params).
+NOT_STORED = tuple(f for f in RUNTIME_FIELDS if f != "param_dtype")
+ModelConfig = LlavaConfig | Idefics2Config
+# OCDBT buffers a data file's encoded chunks in memory until the file is written: with the default (one
+# file per write) that is a second, compressed copy of the model (1.9x the model at peak, measured);
+# 64 MiB files bound it (1.2x).
+OCDBT_DATA_FILE_BYTES = 64 << 20
 
 
-def save_params(directory: str, params: Any, config: LlavaConfig) -> None:
-    """Writes `params` (a tree of arrays, any sharding) and `config` in the params format (blocking)."""
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(directory, PARAMS_DIR), params, force=True)
-        checkpointer.wait_until_finished()
+class CheckpointError(InputError):
+    """A checkpoint on disk is missing, malformed, or disagrees with its config; the message names the file/tensor
+    (a bad input: exit 1 at the command line)."""
+
+
+# --- config.json -------------------------------------------------------------------------------------------
+
+def _strip_runtime(d: dict) -> dict:
+    """`d` with the run-time options removed from each sub-config dict (vision_config, text_config, ...)."""
+    return {k: ({f: x for f, x in v.items() if f not in NOT_STORED} if isinstance(v, dict) else v)
+            for k, v in d.items()}
+
+
+def architecture_dict(config: ModelConfig) -> dict:
+    """`config.to_dict()` without the run-time options (`NOT_STORED`): what `config.json` holds."""
+    return _strip_runtime(config.to_dict())
+
+
+def config_from_dict(d: dict, **runtime) -> ModelConfig:
+    """The model config (its family from the dict: LlavaConfig or Idefics2Config) of a stored architecture dict;
+    stored run-time options (older checkpoints, run files) are dropped, `runtime` (dtype=..., ...) applied."""
+    config = model_config_from_dict(_strip_runtime(dict(d)))
+    return config.with_runtime(**runtime) if runtime else config
+
+
+def load_config(directory: str | Path, **runtime) -> ModelConfig:
+    """The model config stored beside the params, with the run-time options `runtime` (default: the model
+    config's defaults, float32 / xla / no remat), never the ones of the run that wrote it."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: not a vlm_jax params checkpoint ({CONFIG_FILE} + {PARAMS_DIR}/)")
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON: {e}") from e
+    try:
+        return config_from_dict(stored, **runtime)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a vlm_jax model config ({e})") from e
+
+
+# --- tokenizer and image settings --------------------------------------------------------------------------
+
+def record_tokenizer(directory: str | Path, spec: str | None) -> None:
+    """Records the tokenizer of the checkpoint in `directory`: a tokenizer folder's files are copied in, a
+    spec that needs no files (`"byte"`) goes to `tokenizer_spec.json`; None records nothing."""
+    if not spec:
+        return
+    directory = Path(directory)
+    if spec == BYTE_SPEC:
+        (directory / TOKENIZER_SPEC_FILE).write_text(json.dumps({"tokenizer": spec}) + "\n")
+        return
+    source = Path(spec)
+    copied = copy_files([source], directory, TOKENIZER_FILES)
+    if not copied:
+        raise CheckpointError(f"tokenizer {spec!r}: neither {BYTE_SPEC!r} nor a folder with tokenizer files "
+                              f"({', '.join(TOKENIZER_FILES)})")
+
+
+def tokenizer_spec(directory: str | Path) -> str | None:
+    """The tokenizer spec a checkpoint records (`vlm_jax.data.tokenizer.make_tokenizer` takes it): the
+    folder itself when it holds tokenizer files, the spec in `tokenizer_spec.json`, else None."""
+    directory = Path(directory)
+    if any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return str(directory)
+    path = directory / TOKENIZER_SPEC_FILE
+    if path.is_file():
+        try:
+            return str(json.loads(path.read_text())["tokenizer"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: expected {{\"tokenizer\": SPEC}} ({e})") from e
+    return None
+
+
+def copy_files(sources: list[Path], dst: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """Copies each of `names` from the first folder in `sources` that has it into `dst` (skipping a file onto
+    itself); returns name -> source."""
+    copied: dict[str, Path] = {}
+    for name in names:
+        for src in sources:
+            if (Path(src) / name).is_file():
+                if not (Path(dst) / name).exists() or not (Path(dst) / name).samefile(Path(src) / name):
+                    shutil.copyfile(Path(src) / name, Path(dst) / name)
+                copied[name] = Path(src) / name
+                break
+    return copied
+
+
+# --- params ------------------------------------------------------------------------------------------------
+
+def _checkpointer() -> ocp.Checkpointer:
+    registry = type_handler_registry.create_type_handler_registry(
+        (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+        (jax.Array, type_handlers.ArrayHandler()))
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+
+
+def save_params(directory: str | Path, params: Any, config: ModelConfig, *, tokenizer: str | None = None,
+                preprocessor_config: str | Path | None = None) -> None:
+    """Writes `params` (a tree of jax arrays with any sharding, or host numpy arrays of any float dtype incl.
+    ml_dtypes.bfloat16), the architecture of `config`, and the tokenizer record (`record_tokenizer`) and
+    `preprocessor_config` file when given, in the params format (blocking)."""
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    with _checkpointer() as checkpointer:
+        checkpointer.save(directory / PARAMS_DIR, args=ocp.args.PyTreeSave(
+            params, ocdbt_target_data_file_size=OCDBT_DATA_FILE_BYTES), force=True)
     if jax.process_index() == 0:
-        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump(config.to_dict(), f, indent=2)
+        (directory / CONFIG_FILE).write_text(json.dumps(architecture_dict(config), indent=2) + "\n")
+        record_tokenizer(directory, tokenizer)
+        if preprocessor_config:
+            shutil.copyfile(preprocessor_config, directory / PREPROCESSOR_FILE)
 
 
-def load_config(directory: str) -> LlavaConfig:
-    """The `LlavaConfig` stored beside the params."""
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: not a vlm_jax params checkpoint (no {CONFIG_FILE})")
-    with open(path) as f:
-        return LlavaConfig.from_dict(json.load(f))
+def _params_dir(directory: str | Path) -> Path:
+    path = Path(directory).absolute() / PARAMS_DIR
+    if not path.is_dir():
+        raise CheckpointError(f"{path} not found: no params in this checkpoint directory")
+    return path
 
 
-def _check_shapes(stored: Any, target: Any, where: str) -> None:
-    """Raises ValueError naming the first param whose presence or shape differs."""
+def tree_metadata(orbax_dir: str | Path) -> dict:
+    """Nested dict of orbax ArrayMetadata (shape, dtype) of every array of an orbax PyTree checkpoint
+    (`DIR/params`, or a train checkpoint's `state`), read without loading data."""
+    orbax_dir = Path(orbax_dir).absolute()
+    if not orbax_dir.is_dir():
+        raise CheckpointError(f"{orbax_dir} not found: no orbax checkpoint there")
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        return checkpointer.metadata(orbax_dir).item_metadata.tree
+
+
+def restore_leaf(orbax_dir: str | Path, path: tuple[str, ...], metadata: dict) -> np.ndarray:
+    """The single array at key `path` of an orbax PyTree checkpoint as a host numpy array (partial restore:
+    nothing else is read). `metadata` is `tree_metadata(orbax_dir)`."""
+    flat_meta = traverse_util.flatten_dict(metadata)
+    if path not in flat_meta:
+        raise CheckpointError(f"{orbax_dir}: no array {'/'.join(path)}")
+    item = traverse_util.unflatten_dict({path: flat_meta[path]})
+    restore_args = traverse_util.unflatten_dict({path: ocp.RestoreArgs(restore_type=np.ndarray)})
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        tree = checkpointer.restore(Path(orbax_dir).absolute(), args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
+    return traverse_util.flatten_dict(tree)[path]
+
+
+def _check_shapes(stored: Any, target: Any, where: Path) -> None:
+    """Raises CheckpointError naming the first param whose presence or shape differs."""
     stored_flat = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(stored)}
     target_flat = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
     for key in sorted(set(stored_flat) | set(target_flat)):
         if key not in stored_flat:
-            raise ValueError(f"{where}: param {key} is missing from the checkpoint")
+            raise CheckpointError(f"{where}: param {key} is missing from the checkpoint")
         if key not in target_flat:
-            raise ValueError(f"{where}: checkpoint has param {key} that the model does not")
+            raise CheckpointError(f"{where}: checkpoint has param {key} that the model does not")
         if stored_flat[key] != target_flat[key]:
-            raise ValueError(f"{where}: param {key} has shape {stored_flat[key]} in the checkpoint, "
-                             f"the model expects {target_flat[key]}")
+            raise CheckpointError(f"{where}: param {key} has shape {stored_flat[key]} in the checkpoint, "
+                                  f"the model expects {target_flat[key]}")
 
 
-def load_params(directory: str, target: Any | None = None) -> Any:
+def load_params(directory: str | Path, target: Any | None = None, *,
+                sharding: jax.sharding.Sharding | None = None) -> Any:
     """Reads the params of a params-format directory.
 
-    target: a tree of `jax.ShapeDtypeStruct` with shardings (e.g. the abstract params of a sharded
-    train state): each array is read straight into its shards and cast to the target dtype; shapes
-    are checked first. None: numpy arrays on the host, as stored.
+    target: a tree of `jax.ShapeDtypeStruct` with shardings (e.g. the abstract params of a sharded train
+    state): each array is read straight into its shards and cast to the target dtype; shapes are checked
+    first. Else with `sharding` (one sharding for every leaf, e.g. replicated over a mesh, or one device):
+    jax arrays in the stored dtypes. Neither: numpy arrays on the host, as stored.
     """
-    path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no params in this checkpoint directory")
-    with ocp.StandardCheckpointer() as checkpointer:
-        stored = checkpointer.metadata(path).item_metadata
-        if target is None:
-            restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+    path = _params_dir(directory)
+    stored = tree_metadata(path)
+    if target is None and sharding is None:
+        restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
             return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-        _check_shapes(stored, target, path)
+    if target is None:
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), stored)
+    _check_shapes(stored, target, path)
+    with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(path, target)
 
+
+def load_vision_tower(directory: str | Path) -> tuple[VisionConfig, dict]:
+    """(vision config, `vision_tower` params as host numpy arrays) of a params checkpoint, reading only those
+    leaves (partial restore: a 7B LLaVA checkpoint costs ~0.6 GB here). For RICES and corpus statistics."""
+    config = load_config(directory).vision_config
+    params_dir = _params_dir(directory)
+    metadata = tree_metadata(params_dir)
+    if "vision_tower" not in metadata:
+        raise CheckpointError(f"{params_dir}: no 'vision_tower' params (top-level keys: {sorted(metadata)})")
+    flat = {path: restore_leaf(params_dir, ("vision_tower",) + path, metadata)
+            for path in traverse_util.flatten_dict(metadata["vision_tower"])}
+    return config, traverse_util.unflatten_dict(flat)
+
+
+# --- train checkpoints -------------------------------------------------------------------------------------
 
 class TrainCheckpointer:
     """Saves and restores (train state, data iterator state) with an Orbax `CheckpointManager`."""

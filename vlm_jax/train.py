@@ -23,7 +23,10 @@ from absl import flags, logging
 
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import cli, config_file
-from vlm_jax.data.loader import loader_metrics, make_tokenizer, make_train_iterator
+from vlm_jax.data.loader import loader_metrics, make_train_iterator
+from vlm_jax.data.image import read_processor_settings
+from vlm_jax.data.tokenizer import make_tokenizer
+from vlm_jax.inference.model import VLM
 from vlm_jax.models.config import LlavaConfig
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
@@ -102,8 +105,10 @@ def _heldout_scorer(config, model, model_config, tokenizer, mesh, params_shardin
     if not config.heldout.file:
         return None
     questions = heldout_lib.read_questions(config.heldout.file)
-    image_settings = {"image_size": model_config.vision_config.image_size, "aspect": config.data.image_aspect}
-    rows = heldout_lib.choice_rows(questions, tokenizer, model_config, image_settings)
+    image_settings = (read_processor_settings(config.data.preprocessor_config) if config.data.preprocessor_config
+                      else {"image_size": model_config.vision_config.image_size})
+    vlm = VLM(model_config, None, tokenizer, image_settings, aspect=config.data.image_aspect)
+    rows = heldout_lib.choice_rows(questions, vlm)
     sharding = batch_sharding(mesh)
     nll = jax.jit(lambda p, b: token_losses(model, p, b).sum(axis=-1), in_shardings=(params_sharding, sharding))
 
@@ -216,8 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
                                               save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump({"train": config.to_dict(), "model": model_config.to_dict()}, f, indent=2)
+        with open(os.path.join(workdir, ckpt_lib.RUN_CONFIG_FILE), "w") as f:
+            json.dump({"train": config.to_dict(), "model": ckpt_lib.architecture_dict(model_config)}, f, indent=2)
 
     summary: dict[str, Any] = {"workdir": workdir}
     latest = checkpointer.latest_step()
@@ -255,7 +260,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
             summary["heldout_end"] = score(state.params)
             _log(f"held-out at step {summary['final_step']}: {_fmt(summary['heldout_end'])}")
         if config.save_final_params:
-            ckpt_lib.save_params(os.path.join(workdir, "final"), state.params, model_config)
+            ckpt_lib.save_params(os.path.join(workdir, "final"), state.params, model_config,
+                                 tokenizer=config.data.tokenizer, preprocessor_config=config.data.preprocessor_config)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

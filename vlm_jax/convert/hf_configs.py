@@ -2,8 +2,8 @@
 
 Every import path ends in a transformers `LlavaConfig`-style dict (`text_config` = LlamaConfig fields,
 `vision_config` = CLIPVisionConfig fields, `image_token_index`, `vision_feature_layer`, ...), which
-`LlavaConfig.from_hf` turns into our config. `expected_shapes` lists every canonical tensor with its
-torch-layout shape so a checkpoint that disagrees with its config.json fails naming the tensor.
+`LlavaConfig.from_hf` turns into our config; the family's weight table (`vlm_jax.models.hf.llava`) then
+lists every tensor it implies, so a checkpoint that disagrees with its config.json fails naming the tensor.
 
 Image token id for sources without one (original LLaVA, --clip/--llm): `image_token_index = vocab_size`,
 with the embedding table left at `vocab_size` rows. Our model splices image features in place of those
@@ -13,8 +13,7 @@ export we pad to that form only because transformers looks the id up — see `or
 """
 from __future__ import annotations
 
-from vlm_jax.convert.hf_layouts import LANGUAGE, LM_HEAD, PROJECTOR, VISION
-from vlm_jax.convert.safetensors_io import CheckpointError
+from vlm_jax.checkpoint import CheckpointError
 
 # Vision configs of the CLIP towers LLaVA names in `mm_vision_tower`, used when the original-layout checkpoint
 # carries the tower's weights but no --clip folder is given for its config.json.
@@ -121,61 +120,3 @@ def llava_config_from_original(config: dict, vision: dict | None, where: str) ->
         vision_feature_layer=int(config.get("mm_vision_select_layer", -2)),
         strategy=_SELECT_FEATURE[feature],
     )
-
-
-def expected_shapes(hf: dict) -> dict[str, tuple[int, ...]]:
-    """Canonical tensor name -> torch-layout shape implied by a llava-hf config dict."""
-    v, t = hf["vision_config"], hf["text_config"]
-    c, i, p = v["hidden_size"], v["intermediate_size"], v["patch_size"]
-    n_pos = (v["image_size"] // p) ** 2 + 1
-    shapes: dict[str, tuple[int, ...]] = {
-        VISION + "embeddings.class_embedding": (c,),
-        VISION + "embeddings.patch_embedding.weight": (c, v.get("num_channels", 3), p, p),
-        VISION + "embeddings.position_embedding.weight": (n_pos, c),
-    }
-    for ln in ("pre_layrnorm", "post_layernorm"):
-        shapes.update({f"{VISION}{ln}.weight": (c,), f"{VISION}{ln}.bias": (c,)})
-    for layer in range(v["num_hidden_layers"]):
-        pre = f"{VISION}encoder.layers.{layer}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes.update({f"{pre}self_attn.{proj}.weight": (c, c), f"{pre}self_attn.{proj}.bias": (c,)})
-        for ln in ("layer_norm1", "layer_norm2"):
-            shapes.update({f"{pre}{ln}.weight": (c,), f"{pre}{ln}.bias": (c,)})
-        shapes.update({
-            f"{pre}mlp.fc1.weight": (i, c), f"{pre}mlp.fc1.bias": (i,),
-            f"{pre}mlp.fc2.weight": (c, i), f"{pre}mlp.fc2.bias": (c,),
-        })
-    d, f, vocab = t["hidden_size"], t["intermediate_size"], t["vocab_size"]
-    heads = t["num_attention_heads"]
-    kv = t.get("num_key_value_heads") or heads
-    hd = t.get("head_dim") or d // heads
-    n_feature_layers = len(hf["vision_feature_layer"]) if isinstance(hf["vision_feature_layer"], list) else 1
-    shapes.update({
-        PROJECTOR + "linear_1.weight": (d, c * n_feature_layers), PROJECTOR + "linear_1.bias": (d,),
-        PROJECTOR + "linear_2.weight": (d, d), PROJECTOR + "linear_2.bias": (d,),
-        LANGUAGE + "embed_tokens.weight": (vocab, d),
-        LANGUAGE + "norm.weight": (d,),
-    })
-    if not (hf.get("tie_word_embeddings") or t.get("tie_word_embeddings")):
-        shapes[LM_HEAD] = (vocab, d)
-    for layer in range(t["num_hidden_layers"]):
-        pre = f"{LANGUAGE}layers.{layer}."
-        shapes.update({
-            f"{pre}self_attn.q_proj.weight": (heads * hd, d),
-            f"{pre}self_attn.k_proj.weight": (kv * hd, d),
-            f"{pre}self_attn.v_proj.weight": (kv * hd, d),
-            f"{pre}self_attn.o_proj.weight": (d, heads * hd),
-            f"{pre}mlp.gate_proj.weight": (f, d),
-            f"{pre}mlp.up_proj.weight": (f, d),
-            f"{pre}mlp.down_proj.weight": (d, f),
-            f"{pre}input_layernorm.weight": (d,),
-            f"{pre}post_attention_layernorm.weight": (d,),
-        })
-        if t.get("attention_bias"):
-            shapes.update({
-                f"{pre}self_attn.q_proj.bias": (heads * hd,), f"{pre}self_attn.k_proj.bias": (kv * hd,),
-                f"{pre}self_attn.v_proj.bias": (kv * hd,), f"{pre}self_attn.o_proj.bias": (d,),
-            })
-        if t.get("mlp_bias"):
-            shapes.update({f"{pre}mlp.gate_proj.bias": (f,), f"{pre}mlp.up_proj.bias": (f,), f"{pre}mlp.down_proj.bias": (d,)})
-    return shapes

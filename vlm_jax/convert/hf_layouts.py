@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from vlm_jax.convert.safetensors_io import CheckpointError
+from vlm_jax.checkpoint import CheckpointError
 
 LLAVA_HF = "llava-hf"
 LLAVA_ORIGINAL = "llava-original"

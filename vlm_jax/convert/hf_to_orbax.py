@@ -13,11 +13,14 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from vlm_jax.convert import hf_configs, hf_layouts, param_map
-from vlm_jax.convert.orbax_params import save_numpy_params
-from vlm_jax.convert.safetensors_io import CheckpointError, SafetensorsDir
-from vlm_jax.convert.side_files import copy_side_files
+from flax import traverse_util
+
+from vlm_jax.convert import hf_configs, hf_layouts
+from vlm_jax.checkpoint import SIDE_FILES, CheckpointError, copy_files, save_params
+from vlm_jax.convert.safetensors_io import SafetensorsDir
+from vlm_jax.models import hf
 from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.hf import table
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
 
@@ -105,9 +108,8 @@ def _where(source: Source) -> str:
     return f"tensor {source.key!r} in {source.ckpt.info(source.key).file}"
 
 
-def check_against_config(src: HFSource) -> dict[str, tuple[int, ...]]:
-    """Every tensor config.json implies is present with its shape, and no other; returns the expected shapes."""
-    expected = hf_configs.expected_shapes(src.hf_config)
+def check_against_config(src: HFSource, expected: dict[str, tuple[int, ...]]) -> None:
+    """Every tensor the weight table expects for the config is present with its shape, and no other."""
     for name, source in sorted(src.tensors.items()):
         if name not in expected:
             raise CheckpointError(f"unexpected {_where(source)}: config.json implies no such tensor ({name})")
@@ -120,7 +122,6 @@ def check_against_config(src: HFSource) -> dict[str, tuple[int, ...]]:
         folders = sorted({str(s.ckpt.directory) for s in src.tensors.values() if s.ckpt is not None})
         raise CheckpointError(f"{folders}: missing tensor {missing[0]!r} (and {len(missing) - 1} more) "
                               "that config.json implies")
-    return expected
 
 
 def widest_dtype(src: HFSource) -> np.dtype:
@@ -134,21 +135,19 @@ def widest_dtype(src: HFSource) -> np.dtype:
 
 
 def build_params(src: HFSource, config: LlavaConfig, dtype: np.dtype, seed: int) -> dict:
-    """The layer-stacked numpy param tree, filled tensor by tensor."""
-    expected = check_against_config(src)
-    shapes = param_map.param_shapes(config)
-    tree: dict = {}
-    for path, leaf in param_map.iter_leaves(shapes):
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = np.empty(leaf.shape, dtype)
-    filled: set[tuple] = set()
+    """The layer-stacked numpy param tree, filled tensor by tensor (file by file) through the family's weight
+    table (`vlm_jax.models.hf`)."""
+    family = hf.family_of(config)
+    mappings = family.tensor_mappings(config, family.CANONICAL)
+    expected = table.expected_shapes(mappings)
+    check_against_config(src, expected)
+    slots = table.by_hf_key(mappings)
+    flat = {m.path: np.empty(m.leaf_shape, dtype) for m in mappings}
     rng = np.random.default_rng(seed)
 
     def order(item):
         s = item[1]
-        return (0, "", 0) if s.ckpt is None else (1, str(s.ckpt.info(s.key).file), s.ckpt.info(s.key).offset)
+        return (0, "", "") if s.ckpt is None else (1, str(s.ckpt.info(s.key).file), s.key)
 
     for name, source in sorted(src.tensors.items(), key=order):
         if source.ckpt is None:  # torch.nn.Linear's default init, which LLaVA's projector starts from
@@ -156,20 +155,13 @@ def build_params(src: HFSource, config: LlavaConfig, dtype: np.dtype, seed: int)
             value = rng.uniform(-1 / np.sqrt(fan_in), 1 / np.sqrt(fan_in), size=expected[name]).astype(dtype)
         else:
             value = source.ckpt.read(source.key).astype(dtype, copy=False)
-        slot = param_map.slot_for(name, shapes)
-        leaf = param_map.get_path(tree, slot.path)
-        if slot.layer is None:
-            leaf[...] = param_map.to_flax(value, slot)
+        mapping, layer = slots[name]
+        if layer is None:
+            flat[mapping.path][...] = mapping.to_ours(value)
         else:
-            leaf[slot.layer] = param_map.to_flax(value, slot)
-        filled.add((slot.path, slot.layer))
+            flat[mapping.path][layer] = mapping.to_ours(value)
         del value
-    for path, leaf in param_map.iter_leaves(shapes):
-        stacked = path[:2] in param_map.STACKED
-        for layer in range(leaf.shape[0]) if stacked else [None]:
-            if (path, layer) not in filled:
-                raise CheckpointError(f"no HF tensor fills Llava param {'/'.join(path)} (layer {layer})")
-    return tree
+    return traverse_util.unflatten_dict(flat)
 
 
 def convert(out: Path, *, hf: Path | None = None, clip: Path | None = None, llm: Path | None = None,
@@ -188,6 +180,6 @@ def convert(out: Path, *, hf: Path | None = None, clip: Path | None = None, llm:
     config = LlavaConfig.from_hf(src.hf_config, param_dtype=np_dtype.name)
     params = build_params(src, config, np_dtype, seed)
     out = Path(out)
-    save_numpy_params(out, params, config)
-    copy_side_files(src.side_dirs, out)
+    save_params(out, params, config)
+    copy_files(src.side_dirs, out, SIDE_FILES)
     return config

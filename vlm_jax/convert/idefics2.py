@@ -1,4 +1,4 @@
-"""Idefics2 checkpoints ↔ vlm_jax params, driven by the family's weight table (`vlm_jax.models.hf_idefics2`).
+"""Idefics2 checkpoints ↔ vlm_jax params, driven by the family's weight table (`vlm_jax.models.hf.idefics2`).
 
 - `import_hf`: an `Idefics2ForConditionalGeneration` folder (config.json + safetensors) → params checkpoint.
 - `assemble`: the original's from-scratch model (`training_idefics/training/random_inefics2_from_mistral.py`):
@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from vlm_jax.convert.hf_to_orbax import DTYPES
-from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf, save_numpy_params
-from vlm_jax.convert.safetensors_io import CheckpointError, SafetensorsDir, parse_size, write_sharded
-from vlm_jax.convert.side_files import copy_side_files
-from vlm_jax.models import hf_idefics2, hf_weights
+from vlm_jax.checkpoint import (PARAMS_DIR, SIDE_FILES, CheckpointError, copy_files, load_config, restore_leaf,
+                                save_params, tree_metadata)
+from vlm_jax.convert.safetensors_io import SafetensorsDir, parse_size, write_sharded
+from vlm_jax.models.hf import llava as hf_llava
+from vlm_jax.models.hf import idefics2 as hf_idefics2
+from vlm_jax.models.hf.table import BUFFER_KEYS
 from vlm_jax.models.config import Idefics2Config, SiglipVisionConfig, TextConfig, preset
 from vlm_jax.models.init import abstract_params
 
@@ -74,7 +76,7 @@ def _check_keys(ckpt: SafetensorsDir, mappings, where: str, ignore=lambda key: F
             if ckpt.info(key).shape != expected[key]:
                 raise CheckpointError(f"{where}: tensor {key!r} in {ckpt.info(key).file.name} has shape "
                                       f"{ckpt.info(key).shape}, config.json implies {expected[key]}")
-        elif not (ignore(key) or hf_weights._BUFFER_KEYS.search(key)):
+        elif not (ignore(key) or BUFFER_KEYS.search(key)):
             raise CheckpointError(f"{where}: unexpected tensor {key!r} in {ckpt.info(key).file.name} "
                                   "(config.json implies no such tensor)")
     missing = sorted(set(expected) - set(ckpt.keys()))
@@ -121,8 +123,8 @@ def import_hf(hf: Path, out: Path, dtype: str = "auto") -> Idefics2Config:
     config = config.with_runtime(param_dtype=np_dtype.name)
     params: dict = {}
     _fill(params, mappings, ckpt, np_dtype)
-    save_numpy_params(out, params, config)
-    copy_side_files([hf], out)
+    save_params(out, params, config)
+    copy_files([hf], out, SIDE_FILES)
     return config
 
 
@@ -234,7 +236,7 @@ def assemble(vision: Path, llm: Path, out: Path, *, config: Idefics2Config | Non
     params = _random_params(config, np_dtype, seed)
     # Mistral: every tensor, the embedding and LM head into their first vocab rows.
     llm_ckpt = SafetensorsDir(llm)
-    llm_maps = hf_weights.tensor_mappings(t_cfg, "llama")
+    llm_maps = hf_llava.tensor_mappings(t_cfg, "llama")
     _check_keys(llm_ckpt, llm_maps, str(llm), ignore=lambda k: t_cfg.tie_word_embeddings and k == "lm_head.weight")
     text: dict = {}
     _fill(text, llm_maps, llm_ckpt, np_dtype)
@@ -264,8 +266,8 @@ def assemble(vision: Path, llm: Path, out: Path, *, config: Idefics2Config | Non
         m_out = by_path[m.path]  # same leaf in the target config (only the position table differs)
         _fill(params["vision_model"], [m_out if m.path == ("position_embedding",) else m], vis_ckpt, np_dtype,
               transform=positions)
-    save_numpy_params(out, params, config)
-    copy_side_files([llm], out)
+    save_params(out, params, config)
+    copy_files([llm], out, SIDE_FILES)
     return config
 
 
@@ -285,17 +287,17 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, max_shard_size: s
     """`orbax-to-hf` for an Idefics2 params checkpoint: `out/{config.json, generation_config.json,
     model*.safetensors}` + tokenizer files. Returns the HF config dict written."""
     ckpt, out = Path(ckpt), Path(out)
-    config = read_config(ckpt)
+    config = load_config(ckpt)
     if not isinstance(config, Idefics2Config):
         raise CheckpointError(f"{ckpt}: not an Idefics2 checkpoint")
     params_dir = ckpt / PARAMS_DIR
-    metadata = params_metadata(params_dir)
+    metadata = tree_metadata(params_dir)
     np_dtype = DTYPES[dtype] if dtype else None
     mappings = hf_idefics2.tensor_mappings(config)
 
     def tensors():
         for m in mappings:
-            leaf = restore_numpy_leaf(params_dir, m.path, metadata)
+            leaf = restore_leaf(params_dir, m.path, metadata)
             want = ((len(m.hf_keys),) if m.stacked else ()) + m.shape
             if leaf.shape != want:
                 raise CheckpointError(f"{params_dir}: param {'/'.join(m.path)} has shape {leaf.shape}, "
@@ -310,7 +312,7 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, max_shard_size: s
     stored = np_dtype or np.dtype(_get(metadata, ("text_model", "embed_tokens", "embedding")).dtype)
     hf_out = {"architectures": [ARCHITECTURE], **config.to_hf(), "dtype": stored.name}
     (out / "config.json").write_text(json.dumps(hf_out, indent=2) + "\n")
-    copy_side_files([ckpt], out)
+    copy_files([ckpt], out, SIDE_FILES)
     gen_path = out / "generation_config.json"
     if not gen_path.is_file():
         t = config.text_config

@@ -14,33 +14,22 @@ image token id (the shape llava-hf uses, 32064 for Vicuna) and lists the padded 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
+from flax import traverse_util
 
-from vlm_jax.convert import hf_configs, hf_layouts, param_map
 from vlm_jax.convert.hf_to_orbax import DTYPES
-from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_numpy_leaf
-from vlm_jax.convert.safetensors_io import CheckpointError, parse_size, write_sharded
-from vlm_jax.convert.side_files import copy_side_files
+from vlm_jax.checkpoint import (PARAMS_DIR, RUN_CONFIG_FILE, SIDE_FILES, CheckpointError, config_from_dict, copy_files,
+                                load_config, record_tokenizer, restore_leaf, tokenizer_spec, tree_metadata)
+from vlm_jax.convert.safetensors_io import parse_size, write_sharded
+from vlm_jax.models import hf
 from vlm_jax.models.config import Idefics2Config, LlavaConfig
 
-_HUB_NAMES = [
-    (hf_layouts.LM_HEAD, "language_model.lm_head.weight"),
-    (hf_layouts.LANGUAGE, "language_model.model."),
-    (hf_layouts.VISION, "vision_tower.vision_model."),
-    (hf_layouts.PROJECTOR, "multi_modal_projector."),
-]
-_PADDED = (hf_layouts.LANGUAGE + "embed_tokens.weight", hf_layouts.LM_HEAD)
-
-
-def hub_name(canonical: str) -> str:
-    """Canonical (transformers-5 in-memory) name -> llava-hf hub checkpoint name."""
-    for prefix, hub in _HUB_NAMES:
-        if canonical.startswith(prefix):
-            return hub + canonical[len(prefix):]
-    raise KeyError(canonical)
+# The leaves whose rows are token ids: padded past an out-of-vocabulary image token id on export.
+_VOCAB_ROWS = (("language_model", "embed_tokens", "embedding"), ("language_model", "lm_head", "kernel"))
 
 
 def padded_vocab(vocab_size: int, image_token_id: int) -> int:
@@ -50,43 +39,42 @@ def padded_vocab(vocab_size: int, image_token_id: int) -> int:
     return -(-(image_token_id + 1) // 64) * 64
 
 
-def _hf_tensors(params_dir: Path, metadata: dict, hf: dict, rows: int, dtype: np.dtype | None,
+def _hf_tensors(params_dir: Path, metadata: dict, config: LlavaConfig, rows: int, dtype: np.dtype | None,
                 prefix: tuple[str, ...] = ()):
     """Yields (hub name, torch-layout array) leaf by leaf from the orbax params (at `prefix` inside the
-    stored tree: `("params",)` for a training state)."""
-    full_metadata = metadata
-    for key in prefix:
-        metadata = metadata[key]
-    expected = hf_configs.expected_shapes(hf)
-    by_leaf: dict[tuple, list] = {}
-    for name, hf_shape in expected.items():
-        slot = param_map.slot_for(name, metadata)
-        by_leaf.setdefault(slot.path, []).append((slot.layer or 0, name, slot, hf_shape))
-    for path, _ in param_map.iter_leaves(metadata):
-        if path not in by_leaf:
-            raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has no Hugging Face tensor")
-        leaf = restore_numpy_leaf(params_dir, prefix + path, full_metadata)
-        for layer, name, slot, hf_shape in sorted(by_leaf.pop(path)):
-            value = leaf[layer] if slot.layer is not None else leaf
-            if value.shape != slot.shape:
-                raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has shape {leaf.shape}, "
-                                      f"config.json implies {slot.shape} per layer")
-            tensor = np.ascontiguousarray(param_map.to_torch(value, slot, hf_shape), dtype=dtype or value.dtype)
-            if name in _PADDED and rows > tensor.shape[0]:
+    stored tree: `("params",)` for a training state), through the family's weight table."""
+    family = hf.family_of(config)
+    mappings = {m.path: m for m in family.tensor_mappings(config, family.HUB)}
+    stored = traverse_util.flatten_dict(functools.reduce(lambda tree, key: tree[key], prefix, metadata))
+    for path in sorted(set(stored) - set(mappings)):
+        raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has no Hugging Face tensor")
+    for path in sorted(set(mappings) - set(stored)):
+        raise CheckpointError(f"{params_dir}: no param {'/'.join(path)}, which config.json implies")
+    for path, mapping in sorted(mappings.items()):
+        leaf = restore_leaf(params_dir, prefix + path, metadata)
+        if leaf.shape != mapping.leaf_shape:
+            raise CheckpointError(f"{params_dir}: param {'/'.join(path)} has shape {leaf.shape}, "
+                                  f"config.json implies {mapping.leaf_shape}")
+        for i, name in enumerate(mapping.hf_keys):
+            value = leaf[i] if mapping.stacked else leaf
+            tensor = np.ascontiguousarray(mapping.to_hf(value), dtype=dtype or value.dtype)
+            if path in _VOCAB_ROWS and rows > tensor.shape[0]:
                 tensor = np.concatenate([tensor, np.zeros((rows - tensor.shape[0],) + tensor.shape[1:], tensor.dtype)])
-            yield hub_name(name), tensor
+            yield name, tensor
         del leaf
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamsSource:
     """Where a checkpoint's params live: the orbax folder, the key path of the params inside its tree,
-    the model config, and the folders whose tokenizer / preprocessor files go with it."""
+    the model config, the folders whose tokenizer / preprocessor files go with it, and the tokenizer spec of
+    a training run (recorded in the export when those folders hold none)."""
 
     params_dir: Path
     prefix: tuple[str, ...]
     config: LlavaConfig
     side_file_dirs: list[Path]
+    tokenizer: str | None = None
 
 
 def training_steps(checkpoints: Path) -> list[int]:
@@ -97,16 +85,16 @@ def training_steps(checkpoints: Path) -> list[int]:
 
 def params_source(ckpt: Path, step: int | None) -> ParamsSource:
     """Resolves `--ckpt` (and `--step`): a params checkpoint (`config.json` + `params/`, e.g. `hf-to-orbax`
-    output or a run's `final/`) or a training workdir (`config.json` + `checkpoints/<step>/state`, default
-    the latest step)."""
+    output or a run's `final/`) or a training workdir (`train_config.json` + `checkpoints/<step>/state`,
+    default the latest step)."""
     if (ckpt / PARAMS_DIR).is_dir():
         if step is not None:
             raise CheckpointError(f"{ckpt}: --step applies to training workdirs only (this is a params checkpoint)")
-        return ParamsSource(ckpt / PARAMS_DIR, (), read_config(ckpt), [ckpt])
+        return ParamsSource(ckpt / PARAMS_DIR, (), load_config(ckpt), [ckpt])
     checkpoints = ckpt / "checkpoints"
     if not checkpoints.is_dir():
         raise CheckpointError(f"{ckpt}: neither a params checkpoint ({PARAMS_DIR}/ + config.json) nor a training "
-                              "workdir (checkpoints/ + config.json)")
+                              f"workdir (checkpoints/ + {RUN_CONFIG_FILE})")
     steps = training_steps(checkpoints)
     if not steps:
         raise CheckpointError(f"{checkpoints}: no completed training checkpoint")
@@ -114,15 +102,17 @@ def params_source(ckpt: Path, step: int | None) -> ParamsSource:
         step = steps[-1]
     elif step not in steps:
         raise CheckpointError(f"{checkpoints}: no checkpoint for step {step} (have {steps})")
-    run_config = ckpt / "config.json"
+    run_config = ckpt / RUN_CONFIG_FILE
     if not run_config.is_file():
         raise CheckpointError(f"{run_config} not found: the training run's config (it names the model)")
     run = json.loads(run_config.read_text())
     if "model" not in run:
         raise CheckpointError(f"{run_config}: no 'model' entry (not written by vlm_jax.train)")
-    tokenizer = (run.get("train") or {}).get("data", {}).get("tokenizer")
-    side = [ckpt] + ([Path(tokenizer)] if isinstance(tokenizer, str) and Path(tokenizer).is_dir() else [])
-    return ParamsSource(checkpoints / str(step) / "state", ("params",), LlavaConfig.from_dict(run["model"]), side)
+    data = (run.get("train") or {}).get("data", {})
+    preprocessor = data.get("preprocessor_config")
+    side = [Path(preprocessor).parent] if preprocessor and Path(preprocessor).is_file() else []
+    return ParamsSource(checkpoints / str(step) / "state", ("params",), config_from_dict(run["model"]), side,
+                        data.get("tokenizer") or None)
 
 
 def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None = None,
@@ -130,7 +120,7 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None 
     """`orbax-to-hf`: writes `out/{config.json, generation_config.json, model*.safetensors[, index]}` and the
     tokenizer / preprocessor files found next to the checkpoint. Returns the HF config dict written."""
     ckpt, out = Path(ckpt), Path(out)
-    if (ckpt / PARAMS_DIR).is_dir() and isinstance(read_config(ckpt), Idefics2Config):
+    if (ckpt / PARAMS_DIR).is_dir() and isinstance(load_config(ckpt), Idefics2Config):
         if step is not None:
             raise CheckpointError(f"{ckpt}: --step applies to training workdirs only (this is a params checkpoint)")
         from vlm_jax.convert import idefics2
@@ -139,24 +129,26 @@ def export(ckpt: Path, out: Path, *, dtype: str | None = None, step: int | None 
     source = params_source(ckpt, step)
     config, params_dir = source.config, source.params_dir
     np_dtype = DTYPES[dtype] if dtype else None
-    hf = config.to_hf()
+    hf_config = config.to_hf()
     vocab = config.text_config.vocab_size
     rows = padded_vocab(vocab, config.image_token_id)
-    metadata = params_metadata(params_dir)
+    metadata = tree_metadata(params_dir)
     for key in source.prefix:
         if key not in metadata:
             raise CheckpointError(f"{params_dir}: no '{key}' in the stored tree")
     out.mkdir(parents=True, exist_ok=True)
-    write_sharded(_hf_tensors(params_dir, metadata, hf, rows, np_dtype, source.prefix), out,
+    write_sharded(_hf_tensors(params_dir, metadata, config, rows, np_dtype, source.prefix), out,
                   parse_size(max_shard_size))
     params_metadata_tree = metadata
     for key in source.prefix:
         params_metadata_tree = params_metadata_tree[key]
     stored = np_dtype or np.dtype(params_metadata_tree["language_model"]["embed_tokens"]["embedding"].dtype)
-    hf_out = {"architectures": ["LlavaForConditionalGeneration"], **hf, "dtype": stored.name}
-    hf_out["text_config"] = {**hf["text_config"], "vocab_size": rows}
+    hf_out = {"architectures": ["LlavaForConditionalGeneration"], **hf_config, "dtype": stored.name}
+    hf_out["text_config"] = {**hf_config["text_config"], "vocab_size": rows}
     (out / "config.json").write_text(json.dumps(hf_out, indent=2) + "\n")
-    copy_side_files(source.side_file_dirs, out)
+    copy_files(source.side_file_dirs, out, SIDE_FILES)
+    if source.tokenizer and tokenizer_spec(out) is None:
+        record_tokenizer(out, source.tokenizer)
     _write_generation_config(out, config, vocab, rows)
     return hf_out
 

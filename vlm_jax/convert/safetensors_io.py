@@ -1,10 +1,9 @@
-"""Streaming safetensors reading and sharded writing, tensor by tensor, with numpy + ml_dtypes.
+"""Safetensors checkpoints through the `safetensors` package: reading tensor by tensor, writing in shards.
 
-The safetensors format is an 8-byte little-endian header length, a JSON header
-(`{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`) and the raw
-little-endian tensor bytes. We parse it here rather than through `safetensors.safe_open(framework="numpy")`
-because that backend cannot return bfloat16 (numpy has no such dtype; ml_dtypes does), and write it here
-because `safetensors.numpy.save_file` first copies a whole shard into one bytes object. Nothing here ever
+Reading: `safetensors.safe_open(framework="numpy")` (memory-mapped; bfloat16 comes back as ml_dtypes.bfloat16
+in the pinned safetensors 0.8), one tensor at a time. Writing: `write_sharded` groups tensors into shards of at
+most `max_shard_bytes` (holding one shard) and writes each with `safetensors.numpy.save_file`, which needs no
+memory beyond the tensors (`benchmarks/safetensors_write_bench.py`, see the README). Nothing here ever
 unpickles anything: `.bin`/`.pt` checkpoints are refused with a message saying how to convert them.
 """
 from __future__ import annotations
@@ -13,15 +12,16 @@ import json
 import math
 import os
 import re
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
-from vlm_jax.cli import InputError
+from vlm_jax.checkpoint import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -41,71 +41,49 @@ _DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-
-
-class CheckpointError(InputError):
-    """A checkpoint on disk is missing, malformed, or disagrees with its config; the message names the file/tensor
-    (a bad input: exit 1 at the command line)."""
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where one tensor lives: file, numpy dtype, shape, absolute byte offset and length."""
+    """Where one tensor lives: file, name, numpy dtype, shape."""
 
     file: Path
+    name: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    offset: int
-    nbytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parses one .safetensors file's header: (tensor name -> TensorInfo, `__metadata__`). Validates offsets."""
+    """One .safetensors file's tensors (name -> TensorInfo) and `__metadata__`, from its header (no data read);
+    the library validates the header against the file size."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw_len = f.read(8)
-            if len(raw_len) != 8:
-                raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-            (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > min(size - 8, 100 << 20):
-                raise CheckpointError(f"{path}: not a safetensors file (header length {header_len} > file size)")
-            header = json.loads(f.read(header_len))
+        with safe_open(path, framework="numpy") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            tensors = {}
+            for name, sl in slices.items():
+                dtype = _DTYPES.get(sl.get_dtype())
+                if dtype is None:
+                    raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {sl.get_dtype()!r}")
+                tensors[name] = TensorInfo(path, name, dtype, tuple(int(d) for d in sl.get_shape()))
+            return tensors, f.metadata() or {}
     except FileNotFoundError as e:
         raise CheckpointError(f"missing safetensors file {path}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from e
-    data_start = 8 + header_len
-    metadata = header.pop("__metadata__", None) or {}
-    tensors = {}
-    for name, entry in header.items():
-        dtype = _DTYPES.get(entry.get("dtype"))
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
-        shape = tuple(int(d) for d in entry["shape"])
-        begin, end = (int(o) for o in entry["data_offsets"])
-        nbytes = math.prod(shape) * dtype.itemsize
-        if end - begin != nbytes:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} spans {end - begin} bytes but shape {shape} {entry['dtype']} needs {nbytes}"
-            )
-        if data_start + end > size:
-            raise CheckpointError(f"{path}: tensor {name!r} ends at byte {data_start + end} past the file end ({size}); truncated file?")
-        tensors[name] = TensorInfo(path, dtype, shape, data_start + begin, nbytes)
-    return tensors, metadata
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a safetensors file, or truncated ({e})") from e
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:
-    """Reads one tensor from disk into a fresh numpy array (the only copy), shaped `info.shape`."""
-    out = np.empty(info.shape, dtype=info.dtype)
-    with open(info.file, "rb") as f:
-        f.seek(info.offset)
-        n = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
-    if n != info.nbytes:
-        raise CheckpointError(f"{info.file}: short read of a tensor at byte {info.offset} ({n} of {info.nbytes} bytes)")
-    return out
+    """Reads one tensor from disk into a fresh numpy array, shaped `info.shape`, in the stored dtype."""
+    try:
+        with safe_open(info.file, framework="numpy") as f:
+            return f.get_tensor(info.name)
+    except SafetensorError as e:
+        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({e})") from e
 
 
 class SafetensorsDir:
@@ -187,21 +165,8 @@ class SafetensorsDir:
 
 
 def _write_one(path: Path, tensors: list[tuple[str, np.ndarray]], metadata: dict[str, str]) -> None:
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for name, arr in tensors:
-        dtype_name = _DTYPE_NAMES.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
-        if dtype_name is None:
-            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
-        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for _, arr in tensors:
-            f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
+    """One safetensors file through the library (`safetensors.numpy.save_file`: no copy of the shard, measured)."""
+    save_file({name: np.ascontiguousarray(arr) for name, arr in tensors}, str(path), metadata=metadata)
 
 
 def write_sharded(

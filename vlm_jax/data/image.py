@@ -19,6 +19,7 @@ resampled (PIL's `box`). Ordinary images (padded square at most twice the image,
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from PIL import Image
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ASPECT_MODES = ("pad", "none")
+PREPROCESSOR_FILE = "preprocessor_config.json"  # a Hugging Face image processor's settings file
 _PIL_BICUBIC = 3  # PILImageResampling.BICUBIC, the only resampling CLIP checkpoints use.
 MAX_IMAGE_PIXELS = 50_000_000  # width x height; ~150 MB decoded RGB (Pillow warns at 89M, refuses at 179M)
 MAX_ASPECT_RATIO = 50.0  # long side / short side; a 1 x 60000 strip would pad to a 60000^2 square
@@ -242,3 +244,23 @@ def processor_settings_from_hf(config: Mapping) -> dict:
         "mean": tuple(float(x) for x in config.get("image_mean", OPENAI_CLIP_MEAN)),
         "std": tuple(float(x) for x in config.get("image_std", OPENAI_CLIP_STD)),
     }
+
+
+def read_processor_settings(path: str | os.PathLike) -> dict:
+    """`processor_settings_from_hf` of a `preprocessor_config.json` file; ValueError names the file."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the image preprocessor config ({e})") from e
+    try:
+        return processor_settings_from_hf(config)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def checkpoint_image_settings(directory: str | os.PathLike, image_size: int) -> dict:
+    """`preprocess_image` keyword arguments for a checkpoint folder: its `preprocessor_config.json` when it has
+    one, else CLIP's defaults at the tower's `image_size`."""
+    path = os.path.join(directory, PREPROCESSOR_FILE)
+    return read_processor_settings(path) if os.path.isfile(path) else {"image_size": image_size}

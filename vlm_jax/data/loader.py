@@ -28,10 +28,10 @@ from absl import flags as absl_flags
 from PIL import Image
 
 from vlm_jax.data.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageRejected, preprocess_image,
-                                processor_settings_from_hf)
+                                read_processor_settings)
 from vlm_jax.data.packing import document_example, pack_documents, pad_documents
 from vlm_jax.data import records as corpus_records
-from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, tokenize_interleaved
+from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer, tokenize_interleaved
 
 COUNTS_KEY = "loader_counts"
 PACKINGS = ("best_fit", "none")
@@ -110,17 +110,11 @@ class LoaderConfig:
         return cls(**values)
 
 
-def make_tokenizer(spec: str | Tokenizer) -> Tokenizer:
-    """"byte" -> ByteTokenizer; a directory -> HFTokenizer; a Tokenizer passes through."""
-    if not isinstance(spec, str):
-        return spec
-    return ByteTokenizer() if spec == "byte" else HFTokenizer(spec)
 
 
 def _image_settings(config: LoaderConfig) -> dict[str, Any]:
     if config.preprocessor_config is not None:
-        with open(config.preprocessor_config) as f:
-            settings = processor_settings_from_hf(json.load(f))
+        settings = read_processor_settings(config.preprocessor_config)
     else:
         settings = {
             "image_size": config.image_size,

@@ -29,6 +29,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 IGNORE_INDEX = -100
+BYTE_SPEC = "byte"  # the tokenizer spec of `ByteTokenizer`; any other spec is a Hugging Face tokenizer folder
+# The files of a Hugging Face tokenizer folder (any one of them makes a folder a tokenizer).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "chat_template.json", "chat_template.jinja", "vocab.json", "merges.txt",
+)
 SPIECE_UNDERLINE = "\u2581"  # SentencePiece's space; the slow Llama tokenizer reads a literal one as a space
 _IMAGE_SENTINEL = "\uffff<image>\uffff"  # \uffff is a Unicode noncharacter; stripped from input text.
 
@@ -128,6 +134,17 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+def make_tokenizer(spec: "str | Tokenizer") -> "Tokenizer":
+    """The one tokenizer-spec grammar: `"byte"` -> `ByteTokenizer`; a folder with Hugging Face tokenizer files
+    -> `HFTokenizer`; a Tokenizer passes through. ValueError names a spec that is neither."""
+    if not isinstance(spec, str):
+        return spec
+    if spec == BYTE_SPEC:
+        return ByteTokenizer()
+    if not os.path.isdir(spec) or not any(os.path.isfile(os.path.join(spec, n)) for n in TOKENIZER_FILES):
+        raise ValueError(f"tokenizer {spec!r}: neither {BYTE_SPEC!r} nor a folder with tokenizer files "
+                         f"({', '.join(TOKENIZER_FILES[:3])}, ...)")
+    return HFTokenizer(spec)
 def _prefix_free_backend(tok):
     """A copy of `tok`'s `tokenizers` pipeline that never adds the SentencePiece prefix space and reads
     special-token strings as text; None when the pipeline has no prefix space to remove."""

@@ -1,6 +1,6 @@
 """Generation for many prompts: length-sorted batches of one fixed size (so a run compiles one program per
 prompt-length bucket), per-row image counts, data-parallel over a mesh of local devices through
-`vlm_jax.generation.generate(..., mesh=...)`, which left-pads each batch to its length bucket.
+`vlm_jax.inference.generation.generate(..., mesh=...)`, which left-pads each batch to its length bucket.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
-from vlm_jax.generation import generate, left_pad
+from vlm_jax.inference.generation import generate, left_pad
 from vlm_jax.models.llava import Llava
 
 PixelLoader = Callable[[Sequence[str]], np.ndarray]

@@ -22,12 +22,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vlm_jax.convert.hf_configs import vision_config_from_clip
-from vlm_jax.convert.orbax_params import CONFIG_NAME, load_vision_tower
-from vlm_jax.evaluate.pixels import load_pixels, pixel_settings
+from vlm_jax.checkpoint import CONFIG_FILE, load_vision_tower
+from vlm_jax.data.image import checkpoint_image_settings
+from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.rices import EmbedFn
 from vlm_jax.models.clip import image_feature_fn
 from vlm_jax.models.config import VisionConfig
-from vlm_jax.models.hf_weights import params_from_hf_state_dict
+from vlm_jax.models.hf import params_from_hf_state_dict
 
 HF_CLIP_LAYOUT = "clip-vision-with-projection"
 
@@ -41,7 +42,7 @@ def _model_id(folder: Path, config_bytes: bytes, tag: str) -> str:
 
 def embedding_model_id(ckpt: str | Path) -> str:
     """The cache model id of a vlm_jax checkpoint's tower."""
-    return _model_id(Path(ckpt), (Path(ckpt) / CONFIG_NAME).read_bytes(), "model")
+    return _model_id(Path(ckpt), (Path(ckpt) / CONFIG_FILE).read_bytes(), "model")
 
 
 def clip_embedder(config: VisionConfig, params: dict, settings: dict, *, batch_size: int = 64,
@@ -63,7 +64,7 @@ def checkpoint_embedder(ckpt: str | Path, *, batch_size: int = 64, aspect: str =
                         mesh: Mesh | None = None) -> tuple[EmbedFn, str]:
     """(embed function, model id for the embedding cache) of a vlm_jax checkpoint's vision tower."""
     config, params = load_vision_tower(ckpt)
-    embed = clip_embedder(config, params, pixel_settings(ckpt, config.image_size), batch_size=batch_size,
+    embed = clip_embedder(config, params, checkpoint_image_settings(ckpt, config.image_size), batch_size=batch_size,
                           aspect=aspect, mesh=mesh)
     return embed, embedding_model_id(ckpt) + f"-{aspect}"
 

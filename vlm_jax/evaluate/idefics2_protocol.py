@@ -19,15 +19,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import jax
 from vlm_jax.data.image import open_image_file
 
-from vlm_jax.convert.orbax_params import PARAMS_DIR, restore_params
+from vlm_jax.checkpoint import load_params
 from vlm_jax.data import idefics2_processor as proc
 from vlm_jax.evaluate import registry
 from vlm_jax.evaluate.examples import Example
 from vlm_jax.evaluate.predictions import append_records, write_json_atomic
 from vlm_jax.evaluate.prompts import Image, Prompt, Text, Turn, make_prompt, register_template
-from vlm_jax.generation import generate, left_pad
+from vlm_jax.inference.generation import generate, left_pad
 from vlm_jax.models.config import Idefics2Config
 from vlm_jax.models.idefics2 import Idefics2
 
@@ -99,7 +100,7 @@ def run_evaluation(config, ckpt: Path, model_config: Idefics2Config) -> dict:
     prompts = [prompt_for(q, demos) for q in queries]
     longest, shortest = _sizes(ckpt)
     processor = proc.Idefics2Processor(str(ckpt), model_config.num_image_tokens, longest, shortest)
-    model, params = Idefics2(model_config), restore_params(ckpt / PARAMS_DIR)
+    model, params = Idefics2(model_config), load_params(ckpt, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0
     demo_pixels = [proc.preprocess_image(open_image_file(d.image_path), longest, shortest) for d in demos]
     answers, raw = {}, {}

@@ -1,25 +1,13 @@
-"""Image files → normalised CLIP pixels with a checkpoint's own preprocessing settings (`vlm_jax.data.image`)."""
+"""Image files → normalised CLIP pixels with given preprocessing settings (`vlm_jax.data.image`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from vlm_jax.data.image import ImageRejected, open_image_file, preprocess_image, processor_settings_from_hf
+from vlm_jax.data.image import ImageRejected, open_image_file, preprocess_image
 from vlm_jax.evaluate.examples import BenchmarkFileError
-
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
-
-
-def pixel_settings(ckpt: str | Path, image_size: int) -> dict:
-    """`preprocess_image` keyword arguments from the checkpoint's `preprocessor_config.json` when it has one,
-    else CLIP's defaults at the tower's `image_size`."""
-    path = Path(ckpt) / PREPROCESSOR_CONFIG
-    if path.is_file():
-        return processor_settings_from_hf(json.loads(path.read_text()))
-    return {"image_size": image_size}
 
 
 def load_pixels(paths: Sequence[str], settings: dict, aspect: str = "pad") -> np.ndarray:

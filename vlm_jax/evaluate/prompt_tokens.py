@@ -11,23 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlm_jax.convert.side_files import TOKENIZER_FILES
-from vlm_jax.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from vlm_jax.checkpoint import CheckpointError, tokenizer_spec
+from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from vlm_jax.evaluate.prompts import EndOfTurn, Image, Prompt, Text, parse_rendered
-
-BYTE_TOKENIZER = "bytes"
 
 
 def load_tokenizer(spec: str, ckpt: str | Path) -> Tokenizer:
-    """The tokenizer named by a config: "" → the checkpoint folder's own Hugging Face tokenizer files,
-    "bytes" → `ByteTokenizer` (tests, demos), anything else → a Hugging Face tokenizer folder."""
-    if spec == BYTE_TOKENIZER:
-        return ByteTokenizer()
-    path = Path(spec or ckpt)
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); set config.tokenizer "
-                                f"to a tokenizer folder")
-    return HFTokenizer(str(path))
+    """The tokenizer named by a config (`vlm_jax.data.tokenizer.make_tokenizer` grammar: "byte" or a tokenizer
+    folder), or with "" the one the checkpoint records."""
+    spec = spec or tokenizer_spec(ckpt)
+    if spec is None:
+        raise CheckpointError(f"{ckpt}: records no tokenizer (no tokenizer files, no tokenizer_spec.json); set "
+                              "config.tokenizer to 'byte' or a tokenizer folder")
+    return make_tokenizer(spec)
 
 
 def prompt_token_ids(prompt: Prompt | str, tokenizer: Tokenizer, image_token_id: int,

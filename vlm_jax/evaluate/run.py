@@ -21,19 +21,20 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 import vlm_jax
-from vlm_jax.convert.orbax_params import PARAMS_DIR, params_metadata, read_config, restore_params
+from vlm_jax.checkpoint import load_config
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.evaluate import registry, rices
 from vlm_jax.evaluate.batched_generation import Request, generate_requests
 from vlm_jax.evaluate.examples import BenchmarkFileError, Example, sample_query_set
 from vlm_jax.evaluate.judge import math_judge
-from vlm_jax.evaluate.pixels import load_pixels, pixel_settings
+from vlm_jax.evaluate.pixels import load_pixels
 from vlm_jax.evaluate.predictions import (append_records, read_partial_records, write_json_atomic,
                                          write_jsonl_atomic)
 from vlm_jax.evaluate.prompt_tokens import load_tokenizer, prompt_token_ids
 from vlm_jax.evaluate.prompts import Prompt, build_prompt
 from vlm_jax.evaluate.run_config import NTK_FACTOR, check_config, max_new_tokens, uses_ntk_rope
-from vlm_jax.generation import gather_rows, local_data_mesh, process_slice
+from vlm_jax.inference.generation import gather_rows, local_data_mesh, process_slice
+from vlm_jax.inference.model import load
 from vlm_jax.models.config import Idefics2Config, LlavaConfig, RopeScaling
 from vlm_jax.models.llava import Llava
 
@@ -118,7 +119,7 @@ def build_prompts(config: ConfigDict, queries: Sequence[Example], demos: Sequenc
 def model_config_for_run(config: ConfigDict, ckpt: Path) -> LlavaConfig:
     """The checkpoint's model config with the run's dtype / attention, and dynamic NTK RoPE (factor 3) when
     `uses_ntk_rope` (the original: shots >= 8)."""
-    model_config = read_config(ckpt).with_runtime(dtype=config.dtype, attention_impl=config.attention_impl)
+    model_config = load_config(ckpt, dtype=config.dtype, attention_impl=config.attention_impl)
     if uses_ntk_rope(config):
         text = dataclasses.replace(model_config.text_config,
                                    rope_scaling=RopeScaling(rope_type="dynamic", factor=NTK_FACTOR))
@@ -172,7 +173,7 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     an interrupted run with the same prompts is resumed."""
     check_config(config)
     ckpt = Path(ckpt)
-    stored = read_config(ckpt)
+    stored = load_config(ckpt)
     if isinstance(stored, Idefics2Config):  # the model family picks the protocol: the original's Idefics2 one
         from vlm_jax.evaluate import idefics2_protocol
 
@@ -199,9 +200,10 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     answers = {q.qid: done[q.qid]["answer"] for q in queries if q.qid in done}
     if todo:
         replicated = NamedSharding(mesh, PartitionSpec())
-        params = restore_params(ckpt / PARAMS_DIR,
-                                jax.tree.map(lambda _: replicated, params_metadata(ckpt / PARAMS_DIR)))
-        settings = pixel_settings(ckpt, model_config.vision_config.image_size)
+        # The inference handle: params replicated on the mesh, the checkpoint's image settings.
+        vlm = load(ckpt, dtype=config.dtype, attention_impl=config.attention_impl, tokenizer=tokenizer,
+                   aspect=config.image_aspect_ratio, sharding=replicated)
+        params, settings = vlm.params, vlm.image_settings
         if jax.process_index() == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
         chunk = max(1, config.batch_size) * mesh.size * jax.process_count() * 4

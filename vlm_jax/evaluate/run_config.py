@@ -40,7 +40,7 @@ FIELD_HELP = (
     ("rope_scaling", "auto", "auto: dynamic NTK RoPE (factor 3) when shots >= 8, as the original; none; dynamic"),
     ("scorer", "auto", "math: auto (LLM judge when VLM_JAX_JUDGE_URL is set, else rules), judge, extract, rules"),
     ("batch_size, dtype, attention_impl", "8, bfloat16, xla", "generation batch, compute dtype, prefill attention"),
-    ("tokenizer", "''", "'' the checkpoint's tokenizer files, 'bytes', or a tokenizer folder"),
+    ("tokenizer", "''", "'' the tokenizer the checkpoint records, 'byte', or a tokenizer folder"),
     ("num_queries", "0", "evaluate only the first N questions (0: all)"),
     ("output_dir", "eval_out/BENCH", "predictions JSONL (resumed when present) and scores JSON"),
     ("allow_missing", "False", "score: questions without a prediction count as wrong instead of an error"),

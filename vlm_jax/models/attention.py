@@ -51,14 +51,16 @@ def _xla_attention(q, k, v, mask, scale):
     the query axis (scores `[b, kv_heads, groups * t, s]`, k/v never repeated), fp32 softmax. A row that
     sees no key gets zeros through a per-row factor on the output rather than a second full-size pass
     over the probabilities. (The earlier 5-D `[b, kv_heads, groups, t, s]` form with a masked softmax
-    output ran the train step's attention about 1.5-2x slower on XLA:CPU.)"""
+    output ran the train step's attention about 1.5-2x slower on XLA:CPU; its softmax backward was the
+    step's largest op.)"""
     b, t, h, d = q.shape
     s, kv_heads = k.shape[1], k.shape[2]
     groups = h // kv_heads
     qf = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
     logits = jnp.einsum("bkqd,bskd->bkqs", qf, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[:, None, None], logits.reshape(b, kv_heads, groups, t, s), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).reshape(b, kv_heads, groups * t, s)
+    rows = mask if groups == 1 else jnp.tile(mask, (1, groups, 1))  # [b | 1, groups * t, s], row = (group, query)
+    logits = jnp.where(rows[:, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bkqs,bskd->bkqd", probs.astype(v.dtype), v)
     out = out.reshape(b, kv_heads, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
     return out * jnp.any(mask, axis=-1)[:, :, None, None].astype(out.dtype)

@@ -162,13 +162,13 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
 
 def compile_generation(model_config: LlavaConfig, tpu_slice: Slice, *, batch_size: int, prompt_len: int,
                        max_images: int, max_new_tokens: int) -> dict[str, Any]:
-    """Lowers and compiles the evaluation's generation program (`vlm_jax.generation.generate` with a mesh:
+    """Lowers and compiles the evaluation's generation program (`vlm_jax.inference.generation.generate` with a mesh:
     data-parallel prefill + KV-cache decode, params replicated on every chip) for `tpu_slice`, for one
     batch of `batch_size` rows (rounded up to a multiple of the chips) of prompts left-padded to
     `bucket_length(prompt_len)` with `max_images` image slots; returns the report (see `format_table`)."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from vlm_jax.generation import _generate_data_parallel, bucket_length
+    from vlm_jax.inference.generation import _generate_data_parallel, bucket_length
     from vlm_jax.models.init import abstract_params
 
     devices = compile_only_devices(tpu_slice)

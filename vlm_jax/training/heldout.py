@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from vlm_jax import cli
-from vlm_jax.data.image import open_image_file, preprocess_image
-from vlm_jax.data.tokenizer import Tokenizer
-from vlm_jax.models.config import LlavaConfig
+from vlm_jax.inference.model import IMAGE_PLACEHOLDER, VLM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +55,10 @@ def read_questions(path: str) -> list[Question]:
     return questions
 
 
-def choice_rows(questions: Sequence[Question], tokenizer: Tokenizer, model_config: LlavaConfig,
-                image_settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """One row per (question, choice) in the DESIGN.md batch layout, `loss_mask` on the choice tokens.
+def choice_rows(questions: Sequence[Question], vlm: VLM) -> dict[str, np.ndarray]:
+    """One row per (question, choice) in the DESIGN.md batch layout, `loss_mask` on the choice tokens; the
+    prompt `<image> PROMPT` and the image go through the inference handle's `prompt_ids` / `pixels` (the same
+    path as generation).
 
     Returns input_ids/targets/positions/segment_ids int32 `[rows, seq]`, loss_mask float32
     `[rows, seq]`, pixel_values float32 `[rows, 1, H, W, 3]`, image_mask bool `[rows, 1]`.
@@ -67,15 +66,13 @@ def choice_rows(questions: Sequence[Question], tokenizer: Tokenizer, model_confi
     prefix_rows, choice_ids, pixels = [], [], []
     for q in questions:
         try:
-            with open_image_file(q.image) as img:
-                pixel = preprocess_image(img, **image_settings)
-        except (OSError, ValueError) as e:  # missing, not a regular file, over the limits, undecodable
-            raise cli.InputError(f"held-out image {q.image}: {cli.one_line(e)}") from e
-        prefix = ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + \
-            [model_config.image_token_id] * model_config.num_image_tokens + tokenizer.encode(q.prompt)
+            pixel = vlm.pixels([q.image])[0]
+        except cli.InputError as e:
+            raise cli.InputError(f"held-out {e}") from e
+        prefix = vlm.prompt_ids(IMAGE_PLACEHOLDER + q.prompt, 1)
         for choice in q.choices:
             prefix_rows.append(prefix)
-            choice_ids.append(tokenizer.encode(" " + choice))
+            choice_ids.append(vlm.tokenizer.encode(" " + choice))
             pixels.append(pixel)
     seq = max(len(p) + len(c) for p, c in zip(prefix_rows, choice_ids))
     seq = -(-seq // 8) * 8

@@ -73,17 +73,22 @@ def sample_tokens(logits, rng, temperature, top_p, row_offset=0):
     with key `fold_in(rng, row_offset + r)` from softmax(logits / temperature) restricted to the nucleus: the
     smallest set of most likely tokens whose probability reaches `top_p` (the top token is always kept).
     `row_offset` is the global index of row 0 when `logits` is one device's shard (pmap)."""
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each sorted token
-    kept = jnp.where(before < top_p, sorted_logits, jnp.inf)
-    threshold = jnp.min(kept, axis=-1, keepdims=True)  # the smallest kept logit
-    nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(row_offset + jnp.arange(logits.shape[0]))
-    sampled = jax.vmap(jax.random.categorical)(keys, nucleus)
-    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+    def greedy():
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw():
+        scaled = logits / jnp.maximum(temperature, 1e-6)
+        sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each sorted token
+        kept = jnp.where(before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)  # the smallest kept logit
+        nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+        keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(row_offset + jnp.arange(logits.shape[0]))
+        return jax.vmap(jax.random.categorical)(keys, nucleus).astype(jnp.int32)
+
+    # a real branch: greedy decoding never pays for the vocabulary sort of the nucleus
+    return jax.lax.cond(temperature > 0, draw, greedy)
 
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens"))

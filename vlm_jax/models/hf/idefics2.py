@@ -4,7 +4,7 @@ perceiver resampler), Mistral decoder — every weight name of the family, read 
 Layout "idefics2": `Idefics2ForConditionalGeneration.state_dict()` (`model.vision_model.…`, `model.connector.…`,
 `model.text_model.…`, `lm_head.weight`); the same names in transformers 4.40+ (hub checkpoints) and 5.
 Also "siglip-vision" (`SiglipVisionModel`, `vision_model.…`, for the from-scratch assembly; its attention-pooling
-`head.…` is not part of Idefics2). A `MistralForCausalLM` is `hf_weights`' "llama" layout.
+`head.…` is not part of Idefics2). A `MistralForCausalLM` is the llava family's "llama" layout.
 Params are the plain tree under `variables["params"]`.
 """
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Mapping
 import numpy as np
 
 from vlm_jax.models.config import Idefics2Config, SiglipVisionConfig, TextConfig
-from vlm_jax.models.hf_weights import (_BUFFER_KEYS, TensorMapping, _heads_bias, _heads_in, _heads_out, _linear,
-                                       _llama_mappings, _patch, _same)
+from vlm_jax.models.hf.llava import _llama_mappings
+from vlm_jax.models.hf.table import (TensorMapping, heads_bias, heads_in, heads_out, linear, params_from_state_dict,
+                                     patch, same, state_dict_from_params)
 
 CONFIG = Idefics2Config
 CANONICAL = HUB = "idefics2"
@@ -26,18 +27,18 @@ def _vit_layer_mappings(v: SiglipVisionConfig, lay: tuple, per_layer) -> list[Te
     d, h, hd, m = v.hidden_size, v.num_attention_heads, v.head_dim, v.intermediate_size
     out = []
     for norm in ("layer_norm1", "layer_norm2"):
-        out += [_same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)),
-                _same(lay + (norm, "bias"), per_layer(f"{norm}.bias"), True, (d,))]
+        out += [same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)),
+                same(lay + (norm, "bias"), per_layer(f"{norm}.bias"), True, (d,))]
     for proj in ("q_proj", "k_proj", "v_proj"):
-        out += [_heads_in(lay + ("self_attn", proj, "kernel"), per_layer(f"self_attn.{proj}.weight"), True, d, h, hd),
-                _heads_bias(lay + ("self_attn", proj, "bias"), per_layer(f"self_attn.{proj}.bias"), True, h, hd)]
+        out += [heads_in(lay + ("self_attn", proj, "kernel"), per_layer(f"self_attn.{proj}.weight"), True, d, h, hd),
+                heads_bias(lay + ("self_attn", proj, "bias"), per_layer(f"self_attn.{proj}.bias"), True, h, hd)]
     return out + [
-        _heads_out(lay + ("self_attn", "out_proj", "kernel"), per_layer("self_attn.out_proj.weight"), True, h, hd, d),
-        _same(lay + ("self_attn", "out_proj", "bias"), per_layer("self_attn.out_proj.bias"), True, (d,)),
-        _linear(lay + ("mlp", "fc1", "kernel"), per_layer("mlp.fc1.weight"), True, d, m),
-        _same(lay + ("mlp", "fc1", "bias"), per_layer("mlp.fc1.bias"), True, (m,)),
-        _linear(lay + ("mlp", "fc2", "kernel"), per_layer("mlp.fc2.weight"), True, m, d),
-        _same(lay + ("mlp", "fc2", "bias"), per_layer("mlp.fc2.bias"), True, (d,)),
+        heads_out(lay + ("self_attn", "out_proj", "kernel"), per_layer("self_attn.out_proj.weight"), True, h, hd, d),
+        same(lay + ("self_attn", "out_proj", "bias"), per_layer("self_attn.out_proj.bias"), True, (d,)),
+        linear(lay + ("mlp", "fc1", "kernel"), per_layer("mlp.fc1.weight"), True, d, m),
+        same(lay + ("mlp", "fc1", "bias"), per_layer("mlp.fc1.bias"), True, (m,)),
+        linear(lay + ("mlp", "fc2", "kernel"), per_layer("mlp.fc2.weight"), True, m, d),
+        same(lay + ("mlp", "fc2", "bias"), per_layer("mlp.fc2.bias"), True, (d,)),
     ]
 
 
@@ -49,22 +50,22 @@ def _siglip_mappings(v: SiglipVisionConfig, ours: tuple, hf: str) -> list[Tensor
         return tuple(f"{hf}encoder.layers.{i}.{name}" for i in range(v.num_hidden_layers))
 
     out = [
-        _patch(ours + ("patch_embedding", "kernel"), f"{hf}embeddings.patch_embedding.weight", v.patch_size,
+        patch(ours + ("patch_embedding", "kernel"), f"{hf}embeddings.patch_embedding.weight", v.patch_size,
                v.num_channels, d),
-        _same(ours + ("patch_embedding", "bias"), (f"{hf}embeddings.patch_embedding.bias",), False, (d,)),
-        _same(ours + ("position_embedding",), (f"{hf}embeddings.position_embedding.weight",), False,
+        same(ours + ("patch_embedding", "bias"), (f"{hf}embeddings.patch_embedding.bias",), False, (d,)),
+        same(ours + ("position_embedding",), (f"{hf}embeddings.position_embedding.weight",), False,
               (v.num_positions, d)),
-        _same(ours + ("post_layernorm", "scale"), (f"{hf}post_layernorm.weight",), False, (d,)),
-        _same(ours + ("post_layernorm", "bias"), (f"{hf}post_layernorm.bias",), False, (d,)),
+        same(ours + ("post_layernorm", "scale"), (f"{hf}post_layernorm.weight",), False, (d,)),
+        same(ours + ("post_layernorm", "bias"), (f"{hf}post_layernorm.bias",), False, (d,)),
     ]
     return out + _vit_layer_mappings(v, ours + ("layers",), per_layer)
 
 
 def _swiglu_mappings(ours: tuple, keys, stacked: bool, d_in: int, d_mid: int, d_out: int) -> list[TensorMapping]:
     """gate/up/down projections of a SwiGLU MLP; `keys(name)` gives the HF key(s) of `name`."""
-    return [_linear(ours + ("gate_proj", "kernel"), keys("gate_proj.weight"), stacked, d_in, d_mid),
-            _linear(ours + ("up_proj", "kernel"), keys("up_proj.weight"), stacked, d_in, d_mid),
-            _linear(ours + ("down_proj", "kernel"), keys("down_proj.weight"), stacked, d_mid, d_out)]
+    return [linear(ours + ("gate_proj", "kernel"), keys("gate_proj.weight"), stacked, d_in, d_mid),
+            linear(ours + ("up_proj", "kernel"), keys("up_proj.weight"), stacked, d_in, d_mid),
+            linear(ours + ("down_proj", "kernel"), keys("down_proj.weight"), stacked, d_mid, d_out)]
 
 
 def _connector_mappings(c: Idefics2Config, ours: tuple, hf: str) -> list[TensorMapping]:
@@ -78,18 +79,18 @@ def _connector_mappings(c: Idefics2Config, ours: tuple, hf: str) -> list[TensorM
 
     out = _swiglu_mappings(ours + ("modality_projection",), lambda name: (f"{hf}modality_projection.{name}",),
                            False, c.vision_config.hidden_size, t.intermediate_size, d)
-    out += [_same(ours + ("perceiver_resampler", "latents"), (f"{res}latents",), False, (p.resampler_n_latents, d)),
-            _same(ours + ("perceiver_resampler", "norm", "scale"), (f"{res}norm.weight",), False, (d,))]
+    out += [same(ours + ("perceiver_resampler", "latents"), (f"{res}latents",), False, (p.resampler_n_latents, d)),
+            same(ours + ("perceiver_resampler", "norm", "scale"), (f"{res}norm.weight",), False, (d,))]
     for norm in ("input_latents_norm", "input_context_norm", "post_attention_layernorm"):
-        out.append(_same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)))
+        out.append(same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)))
     out += [
-        _heads_in(lay + ("self_attn", "q_proj", "kernel"), per_layer("self_attn.q_proj.weight"), True,
+        heads_in(lay + ("self_attn", "q_proj", "kernel"), per_layer("self_attn.q_proj.weight"), True,
                   d, p.resampler_n_heads, hd),
-        _heads_in(lay + ("self_attn", "k_proj", "kernel"), per_layer("self_attn.k_proj.weight"), True,
+        heads_in(lay + ("self_attn", "k_proj", "kernel"), per_layer("self_attn.k_proj.weight"), True,
                   d, p.num_key_value_heads, hd),
-        _heads_in(lay + ("self_attn", "v_proj", "kernel"), per_layer("self_attn.v_proj.weight"), True,
+        heads_in(lay + ("self_attn", "v_proj", "kernel"), per_layer("self_attn.v_proj.weight"), True,
                   d, p.num_key_value_heads, hd),
-        _heads_out(lay + ("self_attn", "o_proj", "kernel"), per_layer("self_attn.o_proj.weight"), True,
+        heads_out(lay + ("self_attn", "o_proj", "kernel"), per_layer("self_attn.o_proj.weight"), True,
                    p.resampler_n_heads, hd, d),
     ]
     return out + _swiglu_mappings(lay + ("mlp",), lambda name: per_layer(f"mlp.{name}"), True, d, 4 * d, d)
@@ -117,30 +118,8 @@ def params_from_hf_state_dict(config, state_dict: Mapping[str, np.ndarray], layo
     if layout == "siglip-vision":
         state_dict = {k: v for k, v in state_dict.items() if k.startswith("vision_model.")
                       and not k.startswith("vision_model.head.")}
-    where = f"hf weights ({layout})"
-    params: dict = {}
-    used = set()
-    for m in tensor_mappings(config, layout):
-        tensors = []
-        for key in m.hf_keys:
-            if key not in state_dict:
-                raise ValueError(f"{where}: state dict has no tensor {key!r}")
-            w = np.asarray(state_dict[key])
-            if tuple(w.shape) != m.hf_shape:
-                raise ValueError(f"{where}: {key!r} has shape {tuple(w.shape)}, the config expects {m.hf_shape}")
-            tensors.append(m.to_ours(w))
-            used.add(key)
-        node = params
-        for name in m.path[:-1]:
-            node = node.setdefault(name, {})
-        node[m.path[-1]] = np.stack(tensors) if m.stacked else tensors[0]
-    if strict:
-        ignorable = _tied_keys(config, layout)
-        extra = sorted(k for k in state_dict if k not in used and k not in ignorable and not _BUFFER_KEYS.search(k))
-        if extra:
-            raise ValueError(f"{where}: {len(extra)} unexpected tensors, e.g. {extra[:5]} "
-                             "(pass strict=False to ignore them)")
-    return params
+    return params_from_state_dict(tensor_mappings(config, layout), state_dict, where=f"hf weights ({layout})",
+                                  ignorable=frozenset(_tied_keys(config, layout)), strict=strict)
 
 
 def _tied_keys(config, layout: str) -> set:
@@ -150,19 +129,7 @@ def _tied_keys(config, layout: str) -> set:
 
 def hf_state_dict_from_params(config, params: Mapping, layout: str = CANONICAL) -> dict[str, np.ndarray]:
     """Our param tree → `{hf_key: np.ndarray}` with exactly the keys of the layout's `state_dict()`."""
-    where, out = f"hf weights ({layout})", {}
-    for m in tensor_mappings(config, layout):
-        node = params
-        for name in m.path:
-            if name not in node:
-                raise ValueError(f"{where}: params have no {'/'.join(m.path)}")
-            node = node[name]
-        arr = np.asarray(getattr(node, "value", node))
-        want = ((len(m.hf_keys),) if m.stacked else ()) + m.shape
-        if arr.shape != want:
-            raise ValueError(f"{where}: {'/'.join(m.path)} has shape {arr.shape}, expected {want}")
-        for i, key in enumerate(m.hf_keys):
-            out[key] = np.ascontiguousarray(m.to_hf(arr[i] if m.stacked else arr))
+    out = state_dict_from_params(tensor_mappings(config, layout), params, where=f"hf weights ({layout})")
     if _tied_keys(config, layout):
         out["lm_head.weight"] = out[("model.text_model." if layout == "idefics2" else "model.") + "embed_tokens.weight"]
     return out

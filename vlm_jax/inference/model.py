@@ -1,0 +1,196 @@
+"""The inference handle: `vlm_jax.load(ckpt)` returns a `VLM` holding the model, its params, its tokenizer and
+its image settings, with `generate(...)` on prompts and images.
+
+    import vlm_jax
+    vlm = vlm_jax.load("workdir/demo/final")
+    vlm.generate("<image> This is", images=["astronaut.png"], max_new_tokens=12)
+    # {"token_ids": [...], "text": " an astronaut."}
+
+A prompt is text, where each `<image>` marks the next image (with none, the images go first, each followed
+by a newline, as LLaVA does), or token ids, where each image token id marks one image (or a run of
+`num_image_tokens` of them one already-expanded image). Images are file paths or PIL images, preprocessed with
+the checkpoint's `preprocessor_config.json` when it has one (CLIPImageProcessor semantics, `aspect="pad"` =
+LLaVA-1.5's expand-to-square). Everything here is the one place where a prompt becomes token ids and an image
+file becomes pixels for generation, the generate CLI and the held-out scorer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import jax
+import numpy as np
+from PIL import Image
+
+from vlm_jax import cli
+from vlm_jax.checkpoint import CheckpointError, load_config, load_params, tokenizer_spec
+from vlm_jax.data.image import ImageRejected, checkpoint_image_settings, open_image_file, preprocess_image
+from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer
+from vlm_jax.inference.generation import generate, left_pad
+from vlm_jax.models.config import LlavaConfig
+from vlm_jax.models.llava import Llava
+
+IMAGE_PLACEHOLDER = "<image>"
+DEFAULT_MAX_NEW_TOKENS = 128  # the original evaluation's max_new_tokens
+
+ImageInput = Union[str, os.PathLike, Image.Image]
+Prompt = Union[str, Sequence[int]]
+
+
+def expand_image_tokens(ids: Sequence[int], image_token_id: int, num_image_tokens: int) -> tuple[list[int], int]:
+    """Expands each lone image token id to `num_image_tokens` copies; runs that are already whole multiples
+    of `num_image_tokens` stay. Returns (expanded ids, number of images)."""
+    out, n_images, i = [], 0, 0
+    while i < len(ids):
+        if ids[i] != image_token_id:
+            out.append(int(ids[i]))
+            i += 1
+            continue
+        j = i
+        while j < len(ids) and ids[j] == image_token_id:
+            j += 1
+        run = j - i
+        if run == 1:
+            n_images += 1
+        elif run % num_image_tokens == 0:
+            n_images += run // num_image_tokens
+        else:
+            raise cli.UsageError(f"token ids: a run of {run} image tokens ({image_token_id}) at position {i} is "
+                             f"neither 1 per image nor a multiple of num_image_tokens={num_image_tokens}")
+        out.extend([image_token_id] * (num_image_tokens * (1 if run == 1 else run // num_image_tokens)))
+        i = j
+    return out, n_images
+
+
+def text_prompt_ids(prompt: str, tokenizer: Tokenizer, n_images: int, image_token_id: int,
+                    num_image_tokens: int) -> list[int]:
+    """BOS + text pieces tokenized separately, an image block at each `<image>` (prepended when none)."""
+    if IMAGE_PLACEHOLDER not in prompt and n_images:
+        prompt = (IMAGE_PLACEHOLDER + "\n") * n_images + prompt
+    pieces = prompt.split(IMAGE_PLACEHOLDER)
+    if len(pieces) - 1 != n_images:
+        raise cli.UsageError(f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but {n_images} "
+                             "images")
+    ids = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    for k, piece in enumerate(pieces):
+        if k:
+            ids.extend([image_token_id] * num_image_tokens)
+        ids.extend(tokenizer.encode(piece) if piece else [])
+    return ids
+
+
+@dataclasses.dataclass
+class VLM:
+    """A model ready for inference. `params` may be None for a handle that only prepares inputs (the training
+    loop's held-out scorer holds its params itself); `tokenizer` is None for a checkpoint that records none
+    (then prompts must be token ids)."""
+
+    config: LlavaConfig
+    params: Any
+    tokenizer: Tokenizer | None
+    image_settings: dict  # `preprocess_image` keyword arguments: image_size, crop_size, mean, std
+    aspect: str = "pad"  # "pad" (LLaVA-1.5 expand-to-square) or "none"
+    path: str | None = None  # the checkpoint folder, when loaded from one
+
+    @property
+    def model(self) -> Llava:
+        return Llava(self.config)
+
+    def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images (paths or PIL images) -> float32 `[n, H, W, 3]`; a file that cannot be read or is over the size
+        limits of `vlm_jax.data.image` is a `cli.InputError` naming it."""
+        out = []
+        for image in images:
+            if isinstance(image, Image.Image):
+                out.append(preprocess_image(image, aspect=self.aspect, **self.image_settings))
+                continue
+            try:
+                with open_image_file(image) as img:
+                    out.append(preprocess_image(img, aspect=self.aspect, **self.image_settings))
+            except ImageRejected as e:  # not a regular file, over the size limits
+                raise cli.InputError(f"image {image}: {cli.one_line(e)}") from e
+            except FileNotFoundError as e:
+                raise cli.InputError(f"image {image}: no such file") from e
+            except (OSError, ValueError) as e:  # unreadable or not an image
+                raise cli.InputError(f"image {image}: cannot read the image ({cli.one_line(e)})") from e
+        if not out:
+            size = self.image_settings.get("crop_size") or (self.image_settings["image_size"],) * 2
+            return np.zeros((0, *size, 3), np.float32)
+        return np.stack(out)
+
+    def prompt_ids(self, prompt: Prompt, n_images: int) -> list[int]:
+        """Token ids of one prompt (text or ids, see the module docstring) with `n_images` image blocks expanded."""
+        c = self.config
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise cli.InputError(f"{self.path or 'this model'} records no tokenizer (no tokenizer files, no "
+                                     "tokenizer_spec.json): give the prompt as token ids, or a tokenizer")
+            return text_prompt_ids(prompt, self.tokenizer, n_images, c.image_token_id, c.num_image_tokens)
+        ids, found = expand_image_tokens(list(prompt), c.image_token_id, c.num_image_tokens)
+        if found != n_images:
+            raise cli.UsageError(f"the token ids mark {found} images but {n_images} images")
+        return ids
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_id if self.tokenizer is not None else self.config.text_config.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        if self.config.pad_token_id is not None:
+            return self.config.pad_token_id
+        return self.tokenizer.pad_id if self.tokenizer is not None else 0
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], images: Sequence | None = None, *,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> dict | list[dict]:
+        """Continues one prompt (`images`: its images) or a list of prompts (`images`: one list per prompt) by up
+        to `max_new_tokens` tokens, greedy unless `temperature > 0`, stopping at EOS; batched in one call (with
+        `mesh`, data-parallel over its devices). Returns `{"token_ids": new ids (EOS included), "text": decoded
+        or None}` per prompt."""
+        if self.params is None:
+            raise ValueError("this VLM holds no params (built for input preparation only)")
+        single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
+        batch = [prompts] if single else list(prompts)
+        per_prompt = [list(images or [])] if single else [list(x) for x in (images or [[] for _ in batch])]
+        if len(per_prompt) != len(batch):
+            raise ValueError(f"{len(batch)} prompts but {len(per_prompt)} image lists")
+        ids = [self.prompt_ids(p, len(imgs)) for p, imgs in zip(batch, per_prompt)]
+        input_ids, segment_ids = left_pad(ids, pad_token_id=self.pad_token_id)
+        rows = [self.pixels(imgs) for imgs in per_prompt]  # [n_images, H, W, 3] per prompt
+        slots = max(len(r) for r in rows)
+        pixel_values = image_mask = None
+        if slots:
+            pixel_values = np.zeros((len(batch), slots, *rows[0].shape[1:]), np.float32)
+            image_mask = np.zeros((len(batch), slots), bool)
+            for row, pixels in enumerate(rows):
+                pixel_values[row, :len(pixels)] = pixels
+                image_mask[row, :len(pixels)] = True
+        out = generate(self.model, self.params, input_ids, segment_ids, pixel_values, image_mask,
+                       max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+                       temperature=temperature, top_p=top_p, seed=seed, mesh=mesh)
+        results = [{"token_ids": row, "text": None if self.tokenizer is None else self.tokenizer.decode(row)}
+                   for row in out.rows()]
+        return results[0] if single else results
+
+
+def load(ckpt: str | os.PathLike, *, dtype: str = "float32", attention_impl: str = "xla",
+         tokenizer: str | Tokenizer | None = None, aspect: str = "pad",
+         sharding: jax.sharding.Sharding | None = None) -> VLM:
+    """Loads a params checkpoint (`config.json` + `params/`, e.g. a run's `final/` or `hf-to-orbax` output) for
+    inference. Run-time options (`dtype`, `attention_impl`) apply now, never from the checkpoint; `tokenizer`
+    (a spec, "byte" or a folder, or a Tokenizer) overrides the one the checkpoint records; params go to
+    `sharding` (default: the first device; e.g. replicated over a mesh for data-parallel generation)."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: no such folder; give a vlm_jax params checkpoint (e.g. workdir/demo/final)")
+    config = load_config(ckpt, dtype=dtype, attention_impl=attention_impl)
+    if not isinstance(config, LlavaConfig):  # Idefics2 needs its own image processor (variable sizes, patch masks)
+        raise cli.InputError(f"{ckpt}: a {type(config).__name__} checkpoint; vlm_jax.load serves the LLaVA family "
+                             "(run an Idefics2 with vlm_jax.inference.generation.generate and pixel_attention_mask)")
+    spec = tokenizer if tokenizer is not None else tokenizer_spec(ckpt)
+    params = load_params(ckpt, sharding=sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return VLM(config, params, None if spec is None else make_tokenizer(spec),
+               checkpoint_image_settings(ckpt, config.vision_config.image_size), aspect, str(ckpt))

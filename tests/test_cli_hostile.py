@@ -159,6 +159,7 @@ CASES = [
     ("train-tokenizer-wrong-folder", "train", DEMO + ["--config.data.tokenizer={dir}"], 1, "no tokenizer files there"),
     ("train-init-missing", "train", DEMO + ["--config.init_checkpoint={missing}"], 1,
      "init_checkpoint {missing}: no such folder"),
+    ("train-init-hf-folder", "train", DEMO + ["--config.init_checkpoint={hf}"], 1, "vlm_jax.convert hf-to-orbax"),
     ("train-init-wrong-folder", "train", DEMO + ["--config.init_checkpoint={dir}"], 1, "not a vlm_jax params checkpoint"),
     ("train-workdir-is-file", "train", ["--config", "{demo_cfg}", "--workdir", "{file}"], 1, "is a file, expected a folder"),
     ("train-heldout-missing", "train", DEMO + ["--config.demo_corpus.heldout_per_class=0",
@@ -171,6 +172,7 @@ CASES = [
     ("generate-ckpt-missing", "generate", ["--ckpt", "{missing}", "--input-ids", "1"], 1, "no such folder"),
     ("generate-ckpt-is-file", "generate", ["--ckpt", "{file}", "--input-ids", "1"], 1, "is a file, expected a folder"),
     ("generate-ckpt-wrong-folder", "generate", ["--ckpt", "{dir}", "--input-ids", "1"], 1, "config.json"),
+    ("generate-ckpt-hf", "generate", ["--ckpt", "{hf}", "--input-ids", "1"], 1, "vlm_jax.convert hf-to-orbax"),
     ("generate-ids-too-big", "generate", ["--ckpt", "{ckpt}", "--input-ids", "1,256"], 1,
      "item 1 = 256 is outside the checkpoint's vocabulary [0, 256)"),
     ("generate-ids-negative", "generate", ["--ckpt", "{ckpt}", "--input-ids", "1,-3"], 1, "item 1 = -3 is outside"),
@@ -217,6 +219,8 @@ CASES = [
     ("stats-data-wrong-folder", "stats", ["--data", "{dir}"] + STATS, 1, "adir"),
     ("stats-json-without-images", "stats", ["--data", "{json}"] + STATS, 2, "is JSON input: pass --images ROOT"),
     ("stats-out-is-folder", "stats", ["--data", "{corpus}", "--out", "{dir}"], 1, "adir"),
+    ("stats-clip-ckpt-hf", "stats", ["--data", "{corpus}", "--clip-ckpt", "{hf}"] + STATS, 1,
+     "vlm_jax.convert hf-to-orbax"),
     ("stats-clip-ckpt-missing", "stats", ["--data", "{corpus}", "--clip-ckpt", "{missing}"] + STATS, 1, "missing"),
     ("stats-tokenizer-wrong", "stats", ["--data", "{corpus}", "--tokenizer", "{dir}"] + STATS, 1, "tokenizer"),
     ("stats-batch-zero", "stats", ["--data", "{corpus}", "--batch-size", "0"] + STATS, 2, "--batch-size"),
@@ -233,9 +237,9 @@ CASES = [
 # of the wrong family.
 NEWCOMER = [
     ("train", "no args"), ("train", "missing file"), ("train", "wrong folder"), ("train", "wrong family"),
-    ("generate", "no args"), ("generate", "missing file"), ("generate", "wrong folder"),
+    ("generate", "no args"), ("generate", "missing file"), ("generate", "wrong folder"), ("generate", "wrong family"),
     ("convert", "no args"), ("convert", "missing file"), ("convert", "wrong folder"), ("convert", "wrong family"),
-    ("stats", "no args"), ("stats", "missing file"), ("stats", "wrong folder"),
+    ("stats", "no args"), ("stats", "missing file"), ("stats", "wrong folder"), ("stats", "wrong family"),
     ("param_count", "missing file"), ("param_count", "wrong family"),
     ("data_convert", "no args"), ("data_convert", "missing file"),
 ]

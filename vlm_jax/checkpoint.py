@@ -100,6 +100,10 @@ def load_config(directory: str | Path, **runtime) -> ModelConfig:
         stored = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON: {e}") from e
+    if isinstance(stored, dict) and ("architectures" in stored or "model_type" in stored):
+        raise CheckpointError(f"{directory}: a Hugging Face checkpoint ({stored.get('model_type', 'model')}), not a "
+                              f"vlm_jax one; convert it first: python -m vlm_jax.convert hf-to-orbax --hf {directory} "
+                              "--out NEW_DIR")
     try:
         return config_from_dict(stored, **runtime)
     except (TypeError, ValueError) as e:

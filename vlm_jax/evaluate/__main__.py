@@ -37,7 +37,8 @@ Score an existing predictions file ({{"question_id": ..., "answer": "<raw genera
   --config.eval_split.annotations_path=...), prints one JSON object; --records writes per-question records.
 
 Config files: configs/eval/{{okvqa,textvqa,textvqa_ocr,scienceqa,mathvista,mathvision,mathverse}}.py
-(file paths default to data/eval/BENCH/...). Main fields [default]:
+(file paths default to data/eval/BENCH/...), and configs/eval/demo.py (the CPU demo's held-out questions in
+workdir/demo/corpus). Main fields [default]:
 {fields}
 
 Math scoring: the original's LLM judge through an OpenAI-compatible endpoint when VLM_JAX_JUDGE_URL

@@ -24,7 +24,8 @@ NTK_FACTOR = 3.0
 
 # (field, default, meaning) of the main fields, for `--help` and the README.
 FIELD_HELP = (
-    ("benchmark", "from the config file", "okvqa, textvqa, textvqa_ocr, scienceqa, mathvista, mathvision, mathverse"),
+    ("benchmark", "from the config file", "okvqa, textvqa, textvqa_ocr, scienceqa, mathvista, mathvision, mathverse, "
+                                         "demo"),
     ("protocol", "original", "prompt turns and scorers: 'original' (the paper's code) or 'standard' (vlm_jax's)"),
     ("eval_split / demo_split", "from the config file", "{loader, files...}: questions scored / demonstration pool"),
     ("shots", "0", "demonstrations per prompt (0/1/2/4/8)"),

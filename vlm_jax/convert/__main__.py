@@ -72,7 +72,7 @@ def _main(argv: list[str]) -> int:
         config = None
         if args.config is not None:
             try:
-                config = Idefics2Config.from_hf(idefics2._read_json(args.config))
+                config = Idefics2Config.from_hf(idefics2.read_json(args.config))
             except (TypeError, ValueError) as e:
                 raise cli.InputError(f"{args.config}: {e}") from e
         config = idefics2.assemble(args.vision, args.llm, args.out, config=config,

@@ -43,7 +43,8 @@ class HFSource:
     layout: str
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A Hugging Face folder's JSON file (config.json, ...) as a dict; CheckpointError if missing or invalid."""
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
     try:
@@ -58,7 +59,7 @@ def _sources(ckpt: SafetensorsDir, layout: str) -> dict[str, Source]:
 
 
 def _clip_config(clip_dir: Path) -> dict:
-    return hf_configs.vision_config_from_clip(_read_json(clip_dir / "config.json"), str(clip_dir / "config.json"))
+    return hf_configs.vision_config_from_clip(read_json(clip_dir / "config.json"), str(clip_dir / "config.json"))
 
 
 def _clip_tensors(clip_dir: Path) -> dict[str, Source]:
@@ -71,7 +72,7 @@ def open_hf(hf: Path | None = None, clip: Path | None = None, llm: Path | None =
     """Opens the source folders (headers only) for `--hf DIR [--clip DIR]` or `--clip DIR --llm DIR`."""
     if hf is not None:
         hf = Path(hf)
-        config = _read_json(hf / "config.json")
+        config = read_json(hf / "config.json")
         ckpt = SafetensorsDir(hf)
         layout = hf_layouts.detect_layout(ckpt.keys(), config, str(hf))
         tensors = _sources(ckpt, layout)
@@ -96,7 +97,7 @@ def open_hf(hf: Path | None = None, clip: Path | None = None, llm: Path | None =
     vision, tensors = _clip_config(Path(clip)), _clip_tensors(Path(clip))
     llm_ckpt = SafetensorsDir(llm)
     hf_layouts.check_component_layout(llm_ckpt.keys(), hf_layouts.LLAMA, str(llm))
-    text = hf_configs.text_config_from_llama(_read_json(Path(llm) / "config.json"), str(Path(llm) / "config.json"))
+    text = hf_configs.text_config_from_llama(read_json(Path(llm) / "config.json"), str(Path(llm) / "config.json"))
     tensors.update(_sources(llm_ckpt, hf_layouts.LLAMA))
     hf_config = hf_configs.llava_config(vision, text)
     for name in ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"):
@@ -171,7 +172,7 @@ def convert(out: Path, *, hf: Path | None = None, clip: Path | None = None, llm:
     if hf is not None and (Path(hf) / "config.json").is_file():
         from vlm_jax.convert import idefics2
 
-        if idefics2.is_idefics2(_read_json(Path(hf) / "config.json")):
+        if idefics2.is_idefics2(read_json(Path(hf) / "config.json")):
             if clip is not None or llm is not None:
                 raise CheckpointError(f"{hf} is an Idefics2 checkpoint with its own towers; drop --clip/--llm")
             return idefics2.import_hf(hf, out, dtype)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_jax.convert.hf_to_orbax import DTYPES
+from vlm_jax.convert.hf_to_orbax import DTYPES, read_json
 from vlm_jax.checkpoint import (PARAMS_DIR, SIDE_FILES, CheckpointError, copy_files, load_config, restore_leaf,
                                 save_params, tree_metadata)
 from vlm_jax.convert.safetensors_io import SafetensorsDir, parse_size, write_sharded
@@ -37,15 +37,6 @@ ARCHITECTURE = "Idefics2ForConditionalGeneration"
 def is_idefics2(hf_config: dict) -> bool:
     """Whether an HF config.json dict describes an Idefics2 checkpoint."""
     return hf_config.get("model_type") == "idefics2" or ARCHITECTURE in (hf_config.get("architectures") or [])
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON: {e}") from e
 
 
 def _set(tree: dict, path: tuple, value) -> None:
@@ -109,7 +100,7 @@ def _fill(tree: dict, mappings, ckpt: SafetensorsDir, dtype: np.dtype, transform
 def import_hf(hf: Path, out: Path, dtype: str = "auto") -> Idefics2Config:
     """`hf-to-orbax --hf DIR` for an Idefics2 folder: writes `out/{config.json, params/}` + tokenizer files."""
     hf, out = Path(hf), Path(out)
-    hf_config = _read_json(hf / "config.json")
+    hf_config = read_json(hf / "config.json")
     try:
         config = Idefics2Config.from_hf(hf_config)
     except (TypeError, ValueError) as e:
@@ -220,11 +211,11 @@ def assemble(vision: Path, llm: Path, out: Path, *, config: Idefics2Config | Non
     config = preset("idefics2-8b-base") if config is None else config
     np_dtype = DTYPES[dtype]
     config = config.with_runtime(param_dtype=np_dtype.name)
-    v_cfg = _siglip_vision_config(_read_json(vision / "config.json"), str(vision / "config.json"))
+    v_cfg = _siglip_vision_config(read_json(vision / "config.json"), str(vision / "config.json"))
     _same_shape(v_cfg, config.vision_config, ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                "num_attention_heads", "num_channels", "patch_size"),
                 "SigLIP", str(vision))
-    t_dict = _read_json(llm / "config.json")
+    t_dict = read_json(llm / "config.json")
     t_cfg = TextConfig.from_hf(t_dict)
     _same_shape(t_cfg, config.text_config, ("hidden_size", "intermediate_size", "num_hidden_layers",
                                             "num_attention_heads", "num_key_value_heads", "head_dim"),

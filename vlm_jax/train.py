@@ -145,7 +145,8 @@ def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[st
     step_fn = jit_train_step(
         make_train_step(Llava(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
                         nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
-                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh)),
+                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh),
+                        compute_dtype_grads=config.compute_dtype_grads),
         shardings, batch_sharding(mesh))
     return {"model_config": model_config, "frozen": frozen, "schedule": schedule, "tx": tx, "abstract": abstract,
             "shardings": shardings, "step_fn": step_fn}

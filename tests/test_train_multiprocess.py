@@ -1,8 +1,9 @@
 """A real multi-process run on one machine: 2 processes x 4 CPU devices joined through a localhost coordinator
 (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`; CPU collectives over gloo), one 8-device
-mesh. Its losses equal 1 process x 8 devices with the same data streams. SIGTERM to ONE process stops both
-after the same step with a saved checkpoint and exit 0; rerunning both, or 1 process x 8 devices, continues
-with the losses of the uninterrupted run, step for step (the state reshards, the data streams resume)."""
+mesh. Its losses equal those of 1 process x 8 devices with the same data streams. SIGTERM to ONE process stops
+both after the same step with a saved checkpoint and exit 0; rerunning both, or 1 process x 8 devices, continues
+with the losses of the uninterrupted run, step for step (the state reshards, the data streams resume). The
+few-shot evaluation on 2 processes answers every question once, in order, and writes what 1 process writes."""
 import json
 import os
 import shutil
@@ -85,36 +86,35 @@ def _assert_same_run(got, expected):
     assert got[-1]["loader/documents_read"] == expected[-1]["loader/documents_read"]
 
 
-def test_two_processes_equal_one_sigterm_one_and_resume_on_one_or_two(tmp_path):
+def test_two_processes_equal_one_sigterm_one_resume_on_two_or_one_and_evaluate(tmp_path):
     corpus = tmp_path / "corpus"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     subprocess.run([sys.executable, "-c", f"from vlm_jax import demo_corpus; demo_corpus.build({str(corpus)!r}, "
                     "train_documents=48, heldout_per_class=1)"], cwd=ROOT, env=env, check=True)
-    full = tmp_path / "full"
-    logs = _run(full, corpus, tmp_path, "full")  # data.streams defaults to the process count: 2
-    for i, text in enumerate(logs):  # one line per host naming its process and devices
-        assert f"process {i}/2: 4 local cpu device(s)" in text
-    assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s), 2 process(es)" in logs[0]
-    one = tmp_path / "one"
+    one = tmp_path / "one"  # the reference: 1 process x 8 devices, uninterrupted, with the 2 data streams
     logs = _run(one, corpus, tmp_path, "one", processes=1,
                 extra=["--config.data.streams=2", "--config.save_final_params=true"])
     assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s), 1 process(es)" in logs[0]
-    _assert_same_run(_records(one), _records(full))
 
     stopped = tmp_path / "stopped"
-    logs = _run(stopped, corpus, tmp_path, "stopped", sigterm_process_1_after=3)
+    logs = _run(stopped, corpus, tmp_path, "stopped", sigterm_process_1_after=3)  # data.streams: 2 processes
+    for i, text in enumerate(logs):  # one line per host naming its process and devices
+        assert f"process {i}/2: 4 local cpu device(s)" in text
+    assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s), 2 process(es)" in logs[0]
     saved = [int(t.split("SIGTERM received: saved step ")[1].split()[0].rstrip(","))
              for t in logs if "SIGTERM received" in t]
     assert len(saved) == 1 and 3 <= saved[0] < STEPS  # logged by process 0, agreed by both
     assert sorted(os.listdir(stopped / "checkpoints")) == [str(saved[0])]
+    np.testing.assert_allclose([r["loss"] for r in _records(stopped)],  # 2 processes' losses = 1 process's
+                               [r["loss"] for r in _records(one)[:saved[0]]], rtol=1e-5)
     on_one = tmp_path / "stopped_then_one"
     shutil.copytree(stopped, on_one)
     logs = _run(stopped, corpus, tmp_path, "rerun")
     assert f"resumed from {stopped}/checkpoints/{saved[0]}" in logs[0]
-    _assert_same_run(_records(stopped), _records(full))
+    _assert_same_run(_records(stopped), _records(one))
     logs = _run(on_one, corpus, tmp_path, "rerun_one", processes=1)  # the 2 streams come from the checkpoint
     assert f"resumed from {on_one}/checkpoints/{saved[0]}" in logs[0]
-    _assert_same_run(_records(on_one), _records(full))
+    _assert_same_run(_records(on_one), _records(one))
 
     # Few-shot evaluation of the trained model on the 12 held-out questions: 2 processes x 4 devices split the
     # questions, gather every answer once and in order; process 0 writes the same files as 1 process x 8.

@@ -295,7 +295,7 @@ def _global_loader_metrics(loader) -> dict[str, int]:
         return local
     from jax.experimental import multihost_utils
 
-    totals = multihost_utils.process_allgather(np.array(list(local.values()), np.int64)).sum(axis=0)
+    totals = multihost_utils.process_allgather(np.array(list(local.values()), np.int32)).sum(axis=0)
     return dict(zip(local, (int(n) for n in totals)))
 
 

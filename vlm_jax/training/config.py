@@ -320,9 +320,16 @@ def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """The files and folders a (validated) config names exist and are of the right kind; `cli.InputError`
-    (exit 1) naming the field and the path otherwise. Shards built by the demo corpus are not checked."""
+    (exit 1) naming the field and the path otherwise (`cli.UsageError` for a URL: local paths only). Shards
+    built by the demo corpus are not checked."""
     from vlm_jax.checkpoint import CONFIG_FILE
 
+    for what, path in (("--workdir", workdir), ("init_checkpoint", config.init_checkpoint),
+                       ("data.tokenizer", config.data.tokenizer), ("data.preprocessor_config",
+                       config.data.preprocessor_config), ("heldout.file", config.heldout.file),
+                       ("demo_corpus.dir", config.demo_corpus.dir),
+                       *(("data.shards", shard) for shard in config.data.shards.split(","))):
+        cli.reject_url(path, what)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise cli.InputError(f"--workdir {workdir}: is a file, expected a folder (give a new or existing run folder)")
     if config.init_checkpoint:

@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss_chunk = 0  # positions per chunk of the LM head + cross-entropy (0: full [seq, vocab] logits)
     c.mlp_chunk = 0  # positions per chunk of the Llama MLP (0: all at once; must divide data.seq_len)
     # True: the decoder layers' gradients stay in the compute dtype until the update (half the gradient
-    # memory in bf16; the same values, see vlm_jax.training.step.make_train_step)
+    # memory in bf16; the same values, see vlm_jax.training.step.make_train_step; not with accumulation)
     c.compute_dtype_grads = False
     # "fixed": the memory options as written | "auto": the fastest rung of vlm_jax.training.memory.LADDER
     # whose compiled step fits the device's HBM (devices without a reported limit, e.g. CPU: as written)

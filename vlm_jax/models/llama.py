@@ -186,7 +186,7 @@ def _gated_mlp(x, gate, up, down, dtype):
 class LlamaMLP(nn.Module):
     """SiLU-gated MLP. With `config.mlp_chunk` > 0 (dividing the sequence) it runs on that many positions
     at a time in a rematerialised `lax.scan`: the same math (the MLP is position-wise; the kernels'
-    gradients are summed over chunks in the params' dtype) without `[seq, intermediate]` buffers.
+    gradients are summed over chunks in float32) without `[seq, intermediate]` buffers.
     `in_features` (default `hidden_size`): the input width (Idefics2's modality projection maps the vision
     width to the text width with this MLP)."""
 
@@ -209,6 +209,9 @@ class LlamaMLP(nn.Module):
         if chunk <= 0 or chunk >= s or s % chunk:
             return _gated_mlp(x, gate, up, down, dtype)
         chunks = jnp.swapaxes(x.reshape(b, s // chunk, chunk, d), 0, 1)
+        # the kernels enter the scan as (at least) float32, so the chunks' gradients are summed in float32
+        # even when the params arrive in the compute dtype (`compute_dtype_grads`)
+        gate, up, down = (k.astype(jnp.promote_types(k.dtype, jnp.float32)) for k in (gate, up, down))
         body = jax.checkpoint(lambda _, xc: (None, _gated_mlp(xc, gate, up, down, dtype)))
         _, out = jax.lax.scan(body, None, chunks)
         return jnp.swapaxes(out, 0, 1).reshape(b, s, c.hidden_size)

@@ -10,7 +10,9 @@ or a run of `num_image_tokens` of them one already-expanded image. Greedy unless
 EOS. For the LLaVA family the same as `vlm_jax.load(CKPT).generate(prompt, images)`.
 
 Idefics2 checkpoints use the Idefics2 processor (`vlm_jax.data.idefics2_processor`): images at their aspect ratio
-(longest edge 560, or 980 with `--high-res`; shortest 336), each `<image>` expanded to
+(longest / shortest edge as the checkpoint's `preprocessor_config.json` records them, e.g. the sizes a
+`vlm_jax.train` run trained with, else the original's 560 / 336; 980 / 336 with `--high-res`), each
+`<image>` expanded to
 `<fake_token_around_image>` + 64 image tokens + `<fake_token_around_image>`; without placeholders the images
 go first.
 """
@@ -51,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-aspect-ratio", choices=["pad", "none"], default="pad",
                         help="pad: pad to a square with the mean colour first (LLaVA-1.5)")
     parser.add_argument("--high-res", action="store_true",
-                        help="Idefics2: longest image edge 980 instead of 560 (the original's --high_res)")
+                        help="Idefics2: longest image edge 980 (the original's --high_res) instead of the checkpoint's "
+                        "preprocessor_config.json size or 560")
     parser.add_argument("--space-after-image", action="store_true",
                         help="Idefics2: a space after each image block before a word (transformers 5's processor; "
                         "the original's 4.40 adds none)")
@@ -131,7 +134,7 @@ def _run_idefics2(args: argparse.Namespace, config: Idefics2Config) -> dict:
     from vlm_jax.inference.generation import generate, left_pad
     from vlm_jax.models.idefics2 import Idefics2
 
-    longest, shortest = proc.SIZES["high_res" if args.high_res else "default"]
+    longest, shortest = proc.SIZES["high_res"] if args.high_res else proc.checkpoint_sizes(args.ckpt)
     processor = None
     spec = args.tokenizer or tokenizer_spec(args.ckpt)
     if spec is not None and spec != "byte":

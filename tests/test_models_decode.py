@@ -110,3 +110,39 @@ def test_llava_cache_decoding_after_image_prefill_matches_full_forward(impl, chu
 
     decode_matches_full(apply, cfg.text_config, ids, pos, seg, full, prefill_len=prefill_len, chunk=chunk,
                         prefill_extra=(pixels, image_mask))
+
+
+def test_llava_decode_step_embeds_a_generated_image_token_with_its_own_row():
+    """A decode step without pixels whose token is `<image>` (a model may generate it) gets the token's
+    embedding row, as in transformers (which splices features only when pixel_values are given): logits
+    equal HF's cached forward after the same image prefill."""
+    import torch
+
+    base = hf_tiny.llava_config()
+    hf_model = hf_tiny.hf_llava()
+    params = hf_table.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_model), "llava-hf")
+    t, img = base.num_image_tokens, base.image_token_id
+    prompt = [1, 5] + [img] * t + [6, 7]
+    steps = [img, 8, img]  # decoded tokens, two of them `<image>`
+    pixels_nchw = hf_tiny.pixels_nchw(1, base.vision_config.image_size, seed=3)
+    with torch.no_grad():
+        out = hf_model(input_ids=torch.tensor([prompt]), pixel_values=pixels_nchw, use_cache=True)
+        past, want = out.past_key_values, []
+        for i, tok in enumerate(steps):
+            out = hf_model(input_ids=torch.tensor([[tok]]), cache=past, use_cache=True,
+                           cache_position=torch.tensor([len(prompt) + i]))
+            past = out.past_key_values
+            want.append(out.logits[0, -1].numpy())
+
+    model = llava.Llava(base)
+    s = len(prompt)
+    cache = llama.init_cache(base.text_config, 1, s + len(steps))
+    pixels = np.asarray(hf_tiny.to_nhwc(pixels_nchw))[None]
+    ids = np.asarray([prompt], np.int32)
+    _, cache = model.apply({"params": params}, ids, pixels, np.ones((1, 1), bool), np.arange(s)[None],
+                           np.ones_like(ids), cache=cache, cache_index=0)
+    step = jax.jit(lambda c, i, x: model.apply({"params": params}, x, None, None, jnp.full((1, 1), i),
+                                               jnp.ones((1, 1), jnp.int32), cache=c, cache_index=i))
+    for i, tok in enumerate(steps):
+        logits, cache = step(cache, jnp.int32(s + i), jnp.full((1, 1), tok, jnp.int32))
+        assert max_err(logits[0, -1], want[i]) <= ATOL, i

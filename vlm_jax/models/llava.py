@@ -106,7 +106,9 @@ class Llava(nn.Module):
         """Token embeddings `[b, s, D]` with image features spliced in (text only when no pixels)."""
         c = self.config
         is_image = input_ids == c.image_token_id
-        embeddings = self.language_model.embed(jnp.where(is_image, 0, input_ids))
+        # Every id keeps its own embedding row (llava-hf: `<image>` is in the vocabulary), so an `<image>` token
+        # generated during decoding is embedded as transformers embeds it; image positions are then replaced.
+        embeddings = self.language_model.embed(input_ids)
         if pixel_values is None:
             return embeddings
         b, n_img = pixel_values.shape[:2]

@@ -118,9 +118,9 @@ def _heldout_scorer(config, model, model_config, tokenizer, mesh, params_shardin
         return None
     questions = heldout_lib.read_questions(config.heldout.file)
     if isinstance(model_config, Idefics2Config):  # the training run's own processor sizes
-        _, processor = idefics2_inputs(model_config, tokenizer, (config.data.image_longest_edge,
-                                                                 config.data.image_shortest_edge))
-        vlm = VLM(model_config, None, tokenizer, {}, processor=processor)
+        sizes = {"longest_edge": config.data.image_longest_edge, "shortest_edge": config.data.image_shortest_edge}
+        _, processor = idefics2_inputs(model_config, tokenizer, tuple(sizes.values()))
+        vlm = VLM(model_config, None, tokenizer, sizes, processor=processor)
     else:
         image_settings = (read_processor_settings(config.data.preprocessor_config) if config.data.preprocessor_config
                           else {"image_size": model_config.vision_config.image_size})

@@ -13,7 +13,8 @@ the checkpoint's `preprocessor_config.json` when it has one (CLIPImageProcessor 
 LLaVA-1.5's expand-to-square). An Idefics2 checkpoint is served the same way through the Idefics2 processor
 (`vlm_jax.data.idefics2_processor`: the whole prompt expanded and tokenized by its tokenizer, images at their
 aspect ratio resized to longest edge <= 560 / shortest >= 336 as the original trained, or the sizes its
-`preprocessor_config.json` records, zero-padded with a pixel mask). Everything here is the one place where a prompt becomes token ids and an image
+`preprocessor_config.json` records, zero-padded with a pixel mask). Everything here is the one place where a
+prompt becomes token ids and an image
 file becomes pixels for generation, the generate CLI and the held-out scorer.
 """
 from __future__ import annotations
@@ -91,7 +92,8 @@ def text_prompt_ids(prompt: str, tokenizer: Tokenizer, n_images: int, image_toke
 class VLM:
     """A model ready for inference. `params` may be None for a handle that only prepares inputs (the training
     loop's held-out scorer holds its params itself); `tokenizer` is None for a checkpoint that records none
-    (then prompts must be token ids). An Idefics2 handle has `processor` (its prompts and image sizes)."""
+    (then prompts must be token ids). An Idefics2 handle has `processor` (its text prompts; None without a
+    tokenizer) and `image_settings` {"longest_edge", "shortest_edge"} (its processor's resize)."""
 
     config: LlavaConfig | Idefics2Config
     params: Any
@@ -99,19 +101,24 @@ class VLM:
     image_settings: dict  # LLaVA: `preprocess_image` keyword arguments: image_size, crop_size, mean, std
     aspect: str = "pad"  # LLaVA: "pad" (LLaVA-1.5 expand-to-square) or "none"
     path: str | None = None  # the checkpoint folder, when loaded from one
-    processor: idefics2_processor.Idefics2Processor | None = None  # Idefics2: prompt expansion, image sizes
+    processor: idefics2_processor.Idefics2Processor | None = None  # Idefics2: prompt expansion + tokenization
 
     @property
     def model(self):
         return model_for(self.config)
 
+    @property
+    def idefics2(self) -> bool:
+        return isinstance(self.config, Idefics2Config)
+
     def _image(self, image: ImageInput) -> np.ndarray:
         """One image (path or PIL image) -> float32 `[h, w, 3]` by the family's preprocessing."""
         def prepare(img):
-            if self.processor is None:
+            if not self.idefics2:
                 return preprocess_image(img, aspect=self.aspect, **self.image_settings)
             check_image_size(*img.size)
-            return idefics2_processor.preprocess_image(img, self.processor.longest_edge, self.processor.shortest_edge)
+            return idefics2_processor.preprocess_image(img, self.image_settings["longest_edge"],
+                                                       self.image_settings["shortest_edge"])
 
         if isinstance(image, Image.Image):
             return prepare(image)
@@ -135,14 +142,14 @@ class VLM:
             return {}
         pixel_values, pixel_mask, image_mask = idefics2_processor.pad_images(arrays)
         out = {"pixel_values": pixel_values, "image_mask": image_mask}
-        if self.processor is not None:
+        if self.idefics2:
             out[PIXEL_MASK_KEY] = pixel_mask
         return out
 
     def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
         """LLaVA: images (paths or PIL images) -> float32 `[n, H, W, 3]` (one size; Idefics2's images differ in
         size and need their mask: `image_inputs`). Errors as `image_inputs`."""
-        if self.processor is not None:
+        if self.idefics2:
             raise ValueError("an Idefics2 handle's images differ in size: use image_inputs (pixels + pixel mask)")
         out = [self._image(im) for im in images]
         if not out:
@@ -157,7 +164,7 @@ class VLM:
             if self.tokenizer is None:
                 raise cli.InputError(f"{self.path or 'this model'} records no tokenizer (no tokenizer files, no "
                                      "tokenizer_spec.json): give the prompt as token ids, or a tokenizer")
-            if self.processor is not None:  # Idefics2: the whole string through its processor, images first by default
+            if self.idefics2:  # the whole string through its processor, images first by default
                 if IMAGE_PLACEHOLDER not in prompt:
                     prompt = IMAGE_PLACEHOLDER * n_images + prompt
                 if prompt.count(IMAGE_PLACEHOLDER) != n_images:
@@ -211,12 +218,13 @@ def idefics2_inputs(config: Idefics2Config, tokenizer: str | Tokenizer | None, s
                     ) -> tuple[Tokenizer | None, idefics2_processor.Idefics2Processor | None]:
     """(tokenizer, processor) of an Idefics2 handle: `tokenizer` a folder (or an `HFTokenizer` of one) with
     Idefics2's `<fake_token_around_image>` and `<image>`; `sizes` = (longest, shortest) edge (default the
-    original's 560 / 336). (None, None) without a tokenizer (prompts as token ids, no images)."""
-    if tokenizer is None:
-        return None, None
+    original's 560 / 336). (None, None) without one (None or "byte": prompts as token ids)."""
     folder = getattr(tokenizer, "path", tokenizer)
-    if not isinstance(folder, str) or folder == "byte":
+    if folder is None or folder == "byte":
+        return None, None
+    if not isinstance(folder, (str, os.PathLike)):
         raise cli.UsageError(f"tokenizer {folder!r}: an Idefics2 model needs its Hugging Face tokenizer folder")
+    folder = str(folder)
     longest, shortest = sizes or idefics2_processor.SIZES["default"]
     try:
         processor = idefics2_processor.Idefics2Processor(folder, config.num_image_tokens, longest, shortest)
@@ -225,18 +233,18 @@ def idefics2_inputs(config: Idefics2Config, tokenizer: str | Tokenizer | None, s
     if processor.image_token_id != config.image_token_id:
         raise cli.InputError(f"tokenizer {folder}: <image> is id {processor.image_token_id}, the model's "
                              f"image_token_id is {config.image_token_id}")
-    return (tokenizer if not isinstance(tokenizer, str) else make_tokenizer(folder)), processor
+    return (tokenizer if hasattr(tokenizer, "encode") else make_tokenizer(folder)), processor
 
 
 def load(ckpt: str | os.PathLike, *, dtype: str = "float32", attention_impl: str = "xla",
          tokenizer: str | Tokenizer | None = None, aspect: str = "pad",
-         sharding: jax.sharding.Sharding | None = None) -> VLM:
+         sharding: jax.sharding.Sharding | None = None, image_sizes: tuple[int, int] | None = None) -> VLM:
     """Loads a params checkpoint (`config.json` + `params/`, e.g. a run's `final/` or `hf-to-orbax` output) of
     either family for inference. Run-time options (`dtype`, `attention_impl`) apply now, never from the
     checkpoint; `tokenizer` (a spec, "byte" or a folder, or a Tokenizer) overrides the one the checkpoint records;
     params go to `sharding` (default: the first device; e.g. replicated over a mesh for data-parallel
-    generation). An Idefics2 checkpoint's image sizes: its `preprocessor_config.json` `size` when it has one,
-    else the original's 560 / 336."""
+    generation). An Idefics2 checkpoint's image sizes (longest, shortest edge): `image_sizes`, else its
+    `preprocessor_config.json` `size` when it has one, else the original's 560 / 336."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt}: no such folder; give a vlm_jax params checkpoint (e.g. workdir/demo/final)")
@@ -244,7 +252,9 @@ def load(ckpt: str | os.PathLike, *, dtype: str = "float32", attention_impl: str
     spec = tokenizer if tokenizer is not None else tokenizer_spec(ckpt)
     params = load_params(ckpt, sharding=sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     if isinstance(config, Idefics2Config):
-        tok, processor = idefics2_inputs(config, spec, idefics2_processor.checkpoint_sizes(ckpt))
-        return VLM(config, params, tok, {}, aspect, str(ckpt), processor)
+        longest, shortest = image_sizes or idefics2_processor.checkpoint_sizes(ckpt)
+        tok, processor = idefics2_inputs(config, spec, (longest, shortest))
+        return VLM(config, params, tok, {"longest_edge": longest, "shortest_edge": shortest}, aspect, str(ckpt),
+                   processor)
     return VLM(config, params, None if spec is None else make_tokenizer(spec),
                checkpoint_image_settings(ckpt, config.vision_config.image_size), aspect, str(ckpt))

@@ -70,7 +70,7 @@ def choice_rows(questions: Sequence[Question], vlm: VLM) -> dict[str, np.ndarray
         raise cli.InputError(f"held-out {e}") from e
     # LLaVA's prompt pieces are tokenized one by one (the choice as a new piece after the prompt); Idefics2's
     # processor tokenizes the whole string, in which the choice continues the prompt's text.
-    encode = vlm.tokenizer.encode if vlm.processor is None else vlm.tokenizer.encode_continuation
+    encode = vlm.tokenizer.encode_continuation if vlm.idefics2 else vlm.tokenizer.encode
     prefix_rows, choice_ids, of_question = [], [], []
     for i, q in enumerate(questions):
         prefix = vlm.prompt_ids(IMAGE_PLACEHOLDER + q.prompt, 1)

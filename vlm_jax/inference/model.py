@@ -233,7 +233,7 @@ def idefics2_inputs(config: Idefics2Config, tokenizer: str | Tokenizer | None, s
     if processor.image_token_id != config.image_token_id:
         raise cli.InputError(f"tokenizer {folder}: <image> is id {processor.image_token_id}, the model's "
                              f"image_token_id is {config.image_token_id}")
-    return (tokenizer if hasattr(tokenizer, "encode") else make_tokenizer(folder)), processor
+    return (make_tokenizer(folder) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer), processor
 
 
 def load(ckpt: str | os.PathLike, *, dtype: str = "float32", attention_impl: str = "xla",

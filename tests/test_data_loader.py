@@ -190,6 +190,44 @@ def test_process_sharding_is_disjoint_and_complete(corpus):
     assert sorted(per_host[0] + per_host[1]) == sorted(set(range(N_DOCS)) - {11})
 
 
+def test_streams_make_batches_independent_of_the_process_count(corpus, tmp_path):
+    """4 streams: 1 process x 4 rows and 2 x 2 give the same global batches; a state saved by 2 processes
+    (one file per stream) resumes on 4 processes x 1 row at the exact next batch."""
+    from etils import epath
+
+    from vlm_jax.checkpoint import (CheckpointError, DataStreamsHandler, DataStreamsRestore, DataStreamsSave,
+                                    saved_stream_count)
+
+    shards, _ = corpus
+
+    def iterators(processes):
+        return [make_train_iterator(_config(shards, batch_size=4 // processes, streams=4, process_index=p,
+                                            process_count=processes, num_epochs=None)) for p in range(processes)]
+
+    def global_batches(its, n):
+        per_process = [_collect(it, n) for it in its]
+        return [{k: np.concatenate([b[i][k] for b in per_process]) for k in per_process[0][i]} for i in range(n)]
+
+    expected = global_batches(iterators(1), 4)
+    two = iterators(2)
+    _assert_same(global_batches(two, 2), expected[:2])
+    data_dir = epath.Path(tmp_path / "data")
+    data_dir.mkdir()
+    for it in two:  # what each process writes into the checkpoint's data item
+        DataStreamsHandler().save(data_dir, args=DataStreamsSave(it))
+    assert sorted(p.name for p in data_dir.iterdir()) == [f"stream_{s}-of-4.json" for s in range(4)]
+    assert saved_stream_count(data_dir) == 4
+    four = iterators(4)
+    for it in four:
+        DataStreamsHandler().restore(data_dir, args=DataStreamsRestore(it))
+    _assert_same(global_batches(four, 2), expected[2:])
+    with pytest.raises(CheckpointError, match="stream_0-of-2.json not found"):
+        DataStreamsHandler().restore(data_dir, args=DataStreamsRestore(
+            make_train_iterator(_config(shards, batch_size=2, streams=2))))
+    with pytest.raises(ValueError, match="cannot be split over 3 processes"):
+        make_train_iterator(_config(shards, batch_size=2, streams=4, process_count=3))
+
+
 def test_config_inputs_and_errors(corpus):
     shards, _ = corpus
     config = LoaderConfig.from_dict(_config(shards))

@@ -23,22 +23,25 @@ one leaf at a time (partial restore) so an export never holds more than one (lay
 
 Train checkpoints (`WORKDIR/checkpoints/<step>/`, `TrainCheckpointer`): an Orbax `CheckpointManager` with two
 items, `state` (the `TrainState`: step, params, optimizer state) and `data` (the Grain iterator's state, one
-JSON file per process). Saves are asynchronous, every `save_every` steps and at the end, keeping the last
+JSON file per data stream, `stream_<s>-of-<S>.json`, written by the process that serves the stream; see
+`vlm_jax.data.loader`). Restoring on another process count reads the state with the new mesh's shardings
+(Orbax reshards) and each process reads the files of the streams it now serves. Saves are asynchronous, every `save_every` steps and at the end, keeping the last
 `keep`; Orbax writes to a temporary directory and renames it when complete, so a run killed mid-save leaves
 the previous checkpoint as latest.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 from orbax.checkpoint import type_handlers
 from orbax.checkpoint._src.serialization import type_handler_registry
@@ -265,6 +268,72 @@ def load_vision_tower(directory: str | Path) -> tuple[VisionConfig, dict]:
 
 # --- train checkpoints -------------------------------------------------------------------------------------
 
+class DataStreamsHandler:
+    """Orbax handler for a `vlm_jax.data.loader.StreamsIterator`: one JSON file per stream it serves, so a
+    checkpoint written by P processes is read back by any process count that divides the streams."""
+
+    @staticmethod
+    def _name(stream: int, count: int) -> str:
+        return f"stream_{stream}-of-{count}.json"
+
+    def save(self, directory, item=None, args=None):
+        it = item or args.item
+        state = it.get_state()["streams"]
+        for s in it.stream_ids:
+            (directory / self._name(s, it.stream_count)).write_text(json.dumps(state[str(s)], indent=1))
+
+    def restore(self, directory, item=None, args=None):
+        it = item or args.item
+        states = {}
+        for s in it.stream_ids:
+            path = directory / self._name(s, it.stream_count)
+            if not path.exists():
+                found = sorted(p.name for p in directory.iterdir())
+                raise CheckpointError(f"{path} not found: the checkpoint's data state is {found}, this run reads "
+                                      f"{it.stream_count} data streams (keep data.streams as in the run that saved "
+                                      "it; the default is that run's process count)")
+            states[str(s)] = json.loads(path.read_text())
+        it.set_state({"streams": states})
+        it.start_prefetch()
+        return it
+
+    def structure(self, directory):
+        return None
+
+    def metadata(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+    @classmethod
+    def typestr(cls):
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@ocp.args.register_with_handler(DataStreamsHandler, for_save=True)
+@dataclasses.dataclass
+class DataStreamsSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(DataStreamsHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStreamsRestore(ocp.args.CheckpointArgs):
+    item: Any
+
+
+def saved_stream_count(directory) -> int | None:
+    """The data streams of a train checkpoint's `data` item (from its file names); None if it has none."""
+    counts = {int(p.name.rsplit("-of-", 1)[1].split(".")[0]) for p in epath.Path(directory).glob("stream_*-of-*.json")}
+    if len(counts) > 1:
+        raise CheckpointError(f"{directory}: data state files of different stream counts {sorted(counts)}")
+    return counts.pop() if counts else None
+
+
 class TrainCheckpointer:
     """Saves and restores (train state, data iterator state) with an Orbax `CheckpointManager`."""
 
@@ -277,7 +346,7 @@ class TrainCheckpointer:
         )
         self._manager = ocp.CheckpointManager(
             os.path.abspath(directory), options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataStreamsHandler()})
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -290,14 +359,18 @@ class TrainCheckpointer:
         """Starts saving when `step` is due (or `force`); returns whether it did. The data iterator
         state is taken now, synchronously; the arrays are written in the background."""
         return self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+            state=ocp.args.StandardSave(state), data=DataStreamsSave(data_iterator)), force=force)
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
         """The state of checkpoint `step`, laid out as `abstract_state` (ShapeDtypeStructs with
         shardings); `data_iterator` is set to continue after that step's last batch."""
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            state=ocp.args.StandardRestore(abstract_state), data=DataStreamsRestore(data_iterator)))
         return restored["state"]
+
+    def stream_count(self, step: int) -> int | None:
+        """The data streams the checkpoint of `step` was saved with."""
+        return saved_stream_count(self._manager.directory / str(step) / "data")
 
     def wait(self) -> None:
         """Blocks until the background save (if any) is complete."""

@@ -61,12 +61,16 @@ def _log(message: str) -> None:
         print(message, flush=True)
 
 
-def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str, Any]:
-    """`vlm_jax.data.LoaderConfig` fields for this process."""
+def _loader_config(config: ml_collections.ConfigDict, model_config, streams: int) -> dict[str, Any]:
+    """`vlm_jax.data.LoaderConfig` fields for this process (`streams`: the run's data streams)."""
     d = config.data
     if config.global_batch_size % jax.process_count():
         raise cli.UsageError(f"global_batch_size={config.global_batch_size} must be a multiple of the "
                              f"{jax.process_count()} processes")
+    if streams % jax.process_count() or config.global_batch_size % streams:
+        raise cli.UsageError(f"{streams} data streams: the {jax.process_count()} processes must divide it and it "
+                             f"must divide global_batch_size={config.global_batch_size} (data.streams; a resumed "
+                             "run keeps the streams it started with)")
     shards = [s for s in d.shards.split(",") if s]
     return {
         "shards": tuple(shards),
@@ -91,6 +95,7 @@ def _loader_config(config: ml_collections.ConfigDict, model_config) -> dict[str,
         "family": "idefics2" if isinstance(model_config, Idefics2Config) else "llava",
         "image_longest_edge": d.image_longest_edge,
         "image_shortest_edge": d.image_shortest_edge,
+        "streams": streams,
     }
 
 
@@ -142,8 +147,18 @@ def _build_demo_corpus(config, workdir: str) -> None:
     from vlm_jax import demo_corpus
 
     d = config.demo_corpus
-    paths = demo_corpus.build(d.dir or os.path.join(workdir, "corpus"), train_documents=d.train_documents,
-                              heldout_per_class=d.heldout_per_class, image_size=d.image_size, seed=d.seed)
+
+    def build():
+        return demo_corpus.build(d.dir or os.path.join(workdir, "corpus"), train_documents=d.train_documents,
+                                 heldout_per_class=d.heldout_per_class, image_size=d.image_size, seed=d.seed)
+
+    # Process 0 first; the others then reuse its corpus on a shared disk or build the same one on their own.
+    paths = build() if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("demo corpus built")
+    paths = paths or build()
     _log(demo_corpus.describe(paths))
     with config.unlocked():
         config.data.shards = paths["shards"]
@@ -221,7 +236,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     os.makedirs(workdir, exist_ok=True)  # everything above is checked before anything is written
     if config.demo_corpus.build:
         _build_demo_corpus(config, workdir)
-    loader = make_train_iterator(_loader_config(config, model_config), tokenizer)
+    checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                              save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
+                                              async_save=config.checkpoint.async_save)
+    latest = checkpointer.latest_step()
+    streams = config.data.streams or (latest is not None and checkpointer.stream_count(latest)) or jax.process_count()
+    loader = make_train_iterator(_loader_config(config, model_config, streams), tokenizer)
     hbm = memory_lib.device_hbm_bytes(jax.devices()[0])
     if hbm is not None and config.memory == "auto":
         config, _, tried = memory_lib.choose(config, batch_divisor(mesh), lambda c: step_bytes(c, architecture, mesh),
@@ -233,15 +253,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     model_config, tx, abstract, shardings, step_fn = (
         parts["model_config"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
     model = model_for(model_config)
-    checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
-                                              save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
-                                              async_save=config.checkpoint.async_save)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, ckpt_lib.RUN_CONFIG_FILE), "w") as f:
             json.dump({"train": config.to_dict(), "model": ckpt_lib.architecture_dict(model_config)}, f, indent=2)
 
     summary: dict[str, Any] = {"workdir": workdir}
-    latest = checkpointer.latest_step()
     if latest is not None:
         state = checkpointer.restore(latest, abstract, loader)
         _log(f"resumed from {workdir}/checkpoints/{latest}")
@@ -293,6 +309,17 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
+def _global_loader_metrics(loader) -> dict[str, int]:
+    """The loader counters summed over all processes (a collective: every process calls it at the same step)."""
+    local = loader_metrics(loader)
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    totals = multihost_utils.process_allgather(np.array(list(local.values()), np.int32)).sum(axis=0)
+    return dict(zip(local, (int(n) for n in totals)))
+
+
 def _progress(config, start_step: int, total: int | None):
     """A tqdm bar on process 0 when stdout is a terminal (pods and batch logs get log lines instead)."""
     if not config.progress_bar or jax.process_index() != 0 or not sys.stdout.isatty():
@@ -340,7 +367,7 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
                               tflops_per_s=rates["flops"] / 1e12, steps_per_s=rates["steps"])
                 if peak:
                     record["mfu"] = rates["flops"] / (peak * jax.device_count())
-            record.update({f"loader/{k}": v for k, v in loader_metrics(loader).items()})
+            record.update({f"loader/{k}": v for k, v in _global_loader_metrics(loader).items()})
             if bar is None:
                 _log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step}: "
                      + _fmt({k: v for k, v in record.items() if "/" not in k}))

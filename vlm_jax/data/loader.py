@@ -1,18 +1,30 @@
 """Grain training pipeline: converted corpora -> packed, batched, checkpointable batches.
 
     corpus folders (TFDS ArrayRecord data sources, `vlm_jax.data.records.open_corpora`)
-      -> [process_index::process_count] -> shuffle(seed) (unless shuffle=False: file order) -> repeat(num_epochs)
-      -> DocumentProcessor (record decode, image decode + the family's preprocessing and tokenization:
-         LLaVA = CLIP preprocessing + the seed's rule, Idefics2 = the Idefics2 processor + the original
-         collator's rule, images zero-padded to one size with a pixel mask; in `num_workers` worker
-         processes via mp_prefetch, else in `read_threads` threads)
-      -> count-and-drop (loader metrics, in the main process) -> best-fit packing (look-ahead, packing="best_fit")
-         or one padded document per row (packing="none", the original's batches) -> batch
+      -> split into `streams` streams: stream s reads records[s::streams]; for each stream of this process:
+         -> shuffle(seed) (unless shuffle=False: file order) -> repeat(num_epochs)
+         -> DocumentProcessor (record decode, image decode + the family's preprocessing and tokenization:
+            LLaVA = CLIP preprocessing + the seed's rule, Idefics2 = the Idefics2 processor + the original
+            collator's rule, images zero-padded to one size with a pixel mask; in `num_workers` worker
+            processes via mp_prefetch, else in `read_threads` threads)
+         -> count-and-drop (loader metrics, in the main process) -> best-fit packing (look-ahead,
+            packing="best_fit") or one padded document per row (packing="none", the original's batches)
+         -> batch of global_batch / streams rows
+      -> the process's streams' batches concatenated in stream order
+
+Streams make the data independent of the number of processes: the global batch is the concatenation of
+every stream's next `global_batch / streams` rows in stream order, and process p of P serves streams
+[p * streams / P, (p + 1) * streams / P), i.e. exactly its contiguous rows of the global batch. So any
+process count that divides `streams` gives the same global batches (the default `streams` = the process
+count is the per-process split of earlier versions). Each host reads, decodes and packs only its own
+streams (work proportional to its share); the price is that packing looks ahead within a stream only and
+the stream count is fixed for a run (see docs/DESIGN.md).
 
 Every step is deterministic given `seed`, and the per-record step is one-to-one, so the batches do
 not depend on `num_workers`. Shuffling reshuffles each epoch (Grain folds the epoch into the seed).
 The iterator is a `grain.DatasetIterator`: `get_state()`/`set_state()` resume at the exact next
-batch, and Orbax saves it with `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`.
+batch; its state is `{"streams": {"<s>": state of stream s}}`, and `vlm_jax.checkpoint.TrainCheckpointer`
+saves one file per stream so that a run can resume on another process count.
 """
 
 from __future__ import annotations
@@ -67,7 +79,10 @@ class LoaderConfig:
     shuffle: False reads the records in file order (the original's sequential sampler).
     packing: "best_fit" packs documents into rows; "none" pads each document to its own row.
     num_epochs: None repeats forever (use that, with a step budget, for multi-host training:
-    hosts may pack different numbers of rows from their shards).
+    streams may pack different numbers of rows).
+    batch_size: this process's rows per batch (the global batch / process_count).
+    streams: independent record streams of the whole job (0: process_count); process_count must divide it and
+    it must divide batch_size * process_count. num_workers and read_threads are per stream.
     family: "llava" (the seed's tokenization, CLIP images of one size) or "idefics2" (`tokenizer` must be an
     Idefics2 tokenizer folder; the original collator's tokenization, images resized by the Idefics2 processor
     to longest edge <= image_longest_edge and shortest >= image_shortest_edge, zero-padded bottom/right to
@@ -100,6 +115,7 @@ class LoaderConfig:
     packing: str = "best_fit"
     process_index: int = 0
     process_count: int = 1
+    streams: int = 0
     family: str = "llava"
     image_longest_edge: int = idefics2_processor.SIZES["default"][0]
     image_shortest_edge: int = idefics2_processor.SIZES["default"][1]
@@ -292,33 +308,57 @@ class _CountAndDropIterator(grain.DatasetIterator):
 
 
 def loader_metrics(iterator_or_state: grain.DatasetIterator | Mapping[str, Any]) -> dict[str, int]:
-    """Loader counters (documents read/used/skipped by reason, images used/skipped/dropped).
+    """Loader counters (documents read/used/skipped by reason, images used/skipped/dropped), summed over
+    this process's streams.
 
     Read from the iterator state, so they are the counts of everything before the state's resume
     point, also for work done in worker processes, and they survive checkpoint/restore.
     """
     state = iterator_or_state if isinstance(iterator_or_state, Mapping) else iterator_or_state.get_state()
+    totals, found = dict.fromkeys(COUNTER_NAMES, 0), False
     pending = [state]
     while pending:
         node = pending.pop()
         if isinstance(node, Mapping):
             if COUNTS_KEY in node:
-                return dict(node[COUNTS_KEY])
+                found = True
+                for name, n in node[COUNTS_KEY].items():
+                    totals[name] = totals.get(name, 0) + int(n)
+                continue
             pending.extend(node.values())
         elif isinstance(node, (list, tuple)):
             pending.extend(node)
-    raise ValueError("state has no loader counts: not an iterator from make_train_iterator")
+    if not found:
+        raise ValueError("state has no loader counts: not an iterator from make_train_iterator")
+    return totals
+
+
+def local_streams(config: LoaderConfig) -> range:
+    """The streams this process serves (`LoaderConfig.streams`, 0 = process_count); ValueError when the
+    process count does not divide the streams or the streams do not divide the global batch."""
+    p, n = config.process_index, config.process_count
+    if not 0 <= p < n:
+        raise ValueError(f"process_index {p} not in [0, {n})")
+    streams = config.streams or n
+    if streams % n:
+        raise ValueError(f"{streams} data streams cannot be split over {n} processes: the process count must "
+                         "divide data.streams")
+    if (config.batch_size * n) % streams:
+        raise ValueError(f"global batch {config.batch_size * n} is not a multiple of the {streams} data streams")
+    per_process = streams // n
+    return range(p * per_process, (p + 1) * per_process)
 
 
 def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None) -> grain.IterDataset:
     """The batched Grain IterDataset described in the module docstring (iterate it for batches)."""
-    if not 0 <= config.process_index < config.process_count:
-        raise ValueError(f"process_index {config.process_index} not in [0, {config.process_count})")
+    mine = local_streams(config)
     max_length = config.max_length or config.seq_len
     if max_length > config.seq_len:
         raise ValueError(f"max_length {max_length} > seq_len {config.seq_len}")
     if config.max_images > config.max_images_per_row:
         raise ValueError(f"max_images {config.max_images} > max_images_per_row {config.max_images_per_row}")
+    if config.packing not in PACKINGS:
+        raise ValueError(f"packing={config.packing!r}: expected one of {PACKINGS}")
     tokenizer = tokenizer or make_tokenizer(config.tokenizer)
     image_token_id = config.image_token_id
     if image_token_id is None:
@@ -342,12 +382,19 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
                               max_images=config.max_images, max_length=max_length,
                               image_settings=_image_settings(config))
     processor = DocumentProcessor(rule)
-    source = corpus_records.open_corpora(config.shards)
-    records = grain.MapDataset.source(source)[config.process_index :: config.process_count]
+    source = grain.MapDataset.source(corpus_records.open_corpora(config.shards))
+    count = config.streams or config.process_count
+    rows_per_stream = config.batch_size * config.process_count // count
+    streams = {s: _stream(config, source[s::count], processor, tokenizer.pad_id, f"stream {s}/{count}")
+               .batch(rows_per_stream, drop_remainder=True) for s in mine}
+    return _ConcatStreamsIterDataset(streams, count)
+
+
+def _stream(config: LoaderConfig, records: grain.MapDataset, processor: DocumentProcessor, pad_id: int,
+            name: str) -> grain.IterDataset:
+    """One stream's records -> packed (or padded) rows."""
     if len(records) == 0:
-        raise ValueError(f"process {config.process_index}/{config.process_count} has no records")
-    if config.packing not in PACKINGS:
-        raise ValueError(f"packing={config.packing!r}: expected one of {PACKINGS}")
+        raise ValueError(f"data {name} has no records (fewer records than streams)")
     if config.shuffle:
         records = records.shuffle(seed=config.seed)
     docs = records.repeat(config.num_epochs).map(processor)
@@ -363,17 +410,48 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
         )
     stream = _CountAndDropIterDataset(stream, max_consecutive_drops=len(records))
     if config.packing == "none":
-        rows = pad_documents(stream, seq_len=config.seq_len, max_images_per_row=config.max_images_per_row,
-                             pad_id=tokenizer.pad_id)
-    else:
-        rows = pack_documents(
-            stream,
-            seq_len=config.seq_len,
-            max_images_per_row=config.max_images_per_row,
-            lookahead=config.pack_lookahead,
-            pad_id=tokenizer.pad_id,
-        )
-    return rows.batch(config.batch_size, drop_remainder=True)
+        return pad_documents(stream, seq_len=config.seq_len, max_images_per_row=config.max_images_per_row,
+                             pad_id=pad_id)
+    return pack_documents(stream, seq_len=config.seq_len, max_images_per_row=config.max_images_per_row,
+                          lookahead=config.pack_lookahead, pad_id=pad_id)
+
+
+class _ConcatStreamsIterDataset(grain.IterDataset):
+    """Batches of several streams concatenated along the batch axis, in stream order."""
+
+    def __init__(self, streams: Mapping[int, grain.IterDataset], stream_count: int):
+        super().__init__(list(streams.values()))
+        self._ids, self._count = list(streams), stream_count
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return StreamsIterator({s: p.__iter__() for s, p in zip(self._ids, self._parents)}, self._count)
+
+
+class StreamsIterator(grain.DatasetIterator):
+    """The train iterator: `stream_ids` are the streams it serves of `stream_count`; state
+    `{"streams": {"<s>": state}}`."""
+
+    def __init__(self, streams: Mapping[int, grain.DatasetIterator], stream_count: int):
+        super().__init__(list(streams.values()))
+        self.stream_ids, self.stream_count = tuple(streams), stream_count
+        self._streams = dict(streams)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batches = [next(it) for it in self._streams.values()]
+        if len(batches) == 1:
+            return batches[0]
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"streams": {str(s): it.get_state() for s, it in self._streams.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("streams", {})
+        missing = [s for s in self.stream_ids if str(s) not in saved]
+        if missing:
+            raise ValueError(f"data iterator state has no state for stream(s) {missing} (it has {sorted(saved)})")
+        for s, it in self._streams.items():
+            it.set_state(saved[str(s)])
 
 
 def make_train_iterator(config: LoaderConfig | Mapping[str, Any] | Any, tokenizer: Tokenizer | None = None
@@ -382,11 +460,12 @@ def make_train_iterator(config: LoaderConfig | Mapping[str, Any] | Any, tokenize
 
     `config`: a LoaderConfig, a dict of its fields, or an argparse.Namespace with those fields.
     `tokenizer`: an already-built Tokenizer, overriding `config.tokenizer`.
-    Each batch: input_ids/targets/positions/segment_ids int32 `[batch, seq_len]`, loss_mask float32
+    Each batch (this process's rows, its streams' rows in stream order): input_ids/targets/positions/segment_ids int32 `[batch, seq_len]`, loss_mask float32
     `[batch, seq_len]`, pixel_values float32 `[batch, max_images_per_row, H, W, 3]`, image_mask bool
     `[batch, max_images_per_row]`; family "idefics2" adds pixel_attention_mask bool `[batch, max_images_per_row,
     H, W]` (H = W = image_longest_edge; True on each image's pixels). Save/restore with `get_state()`/`set_state()` or Orbax
-    (`grain.checkpoint.CheckpointSave/CheckpointRestore`); read counters with `loader_metrics(it)`.
+    (`vlm_jax.checkpoint.TrainCheckpointer`, one file per stream; grain's own handler works too, for the same
+    process count); read counters with `loader_metrics(it)`.
     """
     if not isinstance(config, LoaderConfig):
         if not isinstance(config, Mapping):  # argparse.Namespace: take the fields the loader knows.

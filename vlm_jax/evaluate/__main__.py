@@ -121,7 +121,15 @@ def run_main(argv: list[str]) -> int:
     if values.compile_topology:
         return compile_main(values)
     from vlm_jax.evaluate.run import run_evaluation  # jax, flax and the model only for a generation run
-    print(json.dumps(run_evaluation(values.config, values.ckpt), indent=1))
+    from vlm_jax.training.distributed import host_line, maybe_initialize_distributed
+
+    if maybe_initialize_distributed():  # a multi-process job (same detection as training): questions are split
+        print(host_line(), file=sys.stderr, flush=True)
+    scores = run_evaluation(values.config, values.ckpt)
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps(scores, indent=1))
     return 0
 
 

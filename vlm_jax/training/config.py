@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
         "packing": "best_fit",  # "best_fit" packs documents into rows | "none": one padded document per row
         "num_workers": 0,  # Grain worker processes (0: threads in the main process)
         "read_threads": 2,
+        # Independent record streams (vlm_jax.data.loader): the batches depend on this, not on the process
+        # count; any process count dividing it resumes the run. 0: the process count of the run's first start.
+        "streams": 0,
     })
 
     c.checkpoint = ml_collections.ConfigDict({"save_every": 100, "keep": 5, "async_save": True})
@@ -235,7 +238,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.image_longest_edge": _int(1), "data.image_shortest_edge": _int(1),
     "data.shuffle": _bool, "data.packing": _choice("best_fit", "none"),
     "data.preprocessor_config": _str, "data.num_epochs": _int(1, special=(-1,)), "data.seed": _int(),
-    "data.num_workers": _int(0), "data.read_threads": _int(1),
+    "data.num_workers": _int(0), "data.read_threads": _int(1), "data.streams": _int(0),
     "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1), "checkpoint.async_save": _bool,
     "save_final_params": _bool, "log_every": _int(1), "nan_policy": _choice("stop", "skip"),
     "peak_tflops_per_device": _float(0.0), "progress_bar": _bool, "tensorboard": _bool,
@@ -294,6 +297,9 @@ def _same_type(value: Any, default: Any) -> str | None:
 
 def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems = []
+    if config.data.streams and config.global_batch_size % config.data.streams:
+        problems.append(f"global_batch_size={config.global_batch_size} must be a multiple of "
+                        f"data.streams={config.data.streams}")
     if config.global_batch_size % config.grad_accum_steps:
         problems.append(f"global_batch_size={config.global_batch_size} must be a multiple of "
                         f"grad_accum_steps={config.grad_accum_steps}")

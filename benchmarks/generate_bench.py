@@ -5,7 +5,8 @@ Prefill tokens/s = prompt tokens (image tokens included, padding excluded) / tim
 decode tokens/s = batch * (N - 1) / (time of an N-token call - time of the 1-token call of the same repeat).
 Greedy, EOS disabled so every row makes N tokens; compile time excluded (one warm-up call each); --repeats
 interleaved repeats (vlm_jax and transformers in turns), medians and ranges, ratios per repeat. Then the
-decode step-time curve: ms per decode step at cache lengths --curve (batch --curve-batch) on a filled cache.
+decode step-time curve: ms per decode step at cache lengths --curve (batch --curve-batch) on a filled cache,
+with the K+V bytes each step reads and the time of one plain read (a jitted sum) of the same buffers.
 The last line is one JSON object of the figures.
 
     python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5] [--curve 16,256,1000,4000]
@@ -87,10 +88,12 @@ def rates(one: list[float], full: list[float], prompt_tokens: int, batch: int, n
     return prefill, decode
 
 
-def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int) -> dict[int, list[float]]:
+def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int):
     """Decode step ms at each cache length: `generation.decode_loop` (the loop `generate` runs after prefill)
     on a KV cache whose first `length` slots are filled (random values, one segment), `steps` + 1 vs 1 tokens,
-    step ms = time difference / steps. Lengths measured in turns, `repeats` times each → ms per repeat."""
+    step ms = time difference / steps; and, as the machine's floor for reading that cache, the ms of one
+    jitted `sum` over the same K and V buffers. Lengths measured in turns, `repeats` times each →
+    ({length: step ms per repeat}, {length: read ms per repeat}, {length: K+V bytes})."""
     text = model.config.text_config
 
     @partial(jax.jit, static_argnames=("n", "length"))
@@ -100,6 +103,7 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
                            jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(0),
                            max_new_tokens=n)
 
+    read = jax.jit(lambda k, v: jnp.sum(k) + jnp.sum(v))
     caches = {}
     for length in lengths:
         empty = init_cache(text, batch, length + steps + 1)
@@ -112,9 +116,13 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
         for n in (1, steps + 1):
             fns.append(partial(lambda c, n, length: run(params, c, n=n, length=length).block_until_ready(),
                                caches[length], n, length))
+        fns.append(partial(lambda c: read(c["k"], c["v"]).block_until_ready(), caches[length]))
     times = interleaved_seconds(fns, repeats)
-    return {length: [(b - a) / steps * 1e3 for a, b in zip(times[2 * i], times[2 * i + 1])]
-            for i, length in enumerate(lengths)}
+    step_ms = {length: [(b - a) / steps * 1e3 for a, b in zip(times[3 * i], times[3 * i + 1])]
+               for i, length in enumerate(lengths)}
+    read_ms = {length: [t * 1e3 for t in times[3 * i + 2]] for i, length in enumerate(lengths)}
+    kv_bytes = {length: 2 * caches[length]["k"].nbytes for length in lengths}
+    return step_ms, read_ms, kv_bytes
 
 
 def spread(values) -> str:
@@ -207,19 +215,28 @@ def main(argv=None) -> dict:
                "decode_ratio_max": max(d_ratios, default=None)}
     if args.curve:
         lengths = [int(x) for x in args.curve.split(",")]
-        curve = decode_curve(llava, params, lengths, args.curve_batch, args.curve_steps, args.repeats)
+        curve, read_ms, kv_bytes = decode_curve(llava, params, lengths, args.curve_batch, args.curve_steps, args.repeats)
+        weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params["language_model"]))
         base = median(curve[lengths[0]])
         print(f"decode step time vs filled cache length (vlm_jax decode_loop, batch {args.curve_batch}, "
-              f"{args.curve_steps} steps; median (min-max) of {args.repeats})")
-        print("| cache length | step ms | vs first |")
-        print("|---:|---:|---:|")
+              f"{args.curve_steps} steps; median (min-max) of {args.repeats}); K+V read per step (all layers, the "
+              f"allocated cache) against the language model's {weight_bytes / 1e6:.1f} MB of weights; 'read' = one "
+              "jitted sum over the same K and V buffers (the machine's floor for reading them once)")
+        print("| cache length | step ms | vs first | K+V MB | (weights + K+V) / weights | read ms | step growth / read |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for length in lengths:
-            ms = curve[length]
-            print(f"| {length} | {median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | {median(ms) / base:.2f}x |")
+            ms, rd = curve[length], median(read_ms[length])
+            growth = (median(ms) - base) / rd if length != lengths[0] else float("nan")
+            print(f"| {length} | {median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | {median(ms) / base:.2f}x | "
+                  f"{kv_bytes[length] / 1e6:.1f} | {(weight_bytes + kv_bytes[length]) / weight_bytes:.2f}x | {rd:.2f} | "
+                  f"{growth:.2f} |")
         figures["decode_curve_batch"] = args.curve_batch
         figures["decode_step_ms"] = {str(length): median(ms) for length, ms in curve.items()}
         figures["decode_step_ms_all"] = {str(length): ms for length, ms in curve.items()}
         figures["decode_step_growth"] = {str(length): median(ms) / base for length, ms in curve.items()}
+        figures["decode_kv_mb"] = {str(length): b / 1e6 for length, b in kv_bytes.items()}
+        figures["decode_kv_read_ms"] = {str(length): median(ms) for length, ms in read_ms.items()}
+        figures["language_model_weight_mb"] = weight_bytes / 1e6
     print(json.dumps(figures))
     return figures
 

@@ -8,7 +8,8 @@ Starts from llava-v1.5-7b (a params-format checkpoint from `python -m vlm_jax.co
 the CLIP ViT-L/14-336 tower is frozen, the projector and the LM train; lr 2e-5, no weight decay,
 3% linear warmup then constant; bf16 compute on float32 master weights; 32768-token packed rows,
 at most 12 images per document; one epoch; a checkpoint every 100 steps, the last 5 kept; full remat.
-Memory: the LM head and cross-entropy run in 4096-position chunks; `memory="auto"` adds host offload of the
+Memory: the LM head and cross-entropy run in 4096-position chunks, the decoder layers' gradients are kept in
+bf16 (the values they have anyway with bf16 compute); `memory="auto"` adds host offload of the
 layer inputs, a chunked MLP and bfloat16 Adam moments, in that order, only as far as the slice's HBM needs
 (`vlm_jax.training.memory`; README "Memory").
 Set `schedule_steps` to the epoch's step count (the warmup is 3% of it) and the mesh to the slice.
@@ -26,6 +27,7 @@ def get_config():
     c.param_dtype = "float32"
     c.remat_policy = "full"
     c.loss_chunk = 4096  # the LM head + cross-entropy 4096 positions at a time (never the full logits)
+    c.compute_dtype_grads = True  # the decoder layers' gradients in bf16 until the update (the same values)
     c.memory = "auto"  # offload / chunked MLP / bf16 moments only where the chips' HBM needs them
     c.attention_impl = "pallas"
     c.frozen = "vision_tower"

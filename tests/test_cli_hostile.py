@@ -162,6 +162,8 @@ CASES = [
     ("train-init-hf-folder", "train", DEMO + ["--config.init_checkpoint={hf}"], 1, "vlm_jax.convert hf-to-orbax"),
     ("train-init-wrong-folder", "train", DEMO + ["--config.init_checkpoint={dir}"], 1, "not a vlm_jax params checkpoint"),
     ("train-workdir-is-file", "train", ["--config", "{demo_cfg}", "--workdir", "{file}"], 1, "is a file, expected a folder"),
+    ("train-workdir-url", "train", ["--config", "{demo_cfg}", "--workdir", "gs://bucket/run"], 2,
+     "--workdir gs://bucket/run: remote URLs are not supported yet; mount the bucket"),
     ("train-heldout-missing", "train", DEMO + ["--config.demo_corpus.heldout_per_class=0",
                                                "--config.heldout.file={missing}"], 1, "heldout.file"),
     ("train-unknown-flag", "train", DEMO + ["--workdri", "x"], 2, "did you mean 'workdir'?"),

@@ -53,6 +53,10 @@ def test_original_defaults_of_the_configs():
     okvqa.protocol = "paper"
     with pytest.raises(ConfigError, match="config.protocol='paper'"):
         check_config(okvqa)
+    okvqa.protocol = "original"
+    okvqa.output_dir = "gs://bucket/eval"
+    with pytest.raises(ConfigError, match="config.output_dir=gs://bucket/eval: remote URLs are not supported yet"):
+        check_config(okvqa)
 
 
 def test_load_split_errors_name_the_problem():

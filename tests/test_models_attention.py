@@ -57,6 +57,36 @@ def test_xla_offset_into_a_cache_and_empty_rows_are_zero():
     assert np.all(np.asarray(traced)[1, 2] == 0)
 
 
+def test_xla_gradients_match_torch_sdpa_with_gqa_segments_and_keyless_rows():
+    """Gradients of the "xla" path (its own softmax backward, additive mask bias) against PyTorch's
+    `scaled_dot_product_attention` autograd with the same boolean mask (kv heads repeated per group). Rows
+    that see no key are zero in vlm_jax and get no gradient; torch returns NaN there, so they are compared
+    apart: their output is 0 and they contribute nothing to dq, dk, dv."""
+    import torch
+
+    q, k, v = _inputs(2, 7, 7, 6, 2, 8, seed=3)
+    seg = np.array([[1, 1, 1, 2, 2, 0, 0], [0, 0, 1, 1, 1, 1, 1]], np.int32)
+    q_seg = seg.copy()
+    q_seg[0, 6] = 5  # a query whose segment has no key: a key-less row
+    w = np.random.default_rng(4).normal(size=(2, 7, 6, 8)).astype(np.float32)  # weights of the scalar loss
+
+    def loss(q, k, v):
+        out = attention(q, k, v, q_segment_ids=jnp.asarray(q_seg), kv_segment_ids=jnp.asarray(seg), causal=True)
+        return jnp.sum(out * w)
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+    mask = (q_seg[:, :, None] == seg[:, None, :]) & np.tril(np.ones((7, 7), bool))[None]
+    keyed = mask.any(-1)  # [b, t]
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        tq.transpose(1, 2), tk.repeat_interleave(3, dim=2).transpose(1, 2),
+        tv.repeat_interleave(3, dim=2).transpose(1, 2), attn_mask=torch.tensor(mask)[:, None]).transpose(1, 2)
+    torch.sum(torch.where(torch.tensor(keyed)[:, :, None, None], out, 0) * torch.tensor(w)).backward()
+    for got, want in zip(grads, (tq.grad, tk.grad, tv.grad)):
+        np.testing.assert_allclose(np.asarray(got), np.nan_to_num(want.numpy()), atol=1e-5)
+    assert np.all(np.asarray(grads[0])[~keyed] == 0)
+
+
 def test_no_segment_ids_is_plain_causal():
     q, k, v = _inputs(1, 5, 5, 2, 1, 4, seed=2)
     ones = np.ones((1, 5), np.int32)

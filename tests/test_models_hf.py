@@ -129,3 +129,29 @@ def test_llava_encode_images_and_pooled_vision_outputs():
     assert max_err(feats, ref_feats) <= ATOL
     out = model.apply({"params": params}, pixels, method=llava.Llava.vision_outputs)
     assert max_err(out.pooled, ref_tower.pooler_output) <= ATOL
+
+
+def test_llama_mlp_gradients_match_transformers():
+    """The gated MLP's own backward pass (`llama._swiglu`, which recomputes the sigmoid) against PyTorch
+    autograd through transformers' `LlamaMLP`: input and kernel gradients."""
+    import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    cfg = hf_tiny.text_config()
+    torch.manual_seed(0)
+    mlp = LlamaMLP(LlamaConfig(**cfg.to_hf()))
+    x = np.random.default_rng(0).normal(size=(2, 5, cfg.hidden_size)).astype(np.float32)
+    w = np.random.default_rng(1).normal(size=(2, 5, cfg.hidden_size)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.sum(mlp(tx) * torch.tensor(w)).backward()
+    kernels = {n: getattr(mlp, n).weight.detach().numpy().T for n in ("gate_proj", "up_proj", "down_proj")}
+
+    def loss(x, kernels):
+        return jnp.sum(llama._gated_mlp(x, kernels["gate_proj"], kernels["up_proj"], kernels["down_proj"],
+                                        jnp.float32) * w)
+
+    dx, dk = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jax.tree.map(jnp.asarray, kernels))
+    np.testing.assert_allclose(np.asarray(dx), tx.grad.numpy(), atol=1e-5)
+    for n in kernels:
+        np.testing.assert_allclose(np.asarray(dk[n]), getattr(mlp, n).weight.grad.numpy().T, atol=1e-5, err_msg=n)

@@ -109,10 +109,17 @@ def test_memory_ladder_adds_one_option_per_rung_and_auto_stops_at_the_first_fit(
     c.global_batch_size, c.data.seq_len, c.memory = 16, 8192, "auto"
     names = [name for name, _ in memory.rungs(c, batch_shards=8)]
     assert names == ["as written", "grad_accum_steps=2", "remat_policy=offload", "mlp_chunk=4096",
-                     "optim.moment_dtype=bfloat16"]
+                     "optim.moment_dtype=bfloat16"]  # float32 compute: compute_dtype_grads would change nothing
+    c.dtype = "bfloat16"
+    names = [name for name, _ in memory.rungs(c, batch_shards=8)]
+    assert names == ["as written", "grad_accum_steps=2", "compute_dtype_grads", "remat_policy=offload",
+                     "mlp_chunk=4096", "optim.moment_dtype=bfloat16"]
     last = memory.rungs(c, 8)[-1][1]
-    assert (last.grad_accum_steps, last.remat_policy, last.mlp_chunk, last.optim.moment_dtype) == \
-        (2, "offload", 4096, "bfloat16")
+    assert (last.grad_accum_steps, last.compute_dtype_grads, last.remat_policy, last.mlp_chunk,
+            last.optim.moment_dtype) == (2, True, "offload", 4096, "bfloat16")
+    c.compute_dtype_grads = True  # already as written: no rung for it
+    assert "compute_dtype_grads" not in [name for name, _ in memory.rungs(c, 8)]
+    c.dtype = "float32"
     c.loss_normalization = "per_device"  # accumulation would change the per-device groups: not offered
     assert "grad_accum_steps=2" not in [name for name, _ in memory.rungs(c, 8)]
     tried = []
@@ -121,3 +128,54 @@ def test_memory_ladder_adds_one_option_per_rung_and_auto_stops_at_the_first_fit(
     assert tried == ["none", "offload"] and chosen.remat_policy == "offload" and chosen.mlp_chunk == 0
     c.memory = "fixed"
     assert memory.choose(c, 8, lambda cfg: 1, lambda r: False)[0].remat_policy == "none"
+
+
+def _step_gradients(config, batch, params, mesh, **step_options):
+    """The float32 gradients a jitted train step hands its optimizer (params sharded by the rules on `mesh`,
+    batch over data x fsdp): the optimizer here only stores them in its state."""
+    from vlm_jax.training.state import TrainState, abstract_train_state
+    from vlm_jax.training.step import jit_train_step, make_train_step
+
+    keep = optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
+                                        lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
+    schedule = optax.constant_schedule(0.0)
+    _, shardings = abstract_train_state(config, ("vision_tower",), keep, mesh, DEFAULT_RULES)
+    trained = {k: v for k, v in params.items() if k != "vision_tower"}
+    state = TrainState(step=np.zeros((), np.int32), params=params, opt_state=keep.init(trained))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        step = jit_train_step(make_train_step(Llava(config), keep, schedule, frozen=("vision_tower",), **step_options),
+                              shardings, batch_sharding(mesh))
+        state, metrics = step(jax.device_put(state, shardings), jax.device_put(batch, batch_sharding(mesh)))
+        return jax.device_get((state.opt_state, metrics))
+
+
+def test_compute_dtype_grads_equal_float32_grads(setup):
+    """bf16 compute on float32 params: the decoder layers' gradients kept in bf16 until the update are the
+    float32 step's gradients exactly (each is one bf16 value upcast)."""
+    config, batch, params, _ = setup
+    config = config.with_runtime(dtype="bfloat16")
+    mesh = make_mesh(2, 4, 1)
+    want, want_metrics = _step_gradients(config, batch, params, mesh)
+    got, got_metrics = _step_gradients(config, batch, params, mesh, compute_dtype_grads=True)
+    np.testing.assert_array_equal(got_metrics["loss"], want_metrics["loss"])
+    flat_got, flat_want = jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)
+    assert len(flat_got) == len(flat_want) and any("layers" in jax.tree_util.keystr(p) for p, _ in flat_got)
+    for (path, g), w in zip(flat_got, flat_want):
+        assert g.dtype == np.float32
+        np.testing.assert_array_equal(g, w, err_msg=jax.tree_util.keystr(path))
+    # a bf16 gradient upcast: the layers' float32 gradients have no bits below bf16's
+    layer_grads = jax.tree.leaves(got["language_model"]["layers"])
+    assert all(np.array_equal(g, g.astype(jnp.bfloat16).astype(np.float32)) for g in layer_grads)
+
+
+def test_compute_dtype_grads_with_chunked_mlp_round_the_chunk_sum_once(setup):
+    """With `mlp_chunk` the MLP kernels' chunk gradients are summed in float32 and rounded to bf16 once."""
+    config, batch, params, _ = setup
+    config = config.with_runtime(dtype="bfloat16", mlp_chunk=16)
+    mesh = make_mesh(2, 4, 1)
+    want, _ = _step_gradients(config, batch, params, mesh)
+    got, _ = _step_gradients(config, batch, params, mesh, compute_dtype_grads=True)
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        name = jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(g, w.astype(jnp.bfloat16).astype(np.float32) if "layers" in name else w,
+                                      err_msg=name)

@@ -2,8 +2,8 @@
 (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`; CPU collectives over gloo), one 8-device
 mesh. Its losses equal those of 1 process x 8 devices with the same data streams. SIGTERM to ONE process stops
 both after the same step with a saved checkpoint and exit 0; rerunning both, or 1 process x 8 devices, continues
-with the losses of the uninterrupted run, step for step (the state reshards, the data streams resume). The
-few-shot evaluation on 2 processes answers every question once, in order, and writes what 1 process writes."""
+with the losses of the uninterrupted run, step for step (the state reshards, the data streams resume), and
+scores the held-out set as 1 process does. The few-shot evaluation on 2 processes answers every question once, in order, and writes what 1 process writes."""
 import json
 import os
 import shutil
@@ -92,8 +92,9 @@ def test_two_processes_equal_one_sigterm_one_resume_on_two_or_one_and_evaluate(t
     subprocess.run([sys.executable, "-c", f"from vlm_jax import demo_corpus; demo_corpus.build({str(corpus)!r}, "
                     "train_documents=48, heldout_per_class=1)"], cwd=ROOT, env=env, check=True)
     one = tmp_path / "one"  # the reference: 1 process x 8 devices, uninterrupted, with the 2 data streams
+    heldout = f"--config.heldout.file={corpus}/heldout.jsonl"  # scored before and after training
     logs = _run(one, corpus, tmp_path, "one", processes=1,
-                extra=["--config.data.streams=2", "--config.save_final_params=true"])
+                extra=["--config.data.streams=2", "--config.save_final_params=true", heldout])
     assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s), 1 process(es)" in logs[0]
 
     stopped = tmp_path / "stopped"
@@ -109,9 +110,12 @@ def test_two_processes_equal_one_sigterm_one_resume_on_two_or_one_and_evaluate(t
                                [r["loss"] for r in _records(one)[:saved[0]]], rtol=1e-5)
     on_one = tmp_path / "stopped_then_one"
     shutil.copytree(stopped, on_one)
-    logs = _run(stopped, corpus, tmp_path, "rerun")
+    logs = _run(stopped, corpus, tmp_path, "rerun", extra=[heldout])
     assert f"resumed from {stopped}/checkpoints/{saved[0]}" in logs[0]
     _assert_same_run(_records(stopped), _records(one))
+    held = [json.loads((run / "summary.json").read_text())["heldout_end"] for run in (stopped, one)]
+    assert held[0]["questions"] == 12 and held[0]["accuracy"] == held[1]["accuracy"]
+    np.testing.assert_allclose(held[0]["answer_nll"], held[1]["answer_nll"], rtol=1e-5)
     logs = _run(on_one, corpus, tmp_path, "rerun_one", processes=1)  # the 2 streams come from the checkpoint
     assert f"resumed from {on_one}/checkpoints/{saved[0]}" in logs[0]
     _assert_same_run(_records(on_one), _records(one))

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags, logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import cli, config_file
@@ -132,10 +133,17 @@ def _heldout_scorer(config, model, model_config, tokenizer, mesh, params_shardin
         vlm = VLM(model_config, None, tokenizer, image_settings, aspect=config.data.image_aspect)
     rows = heldout_lib.choice_rows(questions, vlm)
     sharding = batch_sharding(mesh)
-    nll = jax.jit(lambda p, b: token_losses(model, p, b).sum(axis=-1), in_shardings=(params_sharding, sharding))
+    # Every process holds all rows: each puts its own devices' part, and the NLLs come back replicated (readable
+    # on every process, also when the mesh spans several).
+    nll = jax.jit(lambda p, b: token_losses(model, p, b).sum(axis=-1), in_shardings=(params_sharding, sharding),
+                  out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def put(batch):
+        return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+                for k, v in batch.items()}
 
     def score(params):
-        return heldout_lib.accuracy(questions, rows, lambda b: nll(params, jax.device_put(b, sharding)),
+        return heldout_lib.accuracy(questions, rows, lambda b: nll(params, put(b)),
                                     config.heldout.batch_size, batch_divisor(mesh))
 
     return score
@@ -152,12 +160,14 @@ def _build_demo_corpus(config, workdir: str) -> None:
         return demo_corpus.build(d.dir or os.path.join(workdir, "corpus"), train_documents=d.train_documents,
                                  heldout_per_class=d.heldout_per_class, image_size=d.image_size, seed=d.seed)
 
-    # Process 0 first; the others then reuse its corpus on a shared disk or build the same one on their own.
+    # Process 0 first; the others then reuse its corpus on a shared disk or build the same one on their own. The
+    # wait is a barrier of the coordination service (a device collective would time out while process 0 builds).
     paths = build() if jax.process_index() == 0 else None
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        import orbax.checkpoint as ocp
 
-        multihost_utils.sync_global_devices("demo corpus built")
+        ocp.multihost.sync_global_processes("vlm_jax demo corpus built", timeout=3600,
+                                            processes=set(range(jax.process_count())))
     paths = paths or build()
     _log(demo_corpus.describe(paths))
     with config.unlocked():
@@ -177,7 +187,8 @@ def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[st
     step_fn = jit_train_step(
         make_train_step(model_for(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
                         nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
-                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh)),
+                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh),
+                        compute_dtype_grads=config.compute_dtype_grads),
         shardings, batch_sharding(mesh))
     return {"model_config": model_config, "frozen": frozen, "schedule": schedule, "tx": tx, "abstract": abstract,
             "shardings": shardings, "step_fn": step_fn}

@@ -106,6 +106,9 @@ def check_config(c: ConfigDict) -> None:
         raise ConfigError(f"config.temperature={c.temperature} / top_p={c.top_p}: need temperature >= 0, 0 < top_p <= 1")
     if c.include_self_first and c.shots == 0:
         raise ConfigError("config.include_self_first needs config.shots >= 1")
+    if "://" in str(c.output_dir):
+        raise ConfigError(f"config.output_dir={c.output_dir}: remote URLs are not supported yet; mount the bucket "
+                          "(e.g. gcsfuse) and give the mounted path")
 
 
 def max_new_tokens(c: ConfigDict) -> int:

@@ -46,9 +46,33 @@ def attention_mask(q_len: int, kv_len: int, q_segment_ids, kv_segment_ids, *, ca
     return mask
 
 
+@jax.custom_vjp
+def _softmax(logits):
+    """Softmax over the last axis whose backward pass keeps only its output `y`:
+    d logits = y * (g - sum(y * g)). (`jax.nn.softmax`'s default autodiff keeps the `exp` and the output
+    and differentiates the division, i.e. two more score-sized float32 buffers per layer in training.)"""
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def _softmax_fwd(logits):
+    y = jax.nn.softmax(logits, axis=-1)
+    return y, y
+
+
+def _softmax_bwd(y, g):
+    return (y * (g - jnp.sum(y * g, axis=-1, keepdims=True)),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 def _xla_attention(q, k, v, mask, scale):
     """Reference einsum attention on 4-D operands: GQA by folding each kv head's group of query heads into
-    the query axis (scores `[b, kv_heads, groups * t, s]`, k/v never repeated), fp32 softmax. A row that
+    the query axis (scores `[b, kv_heads, groups * t, s]`, k/v never repeated), fp32 softmax. Hidden keys
+    get an additive `finfo.min` bias `[b | 1, groups * t, s]` (the same as a `where` with `finfo.min`: a
+    float32 logit vanishes against it), whose gradient is the identity, and `_softmax` keeps only its
+    output for the backward pass: a layer saves one score-sized buffer (the probabilities) for training,
+    not also a boolean mask broadcast to the scores' shape, the masked logits and the `exp`. A row that
     sees no key gets zeros through a per-row factor on the output rather than a second full-size pass
     over the probabilities. (The earlier 5-D `[b, kv_heads, groups, t, s]` form with a masked softmax
     output ran the train step's attention about 1.5-2x slower on XLA:CPU; its softmax backward was the
@@ -59,8 +83,8 @@ def _xla_attention(q, k, v, mask, scale):
     qf = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
     logits = jnp.einsum("bkqd,bskd->bkqs", qf, k, preferred_element_type=jnp.float32) * scale
     rows = mask if groups == 1 else jnp.tile(mask, (1, groups, 1))  # [b | 1, groups * t, s], row = (group, query)
-    logits = jnp.where(rows[:, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
+    bias = jnp.where(rows, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    probs = _softmax(logits + bias[:, None])
     out = jnp.einsum("bkqs,bskd->bkqd", probs.astype(v.dtype), v)
     out = out.reshape(b, kv_heads, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
     return out * jnp.any(mask, axis=-1)[:, :, None, None].astype(out.dtype)

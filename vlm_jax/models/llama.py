@@ -153,10 +153,32 @@ class _Kernel(nn.Module):
         return self.param("kernel", self.initializer, self.shape, self.param_dtype)
 
 
+@jax.custom_vjp
+def _swiglu(g, u):
+    """`silu(g) * u`, elementwise. Its backward pass keeps only `g` and `u` (the gate and up matmul outputs)
+    and recomputes the sigmoid; autodiff of `nn.silu(g) * u` keeps four more `[b, s, F]` buffers per layer
+    (the sigmoid, its products and the output) for the training step."""
+    return nn.silu(g) * u
+
+
+def _swiglu_fwd(g, u):
+    return nn.silu(g) * u, (g, u)
+
+
+def _swiglu_bwd(residuals, dh):
+    g, u = residuals
+    sig = jax.nn.sigmoid(g)
+    silu = g * sig
+    return dh * u * (sig + silu * (1 - sig)), dh * silu
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def _gated_mlp(x, gate, up, down, dtype):
     """`down(silu(gate(x)) * up(x))` on x `[b, s, D]` with kernels `[D, F]`, `[D, F]`, `[F, D]` cast to `dtype`."""
     x = x.astype(dtype)
-    h = nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+    h = _swiglu(x @ gate.astype(dtype), x @ up.astype(dtype))
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
     return h @ down.astype(dtype)
 
@@ -164,7 +186,7 @@ def _gated_mlp(x, gate, up, down, dtype):
 class LlamaMLP(nn.Module):
     """SiLU-gated MLP. With `config.mlp_chunk` > 0 (dividing the sequence) it runs on that many positions
     at a time in a rematerialised `lax.scan`: the same math (the MLP is position-wise; the kernels'
-    gradients are summed over chunks in the params' dtype) without `[seq, intermediate]` buffers.
+    gradients are summed over chunks in float32) without `[seq, intermediate]` buffers.
     `in_features` (default `hidden_size`): the input width (Idefics2's modality projection maps the vision
     width to the text width with this MLP)."""
 
@@ -187,6 +209,9 @@ class LlamaMLP(nn.Module):
         if chunk <= 0 or chunk >= s or s % chunk:
             return _gated_mlp(x, gate, up, down, dtype)
         chunks = jnp.swapaxes(x.reshape(b, s // chunk, chunk, d), 0, 1)
+        # the kernels enter the scan as (at least) float32, so the chunks' gradients are summed in float32
+        # even when the params arrive in the compute dtype (`compute_dtype_grads`)
+        gate, up, down = (k.astype(jnp.promote_types(k.dtype, jnp.float32)) for k in (gate, up, down))
         body = jax.checkpoint(lambda _, xc: (None, _gated_mlp(xc, gate, up, down, dtype)))
         _, out = jax.lax.scan(body, None, chunks)
         return jnp.swapaxes(out, 0, 1).reshape(b, s, c.hidden_size)

@@ -142,7 +142,8 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
     step = jit_train_step(make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
                                           nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
                                           loss_normalization=config.loss_normalization,
-                                          batch_shards=batch_divisor(mesh)),
+                                          batch_shards=batch_divisor(mesh),
+                                          compute_dtype_grads=config.compute_dtype_grads),
                           shardings, batch_sharding(mesh))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):  # as vlm_jax.train runs it
         compiled, figures = compile_or_measure(step.lower(state, batch), (state, batch))

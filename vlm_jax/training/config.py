@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.remat_policy = "none"  # "none" | "full" | "offload" (full, layer inputs in host memory) | "dots_saveable" | ...
     c.loss_chunk = 0  # positions per chunk of the LM head + cross-entropy (0: full [seq, vocab] logits)
     c.mlp_chunk = 0  # positions per chunk of the Llama MLP (0: all at once; must divide data.seq_len)
+    # True: the decoder layers' gradients stay in the compute dtype until the update (half the gradient
+    # memory in bf16; the same values, see vlm_jax.training.step.make_train_step)
+    c.compute_dtype_grads = False
     # "fixed": the memory options as written | "auto": the fastest rung of vlm_jax.training.memory.LADDER
     # whose compiled step fits the device's HBM (devices without a reported limit, e.g. CPU: as written)
     c.memory = "fixed"
@@ -225,7 +228,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "remat_policy": _choice(*REMAT_POLICY_NAMES), "frozen": _modules,
     "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
     "global_batch_size": _int(1), "grad_accum_steps": _int(1),
-    "loss_chunk": _int(0), "mlp_chunk": _int(0), "memory": _choice("fixed", "auto"),
+    "loss_chunk": _int(0), "mlp_chunk": _int(0), "compute_dtype_grads": _bool, "memory": _choice("fixed", "auto"),
     "loss_normalization": _choice("global", "per_device"), "optim.moment_dtype": _choice("float32", "bfloat16"),
     "num_train_steps": _int(0, special=(-1,)), "schedule_steps": _int(1, special=(-1,)),
     "optim.learning_rate": _float(0.0), "optim.schedule": _choice("constant", "cosine"),
@@ -326,9 +329,16 @@ def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """The files and folders a (validated) config names exist and are of the right kind; `cli.InputError`
-    (exit 1) naming the field and the path otherwise. Shards built by the demo corpus are not checked."""
+    (exit 1) naming the field and the path otherwise (`cli.UsageError` for a URL: local paths only). Shards
+    built by the demo corpus are not checked."""
     from vlm_jax.checkpoint import CONFIG_FILE
 
+    for what, path in (("--workdir", workdir), ("init_checkpoint", config.init_checkpoint),
+                       ("data.tokenizer", config.data.tokenizer), ("data.preprocessor_config",
+                       config.data.preprocessor_config), ("heldout.file", config.heldout.file),
+                       ("demo_corpus.dir", config.demo_corpus.dir),
+                       *(("data.shards", shard) for shard in config.data.shards.split(","))):
+        cli.reject_url(path, what)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise cli.InputError(f"--workdir {workdir}: is a file, expected a folder (give a new or existing run folder)")
     if config.init_checkpoint:

@@ -6,10 +6,13 @@ tests/test_train_loss_norm.py); each adds one option to the previous rung, cheap
 0. the config as written (e.g. the 7B config: full remat, LM head + cross-entropy in 4096-position chunks);
 1. `grad_accum_steps` raised so each device holds one row per microbatch (same FLOPs; only with
    `loss_normalization="global"`, where accumulation is exact);
-2. `remat_policy="offload"`: each layer's saved input (one `[seq, hidden]` per layer and row, 8 GiB for a
+2. `compute_dtype_grads=True`: the decoder layers' gradients kept in the compute dtype (bf16) until the
+   update (the same values: each layer weight's gradient is a bf16 value before it is upcast; with
+   `mlp_chunk` the chunks' float32 sum is rounded to bf16 once); only when it differs from the params' dtype;
+3. `remat_policy="offload"`: each layer's saved input (one `[seq, hidden]` per layer and row, 8 GiB for a
    32k row of a 7B model) lives in host memory, copied back for the backward pass;
-3. `mlp_chunk=MLP_CHUNK`: the MLP runs that many positions at a time (it recomputes the MLP forward once more);
-4. `optim.moment_dtype="bfloat16"`: Adam moments stored in bfloat16 (updates still computed in float32;
+4. `mlp_chunk=MLP_CHUNK`: the MLP runs that many positions at a time (it recomputes the MLP forward once more);
+5. `optim.moment_dtype="bfloat16"`: Adam moments stored in bfloat16 (updates still computed in float32;
    the only rung that changes numerics, by the moments' rounding).
 
 `config.memory = "auto"` takes the first rung whose compiled step fits the device's HBM (the train loop:
@@ -48,6 +51,8 @@ def rungs(config: ml_collections.ConfigDict, batch_shards: int) -> list[tuple[st
     rows = config.global_batch_size // config.grad_accum_steps // max(batch_shards, 1)
     if rows > 1 and config.loss_normalization == "global":
         add(f"grad_accum_steps={config.grad_accum_steps * rows}", grad_accum_steps=config.grad_accum_steps * rows)
+    if config.dtype != config.param_dtype:
+        add("compute_dtype_grads", compute_dtype_grads=True)
     add("remat_policy=offload", remat_policy="offload")
     if config.data.seq_len % MLP_CHUNK == 0 and config.data.seq_len > MLP_CHUNK:
         add(f"mlp_chunk={MLP_CHUNK}", mlp_chunk=MLP_CHUNK)

@@ -22,7 +22,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax.data.packing import PIXEL_MASK_KEY
-from vlm_jax.models.init import text_model_params
+from vlm_jax.models.init import FAMILIES, text_model_params
 from vlm_jax.models.llama import output_kernel
 from vlm_jax.training.loss import token_cross_entropy
 from vlm_jax.training.params import merge_params, split_params
@@ -43,6 +43,19 @@ def token_losses(model: nn.Module, params: Any, batch: Mapping[str, jax.Array], 
     return token_cross_entropy(hidden, kernel, batch["targets"], batch["loss_mask"], loss_chunk)
 
 
+def cast_text_layers(model: nn.Module, trained: Mapping[str, Any]) -> dict:
+    """`trained` with the text model's stacked decoder layers (`[layers, ...]` leaves under its `layers`)
+    cast to the compute dtype (`model.config.text_config.dtype`); every other leaf unchanged. Unchanged
+    too when the text model is frozen or computes in its params' dtype."""
+    key = FAMILIES[type(model.config)][2]
+    dtype = jnp.dtype(model.config.text_config.dtype)
+    if key not in trained or "layers" not in trained[key]:
+        return dict(trained)
+    layers = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                          trained[key]["layers"])
+    return {**trained, key: {**trained[key], "layers": layers}}
+
+
 def split_microbatches(batch: Mapping[str, jax.Array], accum: int) -> dict[str, jax.Array]:
     """`[accum * micro, ...]` -> `[accum, micro, ...]`; microbatch j takes rows j, j + accum, ... so
     each microbatch keeps rows on every data shard (no data movement when micro % shards == 0);
@@ -59,7 +72,7 @@ def split_microbatches(batch: Mapping[str, jax.Array], accum: int) -> dict[str, 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     frozen: Sequence[str], grad_accum_steps: int = 1, nan_policy: str = "stop", loss_chunk: int = 0,
-                    loss_normalization: str = "global", batch_shards: int = 1):
+                    loss_normalization: str = "global", batch_shards: int = 1, compute_dtype_grads: bool = False):
     """`(state, batch) -> (state, metrics)`, to be jitted with state donation.
 
     metrics (float32 scalars): loss (as `loss_normalization` says, see the module docstring), loss_tokens, tokens (non-padding
@@ -69,6 +82,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     except `step`; with "stop" it is applied and the host loop stops with an error.
     `loss_chunk`: positions per chunk of the LM head + cross-entropy (`token_losses`).
     `batch_shards`: devices along the batch axes (data x fsdp), the groups of "per_device".
+    `compute_dtype_grads`: differentiate with respect to the text model's decoder layers cast once to the
+    compute dtype (`cast_text_layers`), so their gradients (half the step's gradient memory in bf16) stay
+    in that dtype until the update upcasts them. The same gradients as float32 ones: each layer weight
+    enters the model only through one cast to the compute dtype, whose gradient is already a
+    compute-dtype value (with `mlp_chunk`, the chunks' sum is rounded to it once); accumulation over
+    microbatches and the update stay float32.
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
@@ -93,22 +112,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         trained, frozen_params = split_params(state.params, frozen)
+        differentiated = cast_text_layers(model, trained) if compute_dtype_grads else trained
         loss_tokens = batch["loss_mask"].astype(jnp.float32).sum()
         if loss_normalization == "global":
             denominator = jnp.maximum(loss_tokens, 1.0)
         else:  # a mean over (microbatch, device group) pairs
             denominator = jnp.float32(grad_accum_steps * batch_shards)
         if grad_accum_steps == 1:
-            (_, loss_sum), grads = grad_fn(trained, frozen_params, batch, denominator)
+            (_, loss_sum), grads = grad_fn(differentiated, frozen_params, batch, denominator)
         else:
             def body(carry, micro):
                 grads_acc, loss_acc = carry
-                (_, loss_sum), grads = grad_fn(trained, frozen_params, micro, denominator)
+                (_, loss_sum), grads = grad_fn(differentiated, frozen_params, micro, denominator)
                 return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum), None
 
             zeros = jax.tree.map(jnp.zeros_like, trained)
             (grads, loss_sum), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)),
                                                 split_microbatches(batch, grad_accum_steps))
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trained)
         loss = loss_sum / denominator
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, trained)

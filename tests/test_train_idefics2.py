@@ -180,3 +180,26 @@ def test_short_idefics2_demo_learns(tmp_path):
     assert len(out["token_ids"]) <= 4 and isinstance(out["text"], str)
     assert generate_main(["--ckpt", str(final), "--image", str(image), "--prompt", "<image>This is",
                           "--max-new-tokens", "4"]) == 0
+
+
+def test_idefics2_training_refuses_a_byte_tokenizer_and_llava_module_names(tmp_path):
+    """Bad Idefics2 training settings get one line before anything is built."""
+    import importlib.util as iu
+    import os
+
+    from vlm_jax import cli
+    from vlm_jax.train import train
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = iu.spec_from_file_location("idefics2_demo_cfg", os.path.join(root, "configs", "idefics2_demo.py"))
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.tokenizer = "byte"
+    with pytest.raises(cli.UsageError, match="Idefics2 model needs a Hugging Face tokenizer folder"):
+        train(c, str(tmp_path / "a"))
+    c = module.get_config()
+    c.frozen = "vision_tower"
+    with pytest.raises(cli.UsageError, match="Idefics2Config's modules are vision_model, connector, text_model"):
+        train(c, str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

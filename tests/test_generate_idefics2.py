@@ -88,6 +88,13 @@ def test_cli_with_idefics2_processor_equals_transformers(tmp_path, capsys):
     if 2 in want:
         want = want[:want.index(2) + 1]
     assert got["token_ids"] == want
+    # the inference handle serves the same checkpoint the same way (its processor, images and pixel mask)
+    import vlm_jax
+
+    vlm = vlm_jax.load(tmp_path / "ckpt")
+    assert vlm.generate(prompt, [str(p) for p in paths], max_new_tokens=NEW)["token_ids"] == want
+    two = vlm.generate([prompt, "w9 <image> w5"], [[str(p) for p in paths], [str(paths[1])]], max_new_tokens=NEW)
+    assert two[0]["token_ids"] == want  # batched with a shorter prompt and other image sizes: left padding
 
 
 def test_processor_images_and_prompt_expansion_equal_transformers():

@@ -57,6 +57,25 @@ def test_tiny_llava_train_step_compiles_for_tpu_with_the_mosaic_kernel():
 
 
 @needs_libtpu
+def test_tiny_idefics2_train_step_compiles_for_tpu_with_its_pixel_mask():
+    """The Idefics2 family's step (its batch carries `pixel_attention_mask`; SigLIP, perceiver and the windowed
+    Mistral through the Mosaic kernel) compiles for a TPU slice, as configs/idefics2_textbook_8b.py does."""
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("idefics2_demo_cfg", os.path.join(ROOT, "configs", "idefics2_demo.py"))
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.attention_impl, c.dtype, c.remat_policy, c.global_batch_size, c.data.max_images_per_row = (
+        "pallas", "bfloat16", "full", 4, 2)
+    batch = aot.abstract_batch(c, model_config(c), sharding=None)
+    assert batch["pixel_attention_mask"].shape == (4, 2, 32, 32) and batch["pixel_values"].shape == (4, 2, 32, 32, 3)
+    report = aot.compile_train_step(c, model_config(c), parse_slice("v5e:2x2"))
+    assert report["fits"] and report["rows_per_chip"] == 1 and report["model_tflops_per_step"] > 0
+    assert report["mosaic_calls"] >= 3
+
+
+@needs_libtpu
 def test_multislice_mesh_puts_slices_on_the_data_axis():
     from vlm_jax.sharding import make_mesh
 

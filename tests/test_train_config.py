@@ -76,3 +76,50 @@ def test_demo_config_resolves_and_unknown_override_fails():
         c.model_overrides.text_config.bogus = 1
     with pytest.raises(ValueError, match="bogus"):
         model_config(c)
+
+
+def test_idefics2_textbook_8b_config_is_the_original_recipe():
+    """configs/idefics2_textbook_8b.py: training_idefics/run.sh's settings (seed_protocol.md §4), and it validates."""
+    from vlm_jax.models.config import Idefics2Config
+    from vlm_jax.training.config import validate
+
+    c = _load("idefics2_textbook_8b")
+    validate(c, "idefics2_textbook_8b.py", check_required=False)
+    assert (c.optim.learning_rate, c.optim.schedule, c.optim.warmup_ratio, c.optim.weight_decay) == \
+        (1e-6, "cosine", 0.03, 0.0)
+    assert (c.frozen, c.dtype, c.param_dtype, c.remat_policy) == ("", "bfloat16", "float32", "full")
+    assert (c.data.seq_len, c.data.image_longest_edge, c.data.image_shortest_edge) == (4096, 560, 336)
+    assert c.global_batch_size == 2 * c.grad_accum_steps * 8 and c.grad_accum_steps == 128  # 8 devices assumed
+    assert (c.checkpoint.save_every, c.checkpoint.keep, c.data.num_epochs, c.num_train_steps) == (80, 10, 1, -1)
+    resolved = model_config(c)
+    assert isinstance(resolved, Idefics2Config) and resolved.num_image_tokens == 64
+    assert resolved.text_config.dtype == "bfloat16" and resolved.vision_config.remat_policy == "full"
+    with pytest.raises(Exception, match="init_checkpoint"):  # the checkpoint and data are for the command line
+        validate(c, "idefics2_textbook_8b.py")
+
+
+def test_idefics2_demo_config_resolves_with_its_tokenizer():
+    from vlm_jax.data import idefics2_processor as proc
+    from vlm_jax.training.config import validate
+
+    c = _load("idefics2_demo")
+    validate(c, "idefics2_demo.py")
+    resolved = model_config(c)
+    assert resolved.num_image_tokens == 16 and resolved.image_token_id == proc.BYTE_IMAGE_TOKEN_ID
+    assert resolved.text_config.vocab_size == proc.BYTE_VOCAB_SIZE
+    processor = proc.Idefics2Processor(c.data.tokenizer, resolved.num_image_tokens)
+    assert (processor.image_token_id, processor.fake_image_token_id) == (proc.BYTE_IMAGE_TOKEN_ID,
+                                                                         proc.BYTE_FAKE_TOKEN_ID)
+    # the committed folder is what write_byte_tokenizer writes: the same ids for text with every special token
+    text = "<s>Image:<image>This is a cat. é\n<fake_token_around_image></s>"
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        fresh = proc.Idefics2Processor(proc.write_byte_tokenizer(d), resolved.num_image_tokens)
+        assert fresh.encode(text) == processor.encode(text)
+    ids = processor.encode("<s>Ab<image>")
+    assert ids[:4] == [1, 1, 3 + ord("A"), 3 + ord("b")] and ids[4] == proc.BYTE_FAKE_TOKEN_ID
+    with c.unlocked():
+        c.data.image_shortest_edge = 64
+    with pytest.raises(Exception, match="image_shortest_edge"):
+        validate(c, "idefics2_demo.py")

@@ -110,16 +110,17 @@ def test_memory_ladder_adds_one_option_per_rung_and_auto_stops_at_the_first_fit(
     names = [name for name, _ in memory.rungs(c, batch_shards=8)]
     assert names == ["as written", "grad_accum_steps=2", "remat_policy=offload", "mlp_chunk=4096",
                      "optim.moment_dtype=bfloat16"]  # float32 compute: compute_dtype_grads would change nothing
-    c.dtype = "bfloat16"
-    names = [name for name, _ in memory.rungs(c, batch_shards=8)]
-    assert names == ["as written", "grad_accum_steps=2", "compute_dtype_grads", "remat_policy=offload",
-                     "mlp_chunk=4096", "optim.moment_dtype=bfloat16"]
     last = memory.rungs(c, 8)[-1][1]
-    assert (last.grad_accum_steps, last.compute_dtype_grads, last.remat_policy, last.mlp_chunk,
-            last.optim.moment_dtype) == (2, True, "offload", 4096, "bfloat16")
-    c.compute_dtype_grads = True  # already as written: no rung for it
+    assert (last.grad_accum_steps, last.remat_policy, last.mlp_chunk, last.optim.moment_dtype) == \
+        (2, "offload", 4096, "bfloat16")
+    c.dtype = "bfloat16"  # bf16 compute: compute_dtype_grads, but not with accumulation
     assert "compute_dtype_grads" not in [name for name, _ in memory.rungs(c, 8)]
-    c.dtype = "float32"
+    names = [name for name, _ in memory.rungs(c, batch_shards=16)]
+    assert names == ["as written", "compute_dtype_grads", "remat_policy=offload", "mlp_chunk=4096",
+                     "optim.moment_dtype=bfloat16"]
+    c.compute_dtype_grads = True  # already as written: no rung for it
+    assert "compute_dtype_grads" not in [name for name, _ in memory.rungs(c, 16)]
+    c.dtype, c.compute_dtype_grads = "float32", False
     c.loss_normalization = "per_device"  # accumulation would change the per-device groups: not offered
     assert "grad_accum_steps=2" not in [name for name, _ in memory.rungs(c, 8)]
     tried = []

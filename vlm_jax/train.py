@@ -1,4 +1,4 @@
-"""Train LLaVA: `python -m vlm_jax.train --config configs/NAME.py [--config.key=value ...] [--workdir DIR]`.
+"""Train LLaVA or Idefics2: `python -m vlm_jax.train --config configs/NAME.py [--config.key=value ...] [--workdir DIR]`.
 
 Builds the mesh and the sharded train state (fresh, from `init_checkpoint`, or resumed from the
 latest checkpoint in WORKDIR/checkpoints together with the data iterator), then loops: next packed
@@ -6,6 +6,10 @@ batch -> global array -> jitted train step. Every step's loss goes to WORKDIR/me
 `log_every` steps also throughput (tokens/s, images/s, TFLOP/s, MFU) and loader counters, to the
 console and TensorBoard. Rerunning the same command after an interruption continues exactly where
 the last checkpoint left off. See `vlm_jax.training.config` for every field.
+
+The model family (LLaVA or Idefics2, from the config's preset or the checkpoint's architecture) picks the
+data pipeline's tokenization and image preprocessing (`vlm_jax.data.loader` `family`) and the held-out
+scorer's prompts (`vlm_jax.inference.model.VLM`); everything else is one code path.
 """
 from __future__ import annotations
 
@@ -24,17 +28,18 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import cli, config_file
+from vlm_jax.data import idefics2_processor
 from vlm_jax.data.loader import loader_metrics, make_train_iterator
 from vlm_jax.data.image import read_processor_settings
-from vlm_jax.data.tokenizer import make_tokenizer
-from vlm_jax.inference.model import VLM
-from vlm_jax.models.config import LlavaConfig
-from vlm_jax.models.llava import Llava
+from vlm_jax.data.tokenizer import BYTE_SPEC, make_tokenizer
+from vlm_jax.inference.model import VLM, idefics2_inputs
+from vlm_jax.models.config import Idefics2Config
+from vlm_jax.models.init import model_for
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.training import heldout as heldout_lib
 from vlm_jax.training import aot
 from vlm_jax.training import memory as memory_lib
-from vlm_jax.training.config import check_inputs, model_config as resolve_model_config
+from vlm_jax.training.config import batch_images, check_inputs, model_config as resolve_model_config
 from vlm_jax.training.config import validate as validate_config
 from vlm_jax.training.distributed import batch_divisor, global_batch, host_line, maybe_initialize_distributed
 from vlm_jax.training.preemption import PreemptionFlag
@@ -42,7 +47,7 @@ from vlm_jax.training.profiling import StepProfiler
 from vlm_jax.training.flops import peak_flops_per_device, train_step_flops
 from vlm_jax.training.metrics import MetricsWriter, Throughput
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
-from vlm_jax.training.params import count_params, parse_module_list
+from vlm_jax.training.params import IDEFICS2_MODULES, LLAVA_MODULES, count_params, parse_module_list
 from vlm_jax.training.state import abstract_train_state, init_train_state, state_from_params
 from vlm_jax.training.step import jit_train_step, make_train_step, token_losses
 
@@ -88,11 +93,18 @@ def _loader_config(config: ml_collections.ConfigDict, model_config, streams: int
         "read_threads": d.read_threads,
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
+        "family": "idefics2" if isinstance(model_config, Idefics2Config) else "llava",
+        "image_longest_edge": d.image_longest_edge,
+        "image_shortest_edge": d.image_shortest_edge,
         "streams": streams,
     }
 
 
 def _check_tokenizer(tokenizer, model_config) -> None:
+    if isinstance(model_config, Idefics2Config) and not hasattr(tokenizer, "path"):
+        raise cli.UsageError(f"data.tokenizer={BYTE_SPEC!r}: an Idefics2 model needs a Hugging Face tokenizer folder "
+                             "with <fake_token_around_image> and <image> (its checkpoint's; the demo's: "
+                             "configs/idefics2_demo_tokenizer)")
     if tokenizer.vocab_size > model_config.text_config.vocab_size:
         raise cli.UsageError(f"data.tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
                              f"{model_config.text_config.vocab_size}: give the model's own tokenizer")
@@ -111,9 +123,14 @@ def _heldout_scorer(config, model, model_config, tokenizer, mesh, params_shardin
     if not config.heldout.file:
         return None
     questions = heldout_lib.read_questions(config.heldout.file)
-    image_settings = (read_processor_settings(config.data.preprocessor_config) if config.data.preprocessor_config
-                      else {"image_size": model_config.vision_config.image_size})
-    vlm = VLM(model_config, None, tokenizer, image_settings, aspect=config.data.image_aspect)
+    if isinstance(model_config, Idefics2Config):  # the training run's own processor sizes
+        sizes = {"longest_edge": config.data.image_longest_edge, "shortest_edge": config.data.image_shortest_edge}
+        _, processor = idefics2_inputs(model_config, tokenizer, tuple(sizes.values()))
+        vlm = VLM(model_config, None, tokenizer, sizes, processor=processor)
+    else:
+        image_settings = (read_processor_settings(config.data.preprocessor_config) if config.data.preprocessor_config
+                          else {"image_size": model_config.vision_config.image_size})
+        vlm = VLM(model_config, None, tokenizer, image_settings, aspect=config.data.image_aspect)
     rows = heldout_lib.choice_rows(questions, vlm)
     sharding = batch_sharding(mesh)
     # Every process holds all rows: each puts its own devices' part, and the NLLs come back replicated (readable
@@ -168,7 +185,7 @@ def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[st
     tx = make_optimizer(config.optim, schedule)
     abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
     step_fn = jit_train_step(
-        make_train_step(Llava(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
+        make_train_step(model_for(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
                         nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
                         loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh),
                         compute_dtype_grads=config.compute_dtype_grads),
@@ -182,8 +199,7 @@ def step_bytes(config: ml_collections.ConfigDict, architecture, mesh) -> float:
     compiler itself reports that it does not fit."""
     parts = build_step(config, architecture, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        batch = aot.abstract_batch(parts["model_config"], batch=config.global_batch_size, seq_len=config.data.seq_len,
-                                   max_images_per_row=config.data.max_images_per_row, sharding=batch_sharding(mesh))
+        batch = aot.abstract_batch(config, parts["model_config"], sharding=batch_sharding(mesh))
         lowered = parts["step_fn"].lower(parts["abstract"], batch)
     try:
         return memory_lib.compiled_bytes(lowered.compile())
@@ -206,11 +222,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     workdir = os.path.abspath(workdir)
     architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
     model_config = resolve_model_config(config, architecture)
-    if not isinstance(model_config, LlavaConfig):
-        raise cli.UsageError(f"{type(model_config).__name__}: the training CLI's data pipeline (tokenization, image "
-                             "preprocessing, held-out set) is LLaVA's; Idefics2 training from the CLI is not there yet")
     frozen = parse_module_list(config.frozen)
-    model = Llava(model_config)
+    modules = IDEFICS2_MODULES if isinstance(model_config, Idefics2Config) else LLAVA_MODULES
+    if set(frozen) - set(modules):
+        raise cli.UsageError(f"frozen={config.frozen!r}: {type(model_config).__name__}'s modules are "
+                             f"{', '.join(modules)}")
     try:
         mesh = make_mesh(**config.mesh)
     except ValueError as e:
@@ -247,7 +263,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     parts = build_step(config, architecture, mesh)
     model_config, tx, abstract, shardings, step_fn = (
         parts["model_config"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
-    model = Llava(model_config)
+    model = model_for(model_config)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, ckpt_lib.RUN_CONFIG_FILE), "w") as f:
             json.dump({"train": config.to_dict(), "model": ckpt_lib.architecture_dict(model_config)}, f, indent=2)
@@ -287,8 +303,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
             summary["heldout_end"] = score(state.params)
             _log(f"held-out at step {summary['final_step']}: {_fmt(summary['heldout_end'])}")
         if config.save_final_params:
+            preprocessor_config = config.data.preprocessor_config
+            if isinstance(model_config, Idefics2Config) and jax.process_index() == 0:  # the sizes it trained with
+                preprocessor_config = idefics2_processor.write_preprocessor_config(
+                    os.path.join(workdir, idefics2_processor.PREPROCESSOR_FILE), config.data.image_longest_edge,
+                    config.data.image_shortest_edge)
             ckpt_lib.save_params(os.path.join(workdir, "final"), state.params, model_config,
-                                 tokenizer=config.data.tokenizer, preprocessor_config=config.data.preprocessor_config)
+                                 tokenizer=config.data.tokenizer, preprocessor_config=preprocessor_config)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -326,7 +347,8 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
     writer = MetricsWriter(workdir, start_step, tensorboard=config.tensorboard)
     bar = _progress(config, start_step, total)
     step_flops = train_step_flops(model_config, batch=config.global_batch_size, seq_len=config.data.seq_len,
-                                  image_slots=config.data.max_images_per_row, frozen=frozen)
+                                  image_slots=config.data.max_images_per_row, frozen=frozen,
+                                  image_size=batch_images(config, model_config)[0])
     peak = peak_flops_per_device(jax.devices()[0].device_kind, config.peak_tflops_per_device)
     throughput = Throughput()
     losses: list[float] = []

@@ -13,6 +13,8 @@ transformers 5's processor also inserts a space after a closing fake token follo
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from typing import Sequence
 
@@ -69,6 +71,32 @@ def pad_images(rows: Sequence[Sequence[np.ndarray]], height: int | None = None, 
             mask[r, k, :h, :w] = True
             image_mask[r, k] = True
     return pixels, mask, image_mask
+
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def checkpoint_sizes(ckpt: str | os.PathLike, default: tuple[int, int] = SIZES["default"]) -> tuple[int, int]:
+    """(longest, shortest) edge from a checkpoint's `preprocessor_config.json` `size` (HF Idefics2ImageProcessor
+    format), else `default`."""
+    path = os.path.join(ckpt, PREPROCESSOR_FILE)
+    size = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            size = json.load(f).get("size", {})
+    return int(size.get("longest_edge", default[0])), int(size.get("shortest_edge", default[1]))
+
+
+def write_preprocessor_config(path: str, longest_edge: int, shortest_edge: int) -> str:
+    """Writes an HF `Idefics2ImageProcessor` preprocessor_config.json of these sizes (no image splitting) to `path`
+    (a training run records the sizes it trained with next to its params); returns `path`."""
+    config = {"image_processor_type": "Idefics2ImageProcessor", "do_convert_rgb": True, "do_resize": True,
+              "size": {"longest_edge": longest_edge, "shortest_edge": shortest_edge}, "resample": 2,
+              "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(MEAN),
+              "image_std": list(STD), "do_pad": True, "do_image_splitting": False}
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    return path
 
 
 def expand_prompt(text: str, image_seq_len: int = 64, space_after_image: bool = False) -> str:
@@ -164,3 +192,46 @@ def _image_blocks(ids: np.ndarray, image_token_id: int) -> list[tuple[int, int]]
 def document_text(texts: Sequence[str | None]) -> str:
     """A record's pieces joined with "" and `<image>` at each image position (the original's string)."""
     return "".join(IMAGE_TOKEN if t is None else t for t in texts)
+
+
+# A byte-level tokenizer with Idefics2's special tokens, for tiny models (the CPU demo, tests): the role the
+# `ByteTokenizer` plays for LLaVA, as a Hugging Face tokenizer folder so that the processor, the checkpoint's
+# tokenizer record, generation and evaluation take it like idefics2-8b's own.
+BYTE_SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0 (also the pad token, as idefics2-8b pads), 1 BOS, 2 EOS
+BYTE_OFFSET = len(BYTE_SPECIALS)  # byte b is id BYTE_OFFSET + b
+BYTE_FAKE_TOKEN_ID = BYTE_OFFSET + 256  # 259
+BYTE_IMAGE_TOKEN_ID = BYTE_FAKE_TOKEN_ID + 1  # 260
+BYTE_VOCAB_SIZE = BYTE_IMAGE_TOKEN_ID + 1  # 261
+
+
+def _byte_level_chars() -> list[str]:
+    """GPT-2's byte → printable character map (what `tokenizers`' ByteLevel pre-tokenizer emits), by byte value."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def write_byte_tokenizer(path: str) -> str:
+    """Writes the byte-level Idefics2 tokenizer folder to `path` (returns it): `<unk>` 0 (pad), `<s>` 1 (added as
+    BOS), `</s>` 2, byte b = 3 + b, `<fake_token_around_image>` 259, `<image>` 260; 261 ids, no merges."""
+    from tokenizers import Tokenizer as RawTokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(BYTE_SPECIALS)}
+    vocab.update({c: BYTE_OFFSET + b for b, c in enumerate(_byte_level_chars())})
+    vocab.update({FAKE_IMAGE_TOKEN: BYTE_FAKE_TOKEN_ID, IMAGE_TOKEN: BYTE_IMAGE_TOKEN_ID})
+    tok = RawTokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            pad_token="<unk>", additional_special_tokens=[FAKE_IMAGE_TOKEN, IMAGE_TOKEN]
+                            ).save_pretrained(path)
+    return path

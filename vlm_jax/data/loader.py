@@ -3,8 +3,10 @@
     corpus folders (TFDS ArrayRecord data sources, `vlm_jax.data.records.open_corpora`)
       -> split into `streams` streams: stream s reads records[s::streams]; for each stream of this process:
          -> shuffle(seed) (unless shuffle=False: file order) -> repeat(num_epochs)
-         -> DocumentProcessor (record decode, image decode + CLIP preprocessing, seed tokenization;
-            in `num_workers` worker processes via mp_prefetch, else in `read_threads` threads)
+         -> DocumentProcessor (record decode, image decode + the family's preprocessing and tokenization:
+            LLaVA = CLIP preprocessing + the seed's rule, Idefics2 = the Idefics2 processor + the original
+            collator's rule, images zero-padded to one size with a pixel mask; in `num_workers` worker
+            processes via mp_prefetch, else in `read_threads` threads)
          -> count-and-drop (loader metrics, in the main process) -> best-fit packing (look-ahead,
             packing="best_fit") or one padded document per row (packing="none", the original's batches)
          -> batch of global_batch / streams rows
@@ -39,7 +41,8 @@ import numpy as np
 from absl import flags as absl_flags
 from PIL import Image
 
-from vlm_jax.data.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageRejected, preprocess_image,
+from vlm_jax.data import idefics2_processor
+from vlm_jax.data.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageRejected, check_image_size, preprocess_image,
                                 read_processor_settings)
 from vlm_jax.data.packing import document_example, pack_documents, pad_documents
 from vlm_jax.data import records as corpus_records
@@ -47,6 +50,7 @@ from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer, tokenize_interleav
 
 COUNTS_KEY = "loader_counts"
 PACKINGS = ("best_fit", "none")
+FAMILIES = ("llava", "idefics2")  # the model family whose tokenization and image preprocessing the loader applies
 COUNTER_NAMES = (
     "documents_read",
     "documents_used",
@@ -79,6 +83,11 @@ class LoaderConfig:
     batch_size: this process's rows per batch (the global batch / process_count).
     streams: independent record streams of the whole job (0: process_count); process_count must divide it and
     it must divide batch_size * process_count. num_workers and read_threads are per stream.
+    family: "llava" (the seed's tokenization, CLIP images of one size) or "idefics2" (`tokenizer` must be an
+    Idefics2 tokenizer folder; the original collator's tokenization, images resized by the Idefics2 processor
+    to longest edge <= image_longest_edge and shortest >= image_shortest_edge, zero-padded bottom/right to
+    image_longest_edge² with `pixel_attention_mask`; image_size, crop_size, mean, std, image_aspect and
+    preprocessor_config are LLaVA's and not read).
     """
 
     shards: tuple[str, ...]
@@ -107,6 +116,9 @@ class LoaderConfig:
     process_index: int = 0
     process_count: int = 1
     streams: int = 0
+    family: str = "llava"
+    image_longest_edge: int = idefics2_processor.SIZES["default"][0]
+    image_shortest_edge: int = idefics2_processor.SIZES["default"][1]
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LoaderConfig:
@@ -141,14 +153,10 @@ def _image_settings(config: LoaderConfig) -> dict[str, Any]:
     return {**settings, "aspect": config.image_aspect}
 
 
-class DocumentProcessor(grain.transforms.Map):
-    """Record bytes -> `{"example": document_example dict | None, "counts": {counter: n}}`.
+class LlavaDocuments:
+    """The LLaVA family's document rule: the seed's tokenization (`tokenize_interleaved`), CLIP preprocessing."""
 
-    Never raises on bad data: an undecodable record drops the document, a corrupt or empty image
-    drops that image with its placeholder (the layout is recomputed, so a later image may take its
-    place), a document left without images is dropped; each case is counted. Only the images
-    whose blocks are kept are decoded.
-    """
+    pixel_mask = False
 
     def __init__(self, tokenizer: Tokenizer, *, image_token_id: int, num_image_tokens: int, max_images: int,
                  max_length: int, image_settings: Mapping[str, Any]):
@@ -157,9 +165,53 @@ class DocumentProcessor(grain.transforms.Map):
                                      max_images=max_images, max_length=max_length)
         self._image_settings = dict(image_settings)
 
+    def tokenize(self, texts: Sequence[str | None]):
+        return tokenize_interleaved(texts, self._tokenizer, **self._tokenize_kwargs)
+
+    def image(self, img: Image.Image) -> np.ndarray:
+        return preprocess_image(img, **self._image_settings)
+
+
+class Idefics2Documents:
+    """The Idefics2 family's document rule: the original collator's tokenization (`Idefics2Processor.
+    tokenize_document`; images past the first `max_images` dropped with their placeholder, as LLaVA's rule does)
+    and the processor's resize; `pad_size` is the (height, width) every image is zero-padded to."""
+
+    pixel_mask = True
+
+    def __init__(self, processor: idefics2_processor.Idefics2Processor, *, max_images: int, max_length: int):
+        self._processor, self._max_images, self._max_length = processor, max_images, max_length
+        self.pad_size = (processor.longest_edge, processor.longest_edge)
+
+    def tokenize(self, texts: Sequence[str | None]):
+        kept, n = [], 0
+        for t in texts:
+            n += t is None
+            if t is not None or n <= self._max_images:
+                kept.append(t)
+        return self._processor.tokenize_document(kept, self._max_length)
+
+    def image(self, img: Image.Image) -> np.ndarray:
+        check_image_size(*img.size)
+        return idefics2_processor.preprocess_image(img, self._processor.longest_edge, self._processor.shortest_edge)
+
+
+class DocumentProcessor(grain.transforms.Map):
+    """Record bytes -> `{"example": document_example dict | None, "counts": {counter: n}}`, by the family's
+    `rule` (`LlavaDocuments` / `Idefics2Documents`).
+
+    Never raises on bad data: an undecodable record drops the document, a corrupt or empty image
+    drops that image with its placeholder (the layout is recomputed, so a later image may take its
+    place), a document left without images is dropped; each case is counted. Only the images
+    whose blocks are kept are decoded.
+    """
+
+    def __init__(self, rule: LlavaDocuments | Idefics2Documents):
+        self._rule = rule
+
     def _load_image(self, data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
-            return preprocess_image(img, **self._image_settings)
+            return self._rule.image(img)
 
     def map(self, record: bytes) -> dict[str, Any]:
         counts = dict.fromkeys(COUNTER_NAMES, 0)
@@ -173,7 +225,7 @@ class DocumentProcessor(grain.transforms.Map):
         total_images = sum(t is None for t in texts)
         pixels: dict[int, np.ndarray] = {}  # keyed by position in the current `texts`/`images`
         while True:  # Each pass either finishes or removes >= 1 image, so this terminates.
-            tokenized = tokenize_interleaved(texts, self._tokenizer, **self._tokenize_kwargs)
+            tokenized = self._rule.tokenize(texts)
             if tokenized is None:
                 break
             kept = [i for i, t in enumerate(texts) if t is None][: tokenized.num_images]
@@ -210,8 +262,12 @@ class DocumentProcessor(grain.transforms.Map):
         counts["documents_truncated"] = int(tokenized.truncated)
         counts["images_used"] = tokenized.num_images
         counts["images_dropped"] = total_images - failed_total - tokenized.num_images
-        pixel_values = np.stack([pixels[p] for p in kept]).astype(np.float32, copy=False)
-        return {"example": document_example(tokenized, pixel_values), "counts": counts}
+        images = [pixels[p] for p in kept]
+        if not self._rule.pixel_mask:
+            pixel_values = np.stack(images).astype(np.float32, copy=False)
+            return {"example": document_example(tokenized, pixel_values), "counts": counts}
+        pixel_values, pixel_mask, _ = idefics2_processor.pad_images([images], *self._rule.pad_size)
+        return {"example": document_example(tokenized, pixel_values[0], pixel_mask[0]), "counts": counts}
 
 
 class _CountAndDropIterDataset(grain.IterDataset):
@@ -309,14 +365,23 @@ def make_train_dataset(config: LoaderConfig, tokenizer: Tokenizer | None = None)
         image_token_id = getattr(tokenizer, "image_token_id", None)
         if image_token_id is None:
             raise ValueError("image_token_id not given and the tokenizer has no <image> token")
-    processor = DocumentProcessor(
-        tokenizer,
-        image_token_id=image_token_id,
-        num_image_tokens=config.num_image_tokens,
-        max_images=config.max_images,
-        max_length=max_length,
-        image_settings=_image_settings(config),
-    )
+    if config.family not in FAMILIES:
+        raise ValueError(f"family={config.family!r}: expected one of {FAMILIES}")
+    if config.family == "idefics2":
+        if config.image_shortest_edge > config.image_longest_edge:
+            raise ValueError(f"image_shortest_edge {config.image_shortest_edge} > image_longest_edge "
+                             f"{config.image_longest_edge}")
+        idefics2 = idefics2_processor.Idefics2Processor(config.tokenizer, config.num_image_tokens,
+                                                        config.image_longest_edge, config.image_shortest_edge)
+        if idefics2.image_token_id != image_token_id:
+            raise ValueError(f"tokenizer {config.tokenizer}: <image> is id {idefics2.image_token_id}, not the "
+                             f"model's image_token_id {image_token_id}")
+        rule = Idefics2Documents(idefics2, max_images=config.max_images, max_length=max_length)
+    else:
+        rule = LlavaDocuments(tokenizer, image_token_id=image_token_id, num_image_tokens=config.num_image_tokens,
+                              max_images=config.max_images, max_length=max_length,
+                              image_settings=_image_settings(config))
+    processor = DocumentProcessor(rule)
     source = grain.MapDataset.source(corpus_records.open_corpora(config.shards))
     count = config.streams or config.process_count
     rows_per_stream = config.batch_size * config.process_count // count
@@ -397,7 +462,8 @@ def make_train_iterator(config: LoaderConfig | Mapping[str, Any] | Any, tokenize
     `tokenizer`: an already-built Tokenizer, overriding `config.tokenizer`.
     Each batch (this process's rows, its streams' rows in stream order): input_ids/targets/positions/segment_ids int32 `[batch, seq_len]`, loss_mask float32
     `[batch, seq_len]`, pixel_values float32 `[batch, max_images_per_row, H, W, 3]`, image_mask bool
-    `[batch, max_images_per_row]`. Save/restore with `get_state()`/`set_state()` or Orbax
+    `[batch, max_images_per_row]`; family "idefics2" adds pixel_attention_mask bool `[batch, max_images_per_row,
+    H, W]` (H = W = image_longest_edge; True on each image's pixels). Save/restore with `get_state()`/`set_state()` or Orbax
     (`vlm_jax.checkpoint.TrainCheckpointer`, one file per stream; grain's own handler works too, for the same
     process count); read counters with `loader_metrics(it)`.
     """

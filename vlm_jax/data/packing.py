@@ -24,14 +24,17 @@ import numpy as np
 from vlm_jax.data.tokenizer import IGNORE_INDEX, TokenizedDocument
 
 ROW_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids", "pixel_values", "image_mask")
+PIXEL_MASK_KEY = "pixel_attention_mask"  # Idefics2 rows: True on each image's pixels, `[max_images, H, W]`
 
 
-def document_example(doc: TokenizedDocument, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+def document_example(doc: TokenizedDocument, pixel_values: np.ndarray,
+                     pixel_attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-document arrays to pack, with targets shifted inside the document.
 
     Returns input_ids int32 `[L]`, targets int32 `[L]` (`input_ids[i + 1]`, 0 at the last token),
     loss_mask float32 `[L]` (1 where the target token carries a label; 0 at the last token, which
-    has no target), pixel_values float32 `[num_images, H, W, 3]`.
+    has no target), pixel_values float32 `[num_images, H, W, 3]`, and pixel_attention_mask bool
+    `[num_images, H, W]` when given (images zero-padded to one size); the packed rows then carry it too.
     """
     if pixel_values.shape[0] != doc.num_images:
         raise ValueError(f"{pixel_values.shape[0]} images for a document with {doc.num_images} image blocks")
@@ -39,7 +42,27 @@ def document_example(doc: TokenizedDocument, pixel_values: np.ndarray) -> dict[s
     targets[:-1] = doc.input_ids[1:]
     loss_mask = np.zeros(doc.input_ids.shape, np.float32)
     loss_mask[:-1] = doc.labels[1:] != IGNORE_INDEX
-    return {"input_ids": doc.input_ids, "targets": targets, "loss_mask": loss_mask, "pixel_values": pixel_values}
+    out = {"input_ids": doc.input_ids, "targets": targets, "loss_mask": loss_mask, "pixel_values": pixel_values}
+    if pixel_attention_mask is not None:
+        out[PIXEL_MASK_KEY] = pixel_attention_mask
+    return out
+
+
+def _image_slots(docs: list[Mapping[str, np.ndarray]], slots: int) -> dict[str, np.ndarray]:
+    """The documents' images in order in `slots` slots: pixel_values (zeros in empty slots), image_mask and,
+    when the documents carry it, pixel_attention_mask (False in empty slots)."""
+    first = docs[0]
+    out = {"pixel_values": np.zeros((slots,) + first["pixel_values"].shape[1:], np.float32),
+           "image_mask": np.zeros(slots, bool)}
+    if PIXEL_MASK_KEY in first:
+        out[PIXEL_MASK_KEY] = np.zeros((slots,) + first[PIXEL_MASK_KEY].shape[1:], bool)
+    slot = 0
+    for doc in docs:
+        n = len(doc["pixel_values"])
+        for key in out:
+            out[key][slot:slot + n] = True if key == "image_mask" else doc[key]
+        slot += n
+    return out
 
 
 def pack_documents(
@@ -55,7 +78,8 @@ def pack_documents(
 
     Each output row: input_ids/targets/positions/segment_ids int32 `[seq_len]`, loss_mask float32
     `[seq_len]`, pixel_values float32 `[max_images_per_row, H, W, 3]` (zeros in empty slots),
-    image_mask bool `[max_images_per_row]`. Segment ids are 1.. per document and 0 on padding;
+    image_mask bool `[max_images_per_row]` (+ pixel_attention_mask bool `[max_images_per_row, H, W]` when the
+    documents carry one). Segment ids are 1.. per document and 0 on padding;
     positions restart at 0 per document. Documents must already fit (`tokenize_interleaved` with
     `max_length <= seq_len`, `max_images <= max_images_per_row`), else ValueError.
     """
@@ -141,19 +165,15 @@ class _BestFitPackIterator(grain.DatasetIterator):
         row = {"input_ids": np.full(n, self._pad_id, np.int32), "targets": np.zeros(n, np.int32),
                "loss_mask": np.zeros(n, np.float32), "positions": np.zeros(n, np.int32),
                "segment_ids": np.zeros(n, np.int32)}
-        pixel_shape = docs[0]["pixel_values"].shape[1:]
-        pixels = np.zeros((self._max_images,) + pixel_shape, np.float32)
-        image_mask = np.zeros(self._max_images, bool)
-        at = slot = 0
+        at = 0
         for segment, doc in enumerate(docs, start=1):
-            length, n_img = _size(doc)
+            length = len(doc["input_ids"])
             span = slice(at, at + length)
             row["input_ids"][span], row["targets"][span] = doc["input_ids"], doc["targets"]
             row["loss_mask"][span] = doc["loss_mask"]
             row["positions"][span], row["segment_ids"][span] = np.arange(length), segment
-            pixels[slot:slot + n_img], image_mask[slot:slot + n_img] = doc["pixel_values"], True
-            at, slot = at + length, slot + n_img
-        row["pixel_values"], row["image_mask"] = pixels, image_mask
+            at += length
+        row.update(_image_slots(docs, self._max_images))
         return row
 
     def get_state(self) -> dict[str, Any]:
@@ -179,14 +199,19 @@ def token_counts(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
     return {"real_tokens": int((seg > 0).sum()), "total_tokens": int(seg.size), "documents": int(documents)}
 
 
-def row_spec(seq_len: int, max_images_per_row: int, image_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def row_spec(seq_len: int, max_images_per_row: int, image_size: int, pixel_mask: bool = False
+             ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Per-row `(shape, dtype)` of every `ROW_KEYS` array that `pack_documents` emits (a batch adds a
-    leading `[batch]`); e.g. for ahead-of-time compilation with `jax.ShapeDtypeStruct`."""
+    leading `[batch]`), + `pixel_attention_mask` when `pixel_mask` (Idefics2 rows); e.g. for ahead-of-time
+    compilation with `jax.ShapeDtypeStruct`."""
     tokens = ((seq_len,), np.dtype(np.int32))
-    return {"input_ids": tokens, "targets": tokens, "loss_mask": ((seq_len,), np.dtype(np.float32)),
+    spec = {"input_ids": tokens, "targets": tokens, "loss_mask": ((seq_len,), np.dtype(np.float32)),
             "positions": tokens, "segment_ids": tokens,
             "pixel_values": ((max_images_per_row, image_size, image_size, 3), np.dtype(np.float32)),
             "image_mask": ((max_images_per_row,), np.dtype(np.bool_))}
+    if pixel_mask:
+        spec[PIXEL_MASK_KEY] = ((max_images_per_row, image_size, image_size), np.dtype(np.bool_))
+    return spec
 
 
 def pad_documents(docs: grain.IterDataset, *, seq_len: int, max_images_per_row: int, pad_id: int = 0
@@ -201,16 +226,13 @@ def pad_documents(docs: grain.IterDataset, *, seq_len: int, max_images_per_row: 
             raise ValueError(f"document of {n} tokens and {k} images does not fit a row of {seq_len} tokens "
                              f"and {max_images_per_row} image slots")
         tokens = np.arange(seq_len) < n
-        pixels = np.zeros((max_images_per_row,) + doc["pixel_values"].shape[1:], doc["pixel_values"].dtype)
-        pixels[:k] = doc["pixel_values"]
         return {
             "input_ids": np.where(tokens, np.pad(doc["input_ids"], (0, seq_len - n)), pad_id).astype(np.int32),
             "targets": np.pad(doc["targets"], (0, seq_len - n)).astype(np.int32),
             "loss_mask": np.pad(doc["loss_mask"], (0, seq_len - n)).astype(np.float32),
             "positions": np.where(tokens, np.arange(seq_len), 0).astype(np.int32),
             "segment_ids": tokens.astype(np.int32),
-            "pixel_values": pixels,
-            "image_mask": np.arange(max_images_per_row) < k,
+            **_image_slots([doc], max_images_per_row),
         }
 
     return docs.map(pad)

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -77,13 +76,6 @@ def first_line(text: str) -> str:
     return text.split("\n")[0].strip()
 
 
-def _sizes(ckpt: Path) -> tuple[int, int]:
-    """(longest, shortest) edge from the checkpoint's preprocessor_config.json, else HF's defaults (980, 378)."""
-    path = ckpt / "preprocessor_config.json"
-    size = json.loads(path.read_text()).get("size", {}) if path.is_file() else {}
-    return int(size.get("longest_edge", 980)), int(size.get("shortest_edge", 378))
-
-
 def run_evaluation(config, ckpt: Path, model_config: Idefics2Config) -> dict:
     """The Idefics2 run: writes `<stem>.predictions.jsonl` and `<stem>.scores.json` as `run.run_evaluation`
     (no resume) and returns the scores."""
@@ -98,7 +90,8 @@ def run_evaluation(config, ckpt: Path, model_config: Idefics2Config) -> dict:
         queries = queries[:config.num_queries]
     demos = fixed_demonstrations(examples, config.shots, seed=0) if config.shots else []
     prompts = [prompt_for(q, demos) for q in queries]
-    longest, shortest = _sizes(ckpt)
+    # the checkpoint's preprocessor_config.json sizes, else HF's defaults (980, 378)
+    longest, shortest = proc.checkpoint_sizes(ckpt, (980, 378))
     processor = proc.Idefics2Processor(str(ckpt), model_config.num_image_tokens, longest, shortest)
     model, params = Idefics2(model_config), load_params(ckpt, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0

@@ -7,10 +7,12 @@
 a newline, as LLaVA does. The tokenizer is the one the checkpoint records (`--tokenizer` overrides it);
 `--input-ids 1,2,3` drives a model without one: each image token id (`config.image_token_id`) marks one image,
 or a run of `num_image_tokens` of them one already-expanded image. Greedy unless `--temperature > 0`; stops at
-EOS. For the LLaVA family the same as `vlm_jax.load(CKPT).generate(prompt, images)`.
+EOS. The same as `vlm_jax.load(CKPT).generate(prompt, images)`, for either model family.
 
 Idefics2 checkpoints use the Idefics2 processor (`vlm_jax.data.idefics2_processor`): images at their aspect ratio
-(longest edge 560, or 980 with `--high-res`; shortest 336), each `<image>` expanded to
+(longest / shortest edge as the checkpoint's `preprocessor_config.json` records them, e.g. the sizes a
+`vlm_jax.train` run trained with, else the original's 560 / 336; 980 / 336 with `--high-res`), each
+`<image>` expanded to
 `<fake_token_around_image>` + 64 image tokens + `<fake_token_around_image>`; without placeholders the images
 go first.
 """
@@ -19,13 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-import jax
-
 from vlm_jax import cli
-from vlm_jax.checkpoint import PARAMS_DIR, load_config, load_params, tokenizer_spec
+from vlm_jax.checkpoint import PARAMS_DIR, load_config, tokenizer_spec
 from vlm_jax.models.config import Idefics2Config
 from vlm_jax.inference.model import (DEFAULT_MAX_NEW_TOKENS, IMAGE_PLACEHOLDER, VLM, expand_image_tokens,
                                      load)
@@ -51,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-aspect-ratio", choices=["pad", "none"], default="pad",
                         help="pad: pad to a square with the mean colour first (LLaVA-1.5)")
     parser.add_argument("--high-res", action="store_true",
-                        help="Idefics2: longest image edge 980 instead of 560 (the original's --high_res)")
+                        help="Idefics2: longest image edge 980 (the original's --high_res) instead of the checkpoint's "
+                        "preprocessor_config.json size or 560")
     parser.add_argument("--space-after-image", action="store_true",
                         help="Idefics2: a space after each image block before a word (transformers 5's processor; "
                         "the original's 4.40 adds none)")
@@ -124,54 +124,28 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run_idefics2(args: argparse.Namespace, config: Idefics2Config) -> dict:
-    """`run` for an Idefics2 checkpoint: the Idefics2 processor's images (no splitting, longest edge 560 or
-    980, shortest 336, padded with a pixel mask) and prompt expansion (`vlm_jax.data.idefics2_processor`)."""
+    """`run` for an Idefics2 checkpoint through `vlm_jax.load`'s Idefics2 handle: the Idefics2 processor's images (no
+    splitting, the checkpoint's sizes or 560 / 336, `--high-res` 980 / 336, padded with a pixel mask) and prompt
+    expansion (`vlm_jax.data.idefics2_processor`)."""
     from vlm_jax.data import idefics2_processor as proc
-    from vlm_jax.data.image import ImageRejected, open_image_file
-    from vlm_jax.inference.generation import generate, left_pad
-    from vlm_jax.models.idefics2 import Idefics2
 
-    longest, shortest = proc.SIZES["high_res" if args.high_res else "default"]
-    processor = None
     spec = args.tokenizer or tokenizer_spec(args.ckpt)
-    if spec is not None and spec != "byte":
-        processor = proc.Idefics2Processor(spec, config.num_image_tokens, longest, shortest, args.space_after_image)
     if args.input_ids is not None:
         raw = parse_input_ids(args.input_ids, config.text_config.vocab_size)
-        ids, n_images = expand_image_tokens(raw, config.image_token_id, config.num_image_tokens)
+        _, n_images = expand_image_tokens(raw, config.image_token_id, config.num_image_tokens)
         if n_images != len(args.image):
             raise cli.UsageError(f"--input-ids mark {n_images} images but {len(args.image)} --image were given")
+        prompt = raw
+    elif spec is None or spec == "byte":
+        raise cli.InputError(f"--ckpt {args.ckpt} has no tokenizer files; use --input-ids")
     else:
-        if processor is None:
-            raise cli.InputError(f"--ckpt {args.ckpt} has no tokenizer files; use --input-ids")
         prompt = args.prompt
-        if IMAGE_PLACEHOLDER not in prompt:
-            prompt = IMAGE_PLACEHOLDER * len(args.image) + prompt
-        if prompt.count(IMAGE_PLACEHOLDER) != len(args.image):
-            raise cli.UsageError(f"--prompt has {prompt.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders "
-                                 f"but {len(args.image)} --image")
-        ids = processor.encode(prompt)
-    images = []
-    for path in args.image:
-        try:
-            with open_image_file(path) as img:
-                images.append(proc.preprocess_image(img, longest, shortest))
-        except ImageRejected as e:
-            raise cli.InputError(f"--image {path}: {e}") from e
-        except FileNotFoundError as e:
-            raise cli.InputError(f"--image {path}: no such file") from e
-        except OSError as e:
-            raise cli.InputError(f"--image {path}: cannot read the image ({cli.one_line(e)})") from e
-    pixels, pixel_mask, image_mask = proc.pad_images([images]) if images else (None, None, None)
-    eos = processor.tokenizer.eos_token_id if processor is not None else config.text_config.eos_token_id
-    pad = config.pad_token_id if config.pad_token_id is not None else 0
-    input_ids, segment_ids = left_pad([ids], pad_token_id=pad)
-    params = load_params(args.ckpt, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    out = generate(Idefics2(config), params, input_ids, segment_ids, pixels, image_mask,
-                   max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, pixel_attention_mask=pixel_mask)
-    new = out.rows()[0]
-    return {"token_ids": new, "text": None if processor is None else processor.decode(new)}
+    vlm = load(args.ckpt, dtype=args.dtype, tokenizer=spec,
+               image_sizes=proc.SIZES["high_res"] if args.high_res else None)
+    if vlm.processor is not None:
+        vlm.processor.space_after_image = args.space_after_image
+    return vlm.generate(prompt, [str(p) for p in args.image], max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,12 +29,13 @@ import numpy as np
 
 from vlm_jax.data.packing import row_spec
 from vlm_jax.models.config import LlavaConfig
-from vlm_jax.models.llava import Llava
+from vlm_jax.models.init import model_for
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.topology import DEVICE_KIND, Slice, compile_only_devices
 from vlm_jax.training.distributed import batch_divisor
 from vlm_jax.training.flops import train_step_flops
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
+from vlm_jax.training.config import batch_images
 from vlm_jax.training.params import parse_module_list
 from vlm_jax.training.state import abstract_train_state
 from vlm_jax.training.step import jit_train_step, make_train_step
@@ -42,10 +43,12 @@ from vlm_jax.training.step import jit_train_step, make_train_step
 GIB = 2.0 ** 30
 
 
-def abstract_batch(model_config: LlavaConfig, *, batch: int, seq_len: int, max_images_per_row: int,
-                   sharding) -> dict[str, jax.ShapeDtypeStruct]:
-    """A global train batch (the loader's row layout, `[batch, ...]`) as sharded ShapeDtypeStructs."""
-    spec = row_spec(seq_len, max_images_per_row, model_config.vision_config.image_size)
+def abstract_batch(config: ml_collections.ConfigDict, model_config, *, sharding) -> dict[str, jax.ShapeDtypeStruct]:
+    """A global train batch of `config` (the loader's row layout for the model's family, `[global_batch_size,
+    ...]`) as sharded ShapeDtypeStructs."""
+    image_size, pixel_mask = batch_images(config, model_config)
+    spec = row_spec(config.data.seq_len, config.data.max_images_per_row, image_size, pixel_mask)
+    batch = config.global_batch_size
     return {k: jax.ShapeDtypeStruct((batch,) + shape, dtype, sharding=sharding) for k, (shape, dtype) in spec.items()}
 
 
@@ -129,14 +132,13 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
         raise ValueError(f"global_batch_size {config.global_batch_size} must be a multiple of data*fsdp "
                          f"({batch_divisor(mesh)}) x grad_accum_steps ({config.grad_accum_steps}) on {tpu_slice.name}")
     frozen = parse_module_list(config.frozen)
-    model = Llava(model_config)
+    model = model_for(model_config)
     schedule_steps = config.schedule_steps if config.schedule_steps > 0 else max(config.num_train_steps, 1)
     schedule = make_schedule(config.optim, schedule_steps)
     tx = make_optimizer(config.optim, schedule)
     start = time.perf_counter()
     state, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
-    batch = abstract_batch(model_config, batch=config.global_batch_size, seq_len=config.data.seq_len,
-                           max_images_per_row=config.data.max_images_per_row, sharding=batch_sharding(mesh))
+    batch = abstract_batch(config, model_config, sharding=batch_sharding(mesh))
     step = jit_train_step(make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
                                           nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
                                           loss_normalization=config.loss_normalization,
@@ -150,7 +152,8 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
     mosaic_calls = compiled.as_text().count("custom_call_target=\"tpu_custom_call\"") if compiled else None
     rows_per_chip = config.global_batch_size / config.grad_accum_steps / batch_divisor(mesh)
     flops = train_step_flops(model_config, batch=config.global_batch_size, seq_len=config.data.seq_len,
-                             image_slots=config.data.max_images_per_row, frozen=frozen)
+                             image_slots=config.data.max_images_per_row, frozen=frozen,
+                             image_size=batch_images(config, model_config)[0])
     reason = fit_verdict(figures, tpu_slice, rows_per_chip=rows_per_chip, remat_policy=config.remat_policy,
                          attention_impl=config.attention_impl)
     return {"program": "train_step", "topology": tpu_slice.name, "libtpu_topology": tpu_slice.topology_name,
@@ -190,7 +193,7 @@ def compile_generation(model_config: LlavaConfig, tpu_slice: Slice, *, batch_siz
             arg((2,), np.uint32, replicated), arg((), np.float32, replicated), arg((), np.float32, replicated),
             arg((), np.int32, replicated), arg((), np.int32, replicated))
     start = time.perf_counter()
-    lowered = _generate_data_parallel.lower(Llava(model_config), params, *args, max_new_tokens=max_new_tokens,
+    lowered = _generate_data_parallel.lower(model_for(model_config), params, *args, max_new_tokens=max_new_tokens,
                                             mesh=mesh)
     _, figures = compile_or_measure(lowered, (params, args))
     compile_s = time.perf_counter() - start

@@ -3,7 +3,8 @@
 A config file defines `get_config()` returning `base_config()` with its changes; any field can be
 overridden on the command line (`--config.optim.learning_rate=1e-4`). `model_config` resolves the
 model: the architecture of `init_checkpoint` (its config.json) or of `model_preset`, then
-`model_overrides` deep-merged into `LlavaConfig.to_dict()`, then the run-time fields.
+`model_overrides` deep-merged into its `to_dict()` (LlavaConfig or Idefics2Config: the family follows the
+architecture), then the run-time fields.
 
 `validate(config)` checks a config before anything is built: unknown fields (with the closest valid one),
 types, ranges and finiteness, and the fields a config file marks `required(...)`; `check_inputs(config)`
@@ -20,7 +21,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from vlm_jax import cli
-from vlm_jax.models.config import (ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, LlavaConfig,
+from vlm_jax.models.config import (ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, Idefics2Config, LlavaConfig,
                                    model_config_from_dict, preset)
 
 REQUIRED = "REQUIRED: "  # the value of a field a config file leaves for the command line (see `required`)
@@ -40,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Model.
     c.model_preset = "tiny"  # vlm_jax.models.config.preset name; ignored when init_checkpoint is set
-    c.model_overrides = ml_collections.ConfigDict()  # deep-merged into LlavaConfig.to_dict()
+    c.model_overrides = ml_collections.ConfigDict()  # deep-merged into the architecture's to_dict()
     c.init_checkpoint = ""  # params-format directory (vlm_jax.checkpoint) to start from
     c.dtype = "float32"  # compute dtype ("bfloat16" for bf16 compute on float32 master weights)
     c.param_dtype = "float32"
@@ -49,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss_chunk = 0  # positions per chunk of the LM head + cross-entropy (0: full [seq, vocab] logits)
     c.mlp_chunk = 0  # positions per chunk of the Llama MLP (0: all at once; must divide data.seq_len)
     # True: the decoder layers' gradients stay in the compute dtype until the update (half the gradient
-    # memory in bf16; the same values, see vlm_jax.training.step.make_train_step)
+    # memory in bf16; the same values, see vlm_jax.training.step.make_train_step; not with accumulation)
     c.compute_dtype_grads = False
     # "fixed": the memory options as written | "auto": the fastest rung of vlm_jax.training.memory.LADDER
     # whose compiled step fits the device's HBM (devices without a reported limit, e.g. CPU: as written)
@@ -89,8 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
         "seq_len": 512,  # packed row length (model_max_length)
         "max_images": 12,  # images kept per document
         "max_images_per_row": 12,  # image slots per packed row
-        "image_aspect": "pad",  # "pad" (LLaVA expand2square) | "none"
-        "preprocessor_config": "",  # a checkpoint's preprocessor_config.json (size, crop, mean, std)
+        "image_aspect": "pad",  # LLaVA: "pad" (expand2square) | "none"
+        "preprocessor_config": "",  # LLaVA: a checkpoint's preprocessor_config.json (size, crop, mean, std)
+        # Idefics2: the processor's resize (the original's 560 / 336; its --high_res: 980); images are padded to
+        # image_longest_edge² with a pixel mask
+        "image_longest_edge": 560,
+        "image_shortest_edge": 336,
         "num_epochs": 1,  # -1: repeat forever
         "seed": 0,  # shuffle seed
         "shuffle": True,  # False: records in file order (the original's sequential sampler)
@@ -137,8 +142,8 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
     return out
 
 
-def model_config(config: ml_collections.ConfigDict, architecture: LlavaConfig | None = None) -> LlavaConfig:
-    """The LlavaConfig to train: `architecture` (from `init_checkpoint`) or the preset, with
+def model_config(config: ml_collections.ConfigDict, architecture=None) -> "LlavaConfig | Idefics2Config":
+    """The model config (LlavaConfig or Idefics2Config) to train: `architecture` (from `init_checkpoint`) or the preset, with
     `model_overrides` and the run-time fields (dtype, param_dtype, attention_impl, remat_policy, mlp_chunk)."""
     base = architecture if architecture is not None else preset(config.model_preset)
     try:
@@ -202,14 +207,14 @@ def _nonempty_str(v) -> str | None:
 
 
 def _modules(v) -> str | None:
-    from vlm_jax.training.params import LLAVA_MODULES
+    from vlm_jax.training.params import MODULES
 
     if not isinstance(v, str):
         return f"must be a comma-separated string of module names, got {v!r}"
-    unknown = [n.strip() for n in v.split(",") if n.strip() and n.strip() not in LLAVA_MODULES]
+    unknown = [n.strip() for n in v.split(",") if n.strip() and n.strip() not in MODULES]
     if unknown:
-        return f"has unknown module {unknown[0]!r}{cli.did_you_mean(unknown[0], LLAVA_MODULES)} " \
-               f"(known: {', '.join(LLAVA_MODULES)})"
+        return f"has unknown module {unknown[0]!r}{cli.did_you_mean(unknown[0], MODULES)} " \
+               f"(known: {', '.join(MODULES)})"
     return None
 
 
@@ -233,6 +238,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "optim.eps": _float(0.0, lo_open=True), "optim.max_grad_norm": _float(0.0),
     "data.shards": _str, "data.tokenizer": _nonempty_str, "data.seq_len": _int(1), "data.max_images": _int(0),
     "data.max_images_per_row": _int(1), "data.image_aspect": _choice("pad", "none"),
+    "data.image_longest_edge": _int(1), "data.image_shortest_edge": _int(1),
     "data.shuffle": _bool, "data.packing": _choice("best_fit", "none"),
     "data.preprocessor_config": _str, "data.num_epochs": _int(1, special=(-1,)), "data.seed": _int(),
     "data.num_workers": _int(0), "data.read_threads": _int(1), "data.streams": _int(0),
@@ -312,6 +318,9 @@ def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
                         "or set demo_corpus.build=True")
     if config.mlp_chunk and config.data.seq_len % config.mlp_chunk:
         problems.append(f"mlp_chunk={config.mlp_chunk} must divide data.seq_len={config.data.seq_len}")
+    if config.data.image_shortest_edge > config.data.image_longest_edge:
+        problems.append(f"data.image_shortest_edge={config.data.image_shortest_edge} must be <= "
+                        f"data.image_longest_edge={config.data.image_longest_edge}")
     if config.data.max_images > config.data.max_images_per_row:
         problems.append(f"data.max_images={config.data.max_images} must be <= data.max_images_per_row="
                         f"{config.data.max_images_per_row} (a document's images must fit one row)")
@@ -353,3 +362,12 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
         cli.require_file(config.heldout.file, "heldout.file")
     if config.data.preprocessor_config:
         cli.require_file(config.data.preprocessor_config, "data.preprocessor_config")
+
+
+def batch_images(config: ml_collections.ConfigDict, model_config) -> tuple[int, bool]:
+    """(side of the batch's square pixel_values, whether the batch has pixel_attention_mask) for the model's
+    family: LLaVA's vision image size (the loader's crop), or Idefics2's `data.image_longest_edge` (every image
+    zero-padded to it, with the mask)."""
+    if isinstance(model_config, Idefics2Config):
+        return config.data.image_longest_edge, True
+    return model_config.vision_config.image_size, False

@@ -57,23 +57,27 @@ def read_questions(path: str) -> list[Question]:
 
 def choice_rows(questions: Sequence[Question], vlm: VLM) -> dict[str, np.ndarray]:
     """One row per (question, choice) in the DESIGN.md batch layout, `loss_mask` on the choice tokens; the
-    prompt `<image> PROMPT` and the image go through the inference handle's `prompt_ids` / `pixels` (the same
-    path as generation).
+    prompt `<image> PROMPT` and the image go through the inference handle's `prompt_ids` / `image_inputs` (the
+    same path as generation, for either model family).
 
     Returns input_ids/targets/positions/segment_ids int32 `[rows, seq]`, loss_mask float32
-    `[rows, seq]`, pixel_values float32 `[rows, 1, H, W, 3]`, image_mask bool `[rows, 1]`.
+    `[rows, seq]`, pixel_values float32 `[rows, 1, H, W, 3]`, image_mask bool `[rows, 1]` (+ Idefics2:
+    pixel_attention_mask bool `[rows, 1, H, W]`, every question's image padded to the largest).
     """
-    prefix_rows, choice_ids, pixels = [], [], []
-    for q in questions:
-        try:
-            pixel = vlm.pixels([q.image])[0]
-        except cli.InputError as e:
-            raise cli.InputError(f"held-out {e}") from e
+    try:
+        images = vlm.image_inputs([[q.image] for q in questions])
+    except cli.InputError as e:
+        raise cli.InputError(f"held-out {e}") from e
+    # LLaVA's prompt pieces are tokenized one by one (the choice as a new piece after the prompt); Idefics2's
+    # processor tokenizes the whole string, in which the choice continues the prompt's text.
+    encode = vlm.tokenizer.encode_continuation if vlm.idefics2 else vlm.tokenizer.encode
+    prefix_rows, choice_ids, of_question = [], [], []
+    for i, q in enumerate(questions):
         prefix = vlm.prompt_ids(IMAGE_PLACEHOLDER + q.prompt, 1)
         for choice in q.choices:
             prefix_rows.append(prefix)
-            choice_ids.append(vlm.tokenizer.encode(" " + choice))
-            pixels.append(pixel)
+            choice_ids.append(encode(" " + choice))
+            of_question.append(i)
     seq = max(len(p) + len(c) for p, c in zip(prefix_rows, choice_ids))
     seq = -(-seq // 8) * 8
     rows = len(prefix_rows)
@@ -87,8 +91,7 @@ def choice_rows(questions: Sequence[Question], vlm: VLM) -> dict[str, np.ndarray
         out["loss_mask"][r, len(prefix) - 1: n - 1] = 1.0  # positions that predict the choice tokens
         out["positions"][r, :n] = np.arange(n)
         out["segment_ids"][r, :n] = 1
-    out["pixel_values"] = np.stack(pixels)[:, None].astype(np.float32)
-    out["image_mask"] = np.ones((rows, 1), bool)
+    out.update({k: v[np.asarray(of_question)] for k, v in images.items()})
     return out
 
 

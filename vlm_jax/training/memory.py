@@ -8,7 +8,8 @@ tests/test_train_loss_norm.py); each adds one option to the previous rung, cheap
    `loss_normalization="global"`, where accumulation is exact);
 2. `compute_dtype_grads=True`: the decoder layers' gradients kept in the compute dtype (bf16) until the
    update (the same values: each layer weight's gradient is a bf16 value before it is upcast; with
-   `mlp_chunk` the chunks' float32 sum is rounded to bf16 once); only when it differs from the params' dtype;
+   `mlp_chunk` the chunks' float32 sum is rounded to bf16 once); only when it differs from the params' dtype
+   and without accumulation (`make_train_step` does not apply it there);
 3. `remat_policy="offload"`: each layer's saved input (one `[seq, hidden]` per layer and row, 8 GiB for a
    32k row of a 7B model) lives in host memory, copied back for the backward pass;
 4. `mlp_chunk=MLP_CHUNK`: the MLP runs that many positions at a time (it recomputes the MLP forward once more);
@@ -51,7 +52,7 @@ def rungs(config: ml_collections.ConfigDict, batch_shards: int) -> list[tuple[st
     rows = config.global_batch_size // config.grad_accum_steps // max(batch_shards, 1)
     if rows > 1 and config.loss_normalization == "global":
         add(f"grad_accum_steps={config.grad_accum_steps * rows}", grad_accum_steps=config.grad_accum_steps * rows)
-    if config.dtype != config.param_dtype:
+    if config.dtype != config.param_dtype and out[-1][1].grad_accum_steps == 1:  # not applied with accumulation
         add("compute_dtype_grads", compute_dtype_grads=True)
     add("remat_policy=offload", remat_policy="offload")
     if config.data.seq_len % MLP_CHUNK == 0 and config.data.seq_len > MLP_CHUNK:

@@ -1,7 +1,7 @@
-"""Which parameters train: split a LLaVA params tree into trained and frozen parts and merge it back.
+"""Which parameters train: split a params tree into trained and frozen parts and merge it back.
 
-The LLaVA params tree has three top-level modules (`vision_tower`, `multi_modal_projector`,
-`language_model`); freezing is by top-level module name. Gradients are taken with respect to the
+A LLaVA params tree has three top-level modules (`vision_tower`, `multi_modal_projector`,
+`language_model`), an Idefics2 one `vision_model`, `connector`, `text_model`; freezing is by top-level module name. Gradients are taken with respect to the
 trained part only, so frozen parameters get no gradient buffers and no optimizer state.
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ import jax
 from flax import traverse_util
 
 LLAVA_MODULES = ("vision_tower", "multi_modal_projector", "language_model")
+IDEFICS2_MODULES = ("vision_model", "connector", "text_model")
+MODULES = LLAVA_MODULES + IDEFICS2_MODULES  # a run's model family has one of the two sets
 NO_DECAY_LEAVES = ("bias", "scale")  # biases and LayerNorm/RMSNorm scales, as HF Trainer excludes them
 
 
@@ -20,9 +22,10 @@ def parse_module_list(spec: str | Iterable[str]) -> tuple[str, ...]:
     """"vision_tower,language_model" (or a sequence of names) -> validated tuple of module names."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s) for s in spec]
     names = tuple(n for n in names if n)
-    unknown = sorted(set(names) - set(LLAVA_MODULES))
+    unknown = sorted(set(names) - set(MODULES))
     if unknown:
-        raise ValueError(f"unknown module names {unknown} in {spec!r}; known: {list(LLAVA_MODULES)}")
+        raise ValueError(f"unknown module names {unknown} in {spec!r}; known: LLaVA {list(LLAVA_MODULES)}, "
+                         f"Idefics2 {list(IDEFICS2_MODULES)}")
     return names
 
 

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from vlm_jax.data.packing import PIXEL_MASK_KEY
 from vlm_jax.models.init import FAMILIES, text_model_params
 from vlm_jax.models.llama import output_kernel
-from vlm_jax.models.llava import Llava
 from vlm_jax.training.loss import token_cross_entropy
 from vlm_jax.training.params import merge_params, split_params
 from vlm_jax.training.state import TrainState
@@ -33,15 +33,17 @@ NAN_POLICIES = ("stop", "skip")
 LOSS_NORMALIZATIONS = ("global", "per_device")
 
 
-def token_losses(model: Llava, params: Any, batch: Mapping[str, jax.Array], loss_chunk: int = 0) -> jax.Array:
-    """Masked next-token cross-entropy `[b, seq]` float32 (0 where `loss_mask` is 0); the LM head and
+def token_losses(model: nn.Module, params: Any, batch: Mapping[str, jax.Array], loss_chunk: int = 0) -> jax.Array:
+    """Masked next-token cross-entropy `[b, seq]` float32 (0 where `loss_mask` is 0) of a family's model
+    (`models.init.model_for`; an Idefics2 batch's `pixel_attention_mask` goes to the model); the LM head and
     the softmax run `loss_chunk` positions at a time (0: all at once), see `vlm_jax.training.loss`."""
-    hidden, _ = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), hidden_only=True)
+    extra = {PIXEL_MASK_KEY: batch[PIXEL_MASK_KEY]} if PIXEL_MASK_KEY in batch else {}
+    hidden, _ = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), hidden_only=True, **extra)
     kernel = output_kernel(model.config.text_config, text_model_params(model.config, params))
     return token_cross_entropy(hidden, kernel, batch["targets"], batch["loss_mask"], loss_chunk)
 
 
-def cast_text_layers(model: Llava, trained: Mapping[str, Any]) -> dict:
+def cast_text_layers(model: nn.Module, trained: Mapping[str, Any]) -> dict:
     """`trained` with the text model's stacked decoder layers (`[layers, ...]` leaves under its `layers`)
     cast to the compute dtype (`model.config.text_config.dtype`); every other leaf unchanged. Unchanged
     too when the text model is frozen or computes in its params' dtype."""
@@ -68,7 +70,7 @@ def split_microbatches(batch: Mapping[str, jax.Array], accum: int) -> dict[str, 
     return {k: split(v) for k, v in batch.items()}
 
 
-def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     frozen: Sequence[str], grad_accum_steps: int = 1, nan_policy: str = "stop", loss_chunk: int = 0,
                     loss_normalization: str = "global", batch_shards: int = 1, compute_dtype_grads: bool = False):
     """`(state, batch) -> (state, metrics)`, to be jitted with state donation.
@@ -84,8 +86,9 @@ def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: op
     compute dtype (`cast_text_layers`), so their gradients (half the step's gradient memory in bf16) stay
     in that dtype until the update upcasts them. The same gradients as float32 ones: each layer weight
     enters the model only through one cast to the compute dtype, whose gradient is already a
-    compute-dtype value (with `mlp_chunk`, the chunks' sum is rounded to it once); accumulation over
-    microbatches and the update stay float32.
+    compute-dtype value (with `mlp_chunk`, the chunks' sum is rounded to it once); the update stays float32.
+    Not applied with `grad_accum_steps` > 1, where the float32 accumulator holds every gradient anyway
+    (and the 7B step on v6e-8 with 2 microbatches compiled to more memory with it, see README "Memory").
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
@@ -110,7 +113,7 @@ def make_train_step(model: Llava, tx: optax.GradientTransformation, schedule: op
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         trained, frozen_params = split_params(state.params, frozen)
-        differentiated = cast_text_layers(model, trained) if compute_dtype_grads else trained
+        differentiated = cast_text_layers(model, trained) if compute_dtype_grads and grad_accum_steps == 1 else trained
         loss_tokens = batch["loss_mask"].astype(jnp.float32).sum()
         if loss_normalization == "global":
             denominator = jnp.maximum(loss_tokens, 1.0)

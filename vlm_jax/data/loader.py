@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -1,7 +1,6 @@
 """Image files → normalised CLIP pixels with given preprocessing settings (`vlm_jax.data.image`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

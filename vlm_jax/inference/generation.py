@@ -16,7 +16,6 @@ its local devices (`local_data_mesh`), and `gather_rows` all-gathers the rows ba
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from typing import Callable, Sequence
 

@@ -13,13 +13,14 @@ zero-padded with a pixel mask. Held-out questions scored before and after traini
 """
 import os
 
-from vlm_jax.training.config import base_config
+from vlm_jax import config_file
 
-TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "idefics2_demo_tokenizer")
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOKENIZER = os.path.join(HERE, "idefics2_demo_tokenizer")
 
 
 def get_config():
-    c = base_config()
+    c = config_file.load(os.path.join(HERE, "demo.py"))  # the LLaVA demo's run: corpus, steps, batch, optimizer
     c.workdir = "workdir/idefics2_demo"
     c.model_preset = "idefics2-8b-base"  # the architecture; every dimension shrunk below
     c.model_overrides = {
@@ -32,24 +33,7 @@ def get_config():
                         "sliding_window": 128, "pad_token_id": 0},
         "image_token_id": 260,
     }
-    c.frozen = ""  # from scratch: everything trains
-    c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
-    c.global_batch_size = 8
-    c.num_train_steps = 300
-    c.optim.learning_rate = 1e-3
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 20
-    c.optim.min_lr_ratio = 0.1
-    c.optim.weight_decay = 0.01
     c.data.tokenizer = TOKENIZER
-    c.data.seq_len = 256
-    c.data.max_images = 6
-    c.data.max_images_per_row = 8
     c.data.image_longest_edge = 32
     c.data.image_shortest_edge = 32
-    c.data.num_epochs = -1
-    c.checkpoint.save_every = 100
-    c.checkpoint.keep = 2
-    c.log_every = 25
-    c.demo_corpus.build = True
     return c

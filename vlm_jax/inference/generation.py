@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlm_jax.models.llama import init_cache, split_cache
+from vlm_jax.models.init import text_model_params
+from vlm_jax.models.llama import init_cache, split_cache, unstack_layers
 from vlm_jax.models.llava import Llava, check_image_tokens
 
 
@@ -124,6 +125,11 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
     included; `pad_token_id` after a row's EOS)."""
     batch = first.shape[0]
     variables = {"params": params}
+    # Each layer's weights sliced out of the stacked params once, before the loop: sliced inside it, XLA:CPU
+    # copies every layer's weights on every step (its matmuls take no strided view), twice the weight traffic
+    # of a step. Costs one copy of the decoder weights for the call.
+    layer_params = unstack_layers(text_model_params(model.config, params)["layers"],
+                                  model.config.text_config.num_hidden_layers)
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id
 
@@ -136,7 +142,7 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
         last = jax.lax.dynamic_slice_in_dim(tokens, step - 1, 1, axis=1)
         pos = (prompt_lengths + step - 1)[:, None]
         logits, cache = model.apply(variables, last, None, None, pos, jnp.ones_like(last), cache=cache,
-                                    cache_index=prompt_len + step - 1)
+                                    cache_index=prompt_len + step - 1, layer_params=layer_params)
         rng, step_rng = jax.random.split(rng)
         new = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
         new = jnp.where(done, pad_token_id, new)

@@ -31,7 +31,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
 import vlm_jax  # noqa: E402
-from vlm_jax.inference.generation import decode_loop, generate, left_pad  # noqa: E402
+from vlm_jax.inference.generation import decode_loop, generate, hoists_layer_weights, left_pad  # noqa: E402
 from vlm_jax.models.llama import init_cache  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
@@ -101,7 +101,7 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
         first = jnp.full((batch,), 5, jnp.int32)
         return decode_loop(model, params, cache, first, jnp.full((batch,), length, jnp.int32), length,
                            jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(0),
-                           max_new_tokens=n)
+                           max_new_tokens=n, hoist_weights=hoists_layer_weights(jax.devices()[0].platform))
 
     read = jax.jit(lambda k, v: jnp.sum(k) + jnp.sum(v))
     caches = {}

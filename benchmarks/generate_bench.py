@@ -7,6 +7,9 @@ Greedy, EOS disabled so every row makes N tokens; compile time excluded (one war
 interleaved repeats (vlm_jax and transformers in turns), medians and ranges, ratios per repeat. Then the
 decode step-time curve: ms per decode step at cache lengths --curve (batch --curve-batch) on a filled cache,
 with the K+V bytes each step reads and the time of one plain read (a jitted sum) of the same buffers.
+A decode step must read the language model's weights and the allocated K/V cache at least once, so the
+bench also times one plain read of exactly those bytes (in turns with the generate calls) and prints the
+decode ratio a step running at that floor would reach against transformers' measured step.
 The last line is one JSON object of the figures.
 
     python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5] [--curve 16,256,1000,4000]
@@ -31,7 +34,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
 import vlm_jax  # noqa: E402
-from vlm_jax.inference.generation import decode_loop, generate, left_pad  # noqa: E402
+from vlm_jax.inference.generation import (bucket_length, decode_loop, generate, hoists_layer_weights,  # noqa: E402
+                                          left_pad)
 from vlm_jax.models.llama import init_cache  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
@@ -88,12 +92,15 @@ def rates(one: list[float], full: list[float], prompt_tokens: int, batch: int, n
     return prefill, decode
 
 
+read_all = jax.jit(lambda tree: sum(jnp.sum(x) for x in jax.tree.leaves(tree)))  # one plain read of every leaf
+
+
 def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int):
     """Decode step ms at each cache length: `generation.decode_loop` (the loop `generate` runs after prefill)
     on a KV cache whose first `length` slots are filled (random values, one segment), `steps` + 1 vs 1 tokens,
     step ms = time difference / steps; and, as the machine's floor for reading that cache, the ms of one
     jitted `sum` over the same K and V buffers. Lengths measured in turns, `repeats` times each →
-    ({length: step ms per repeat}, {length: read ms per repeat}, {length: K+V bytes})."""
+    ({length: step ms per repeat}, {length: read ms per repeat}, {length: K+V bytes}, weights read ms per repeat)."""
     text = model.config.text_config
 
     @partial(jax.jit, static_argnames=("n", "length"))
@@ -101,9 +108,8 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
         first = jnp.full((batch,), 5, jnp.int32)
         return decode_loop(model, params, cache, first, jnp.full((batch,), length, jnp.int32), length,
                            jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(0),
-                           max_new_tokens=n)
+                           max_new_tokens=n, hoist_weights=hoists_layer_weights(jax.devices()[0].platform))
 
-    read = jax.jit(lambda k, v: jnp.sum(k) + jnp.sum(v))
     caches = {}
     for length in lengths:
         empty = init_cache(text, batch, length + steps + 1)
@@ -116,13 +122,14 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
         for n in (1, steps + 1):
             fns.append(partial(lambda c, n, length: run(params, c, n=n, length=length).block_until_ready(),
                                caches[length], n, length))
-        fns.append(partial(lambda c: read(c["k"], c["v"]).block_until_ready(), caches[length]))
+        fns.append(partial(lambda c: read_all((c["k"], c["v"])).block_until_ready(), caches[length]))
+    fns.append(lambda: read_all(params["language_model"]).block_until_ready())
     times = interleaved_seconds(fns, repeats)
     step_ms = {length: [(b - a) / steps * 1e3 for a, b in zip(times[3 * i], times[3 * i + 1])]
                for i, length in enumerate(lengths)}
     read_ms = {length: [t * 1e3 for t in times[3 * i + 2]] for i, length in enumerate(lengths)}
     kv_bytes = {length: 2 * caches[length]["k"].nbytes for length in lengths}
-    return step_ms, read_ms, kv_bytes
+    return step_ms, read_ms, kv_bytes, [t * 1e3 for t in times[-1]]
 
 
 def spread(values) -> str:
@@ -187,7 +194,13 @@ def main(argv=None) -> dict:
         return run
 
     same = ours(args.new_tokens)().tolist() == theirs(args.new_tokens)()[:, ids.shape[1]:].tolist()
-    times = interleaved_seconds([ours(1), ours(args.new_tokens), theirs(1), theirs(args.new_tokens)], args.repeats)
+    # the bytes every decode step of `generate` reads at least once: the language model's weights and the K/V
+    # cache it allocates (prompt bucket + new tokens)
+    cache = init_cache(config.text_config, args.batch, bucket_length(ids.shape[1]) + args.new_tokens)
+    step_bytes = (params["language_model"], cache["k"], cache["v"])
+    floor = lambda: read_all(step_bytes).block_until_ready()  # noqa: E731
+    times = interleaved_seconds([ours(1), ours(args.new_tokens), theirs(1), theirs(args.new_tokens), floor],
+                                args.repeats)
     names = ("vlm_jax (jit prefill + while_loop decode)", "transformers generate")
     results = {name: rates(times[2 * i], times[2 * i + 1], prompt_tokens, args.batch, args.new_tokens)
                for i, name in enumerate(names)}
@@ -206,30 +219,42 @@ def main(argv=None) -> dict:
     d_ratios = [a / b for a, b in zip(d_ours, d_hf) if a is not None and b is not None]
     fmt = lambda r: f"{median(r):.2f}x ({min(r):.2f}-{max(r):.2f})" if r else "n/a"  # noqa: E731
     print(f"| ratio vlm_jax / transformers | {fmt(p_ratios)} | {fmt(d_ratios)} |")
+    step_ms = lambda tok_s: args.batch / tok_s * 1e3 if tok_s else None  # noqa: E731
+    floor_ms = [t * 1e3 for t in times[4]]
+    # per repeat: transformers' step against the floor of the same repeat
+    bound = [step_ms(b) / f for b, f in zip(d_hf, floor_ms) if b is not None]
+    step_mb = sum(x.nbytes for x in jax.tree.leaves(step_bytes)) / 1e6
+    print(f"decode step ms: vlm_jax {step_ms(median(d_ours)):.2f}, transformers {step_ms(median(d_hf)):.2f}; one plain "
+          f"read of the {step_mb:.1f} MB a step must read (weights + allocated K/V): {median(floor_ms):.2f} ms "
+          f"({min(floor_ms):.2f}-{max(floor_ms):.2f}); a step at that floor would be {fmt(bound)} transformers' decode")
     figures = {"batch": args.batch, "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
                "greedy_tokens_identical": same,
                "vlm_jax_prefill_tokens_per_s": median(p_ours), "torch_prefill_tokens_per_s": median(p_hf),
                "vlm_jax_decode_tokens_per_s": median(d_ours), "torch_decode_tokens_per_s": median(d_hf),
                "prefill_ratio": median(p_ratios), "prefill_ratio_min": min(p_ratios), "prefill_ratio_max": max(p_ratios),
                "decode_ratio": median(d_ratios), "decode_ratio_min": min(d_ratios, default=None),
-               "decode_ratio_max": max(d_ratios, default=None)}
+               "decode_ratio_max": max(d_ratios, default=None), "decode_step_read_mb": step_mb,
+               "decode_step_read_floor_ms": median(floor_ms), "decode_ratio_at_read_floor": median(bound)}
     if args.curve:
         lengths = [int(x) for x in args.curve.split(",")]
-        curve, read_ms, kv_bytes = decode_curve(llava, params, lengths, args.curve_batch, args.curve_steps, args.repeats)
+        curve, read_ms, kv_bytes, weight_read = decode_curve(llava, params, lengths, args.curve_batch, args.curve_steps,
+                                                             args.repeats)
         weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params["language_model"]))
         base = median(curve[lengths[0]])
         print(f"decode step time vs filled cache length (vlm_jax decode_loop, batch {args.curve_batch}, "
               f"{args.curve_steps} steps; median (min-max) of {args.repeats}); K+V read per step (all layers, the "
               f"allocated cache) against the language model's {weight_bytes / 1e6:.1f} MB of weights; 'read' = one "
-              "jitted sum over the same K and V buffers (the machine's floor for reading them once)")
-        print("| cache length | step ms | vs first | K+V MB | (weights + K+V) / weights | read ms | step growth / read |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+              "jitted sum over the same K and V buffers (the machine's floor for reading them once); 'floor' = that "
+              f"read + one of the weights ({median(weight_read):.2f} ms)")
+        print("| cache length | step ms | vs first | K+V MB | (weights + K+V) / weights | read ms | step growth / read "
+              "| step / floor |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for length in lengths:
             ms, rd = curve[length], median(read_ms[length])
             growth = (median(ms) - base) / rd if length != lengths[0] else float("nan")
             print(f"| {length} | {median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | {median(ms) / base:.2f}x | "
                   f"{kv_bytes[length] / 1e6:.1f} | {(weight_bytes + kv_bytes[length]) / weight_bytes:.2f}x | {rd:.2f} | "
-                  f"{growth:.2f} |")
+                  f"{growth:.2f} | {median(ms) / (rd + median(weight_read)):.2f} |")
         figures["decode_curve_batch"] = args.curve_batch
         figures["decode_step_ms"] = {str(length): median(ms) for length, ms in curve.items()}
         figures["decode_step_ms_all"] = {str(length): ms for length, ms in curve.items()}
@@ -237,6 +262,7 @@ def main(argv=None) -> dict:
         figures["decode_kv_mb"] = {str(length): b / 1e6 for length, b in kv_bytes.items()}
         figures["decode_kv_read_ms"] = {str(length): median(ms) for length, ms in read_ms.items()}
         figures["language_model_weight_mb"] = weight_bytes / 1e6
+        figures["language_model_weight_read_ms"] = median(weight_read)
     print(json.dumps(figures))
     return figures
 

@@ -23,7 +23,7 @@ import jax
 from vlm_jax import paths
 from vlm_jax.data.image import open_image_file
 
-from vlm_jax.checkpoint import load_params
+from vlm_jax.checkpoint import SIDE_FILES, load_params
 from vlm_jax.data import idefics2_processor as proc
 from vlm_jax.evaluate import registry
 from vlm_jax.evaluate.examples import Example
@@ -94,7 +94,8 @@ def run_evaluation(config, ckpt: Path, model_config: Idefics2Config) -> dict:
     prompts = [prompt_for(q, demos) for q in queries]
     # the checkpoint's preprocessor_config.json sizes, else HF's defaults (980, 378)
     longest, shortest = proc.checkpoint_sizes(ckpt, (980, 378))
-    processor = proc.Idefics2Processor(str(ckpt), model_config.num_image_tokens, longest, shortest)
+    tokenizer_dir = paths.local_copy(ckpt, SIDE_FILES)  # a remote checkpoint's tokenizer files, downloaded
+    processor = proc.Idefics2Processor(tokenizer_dir, model_config.num_image_tokens, longest, shortest)
     model, params = Idefics2(model_config), load_params(ckpt, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0
     demo_pixels = [proc.preprocess_image(open_image_file(d.image_path), longest, shortest) for d in demos]

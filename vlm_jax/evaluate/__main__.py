@@ -86,7 +86,6 @@ def compile_main(values) -> int:
 
     import jax
 
-    from pathlib import Path
 
     from vlm_jax.evaluate.run import model_config_for_run
     from vlm_jax.evaluate.run_config import max_new_tokens
@@ -102,7 +101,7 @@ def compile_main(values) -> int:
         raise cli.UsageError(f"--compile_topology: {e}") from e
     config = values.config
     if values.ckpt:
-        model_config = model_config_for_run(config, Path(values.ckpt))
+        model_config = model_config_for_run(config, values.ckpt)
     else:
         model_config = preset(values.model_preset).with_runtime(dtype=config.dtype,
                                                                  attention_impl=config.attention_impl)

@@ -166,6 +166,9 @@ CASES = [
      "--workdir gs://bucket/run: the demo corpus (ArrayRecord shards, local files only) is built in WORKDIR/corpus"),
     ("train-workdir-url-scheme", "train", ["--config", "{demo_cfg}", "--workdir", "ftp://host/run"], 2,
      "--workdir ftp://host/run: unsupported URL scheme ftp://"),
+    ("train-compile-batch", "train", ["--config", "{demo_cfg}", "--compile_topology", "v5e-32"], 2,
+     "--compile_topology v5e-32: global_batch_size=8 must be a multiple of data*fsdp (32) on its 32 chips; "
+     "e.g. --config.global_batch_size=32"),
     ("train-heldout-missing", "train", DEMO + ["--config.demo_corpus.heldout_per_class=0",
                                                "--config.heldout.file={missing}"], 1, "heldout.file"),
     ("train-unknown-flag", "train", DEMO + ["--workdri", "x"], 2, "did you mean 'workdir'?"),

@@ -59,7 +59,7 @@ def gcs(tmp_path_factory):
 
 
 def _env(url, cache):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
                # no credentials here: fail fast instead of probing a GCE metadata server, go anonymous
                GCE_METADATA_HOST="127.0.0.1:1", GCE_METADATA_IP="127.0.0.1:1", GCE_METADATA_ROOT="127.0.0.1:1",

@@ -447,6 +447,10 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     if config.init_checkpoint and paths.exists(paths.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
         architecture = ckpt_lib.load_config(config.init_checkpoint)
     mesh_shards = aot.batch_shards(config, tpu_slice)
+    if config.global_batch_size % mesh_shards:
+        raise cli.UsageError(f"--compile_topology {tpu_slice.name}: global_batch_size={config.global_batch_size} must "
+                             f"be a multiple of data*fsdp ({mesh_shards}) on its {tpu_slice.chips} chips; e.g. "
+                             f"--config.global_batch_size={mesh_shards} (1 row per chip)")
     config, report, tried = memory_lib.choose(
         config, mesh_shards, lambda c: aot.compile_train_step(c, resolve_model_config(c, architecture), tpu_slice),
         lambda r: r["fits"])

@@ -13,11 +13,14 @@ decode ratio a step running at that floor would reach against transformers' meas
 The last line is one JSON object of the figures.
 
     python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5] [--curve 16,256,1000,4000]
+        [--profile]   # also ms per decode step by op kind, from a jax.profiler trace at each curve length
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -100,12 +103,47 @@ def host_read(tree):
     return lambda: sum(float(v.sum()) for v in views)
 
 
-def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int):
+def op_kind(name: str) -> str:
+    """The kind of one XLA:CPU op of the decode loop, by its HLO name."""
+    if name.startswith("ynn_fusion"):
+        return "weight matmuls (YNNPACK fusions)"
+    if name.startswith("dot"):
+        return "attention dots (q.K, p.V)"
+    if "slice" in name and "update" not in name:
+        return "slices (copies)"
+    return "other fusions (norms, RoPE, softmax, cache writes, argmax)"
+
+
+def profile_ops(fn, compiled_text: str, steps: int) -> dict:
+    """Runs `fn` under `jax.profiler` and sums the trace's events of the ops named in `compiled_text` (the
+    compiled HLO) by `op_kind` → {kind: (ms per step, ops per step)} over `steps` steps (ops outside the loop,
+    run once per call, are spread over the steps)."""
+    names = set(re.findall(r"^\s*(?:ROOT )?%?([\w.-]+) = ", compiled_text, re.M))
+    names -= {n for n in names if n.startswith(("while", "tuple", "get-tuple-element", "parameter", "constant",
+                                                 "copy-start", "copy-done", "bitcast"))}
+    with tempfile.TemporaryDirectory(prefix="genprof") as tmp:
+        jax.profiler.start_trace(tmp)
+        fn()
+        jax.profiler.stop_trace()
+        events = []
+        for path in Path(tmp).rglob("*.trace.json.gz"):
+            events += json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+    total, count = {}, {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in names:
+            kind = op_kind(e["name"])
+            total[kind] = total.get(kind, 0.0) + e["dur"] / 1e3 / steps
+            count[kind] = count.get(kind, 0) + 1 / steps
+    return {kind: (total[kind], count[kind]) for kind in sorted(total, key=total.get, reverse=True)}
+
+
+def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int, profile: bool = False):
     """Decode step ms at each cache length: `generation.decode_loop` (the loop `generate` runs after prefill)
     on a KV cache whose first `length` slots are filled (random values, one segment), `steps` + 1 vs 1 tokens,
     step ms = time difference / steps; and, as the machine's floor for reading that cache, the ms of one
     plain read of the same K and V buffers (`host_read`). Lengths measured in turns, `repeats` times each →
-    ({length: step ms per repeat}, {length: read ms per repeat}, {length: K+V bytes}, weights read ms per repeat)."""
+    ({length: step ms per repeat}, {length: read ms per repeat}, {length: K+V bytes}, weights read ms per repeat,
+    {length: `profile_ops` of one call} when `profile`, else {})."""
     text = model.config.text_config
 
     @partial(jax.jit, static_argnames=("n", "length"))
@@ -134,7 +172,11 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
                for i, length in enumerate(lengths)}
     read_ms = {length: [t * 1e3 for t in times[3 * i + 2]] for i, length in enumerate(lengths)}
     kv_bytes = {length: 2 * caches[length]["k"].nbytes for length in lengths}
-    return step_ms, read_ms, kv_bytes, [t * 1e3 for t in times[-1]]
+    profiles = {}
+    for length in lengths if profile else ():
+        text = run.lower(params, caches[length], n=steps + 1, length=length).compile().as_text()
+        profiles[length] = profile_ops(fns[3 * lengths.index(length) + 1], text, steps)
+    return step_ms, read_ms, kv_bytes, [t * 1e3 for t in times[-1]], profiles
 
 
 def spread(values) -> str:
@@ -165,6 +207,8 @@ def main(argv=None) -> dict:
                         help="cache lengths for the decode step-time curve ('' to skip)")
     parser.add_argument("--curve-batch", type=int, default=8)
     parser.add_argument("--curve-steps", type=int, default=32)
+    parser.add_argument("--profile", action="store_true",
+                        help="also trace one decode call per curve length (jax.profiler) and print ms per step by op kind")
     args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -229,7 +273,8 @@ def main(argv=None) -> dict:
     # per repeat: transformers' step against the floor of the same repeat
     bound = [step_ms(b) / f for b, f in zip(d_hf, floor_ms) if b is not None]
     step_mb = sum(x.nbytes for x in jax.tree.leaves(step_bytes)) / 1e6
-    print(f"decode step ms: vlm_jax {step_ms(median(d_ours)):.2f}, transformers {step_ms(median(d_hf)):.2f}; one plain "
+    ms = lambda tok_s: "n/a (too noisy)" if tok_s is None else f"{step_ms(tok_s):.2f}"  # noqa: E731
+    print(f"decode step ms: vlm_jax {ms(median(d_ours))}, transformers {ms(median(d_hf))}; one plain "
           f"read of the {step_mb:.1f} MB a step must read (weights + allocated K/V): {median(floor_ms):.2f} ms "
           f"({min(floor_ms):.2f}-{max(floor_ms):.2f}); a step at that floor would be {fmt(bound)} transformers' decode")
     figures = {"batch": args.batch, "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
@@ -242,8 +287,8 @@ def main(argv=None) -> dict:
                "decode_step_read_floor_ms": median(floor_ms), "decode_ratio_at_read_floor": median(bound)}
     if args.curve:
         lengths = [int(x) for x in args.curve.split(",")]
-        curve, read_ms, kv_bytes, weight_read = decode_curve(llava, params, lengths, args.curve_batch, args.curve_steps,
-                                                             args.repeats)
+        curve, read_ms, kv_bytes, weight_read, profiles = decode_curve(
+            llava, params, lengths, args.curve_batch, args.curve_steps, args.repeats, args.profile)
         weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params["language_model"]))
         base = median(curve[lengths[0]])
         print(f"decode step time vs filled cache length (vlm_jax decode_loop, batch {args.curve_batch}, "
@@ -268,6 +313,13 @@ def main(argv=None) -> dict:
         figures["decode_kv_read_ms"] = {str(length): median(ms) for length, ms in read_ms.items()}
         figures["language_model_weight_mb"] = weight_bytes / 1e6
         figures["language_model_weight_read_ms"] = median(weight_read)
+        for length, kinds in profiles.items():
+            print(f"profile of one decode call at cache length {length} (traced, ms per step, ops per step):")
+            for kind, (ms, n) in kinds.items():
+                print(f"  {kind}: {ms:.2f} ms, {n:.0f} ops")
+        if profiles:
+            figures["decode_profile_ms_per_step"] = {str(length): {kind: ms for kind, (ms, _) in kinds.items()}
+                                                     for length, kinds in profiles.items()}
     print(json.dumps(figures))
     return figures
 

@@ -162,18 +162,18 @@ def _build_demo_corpus(config, workdir: str) -> None:
 
     # Process 0 first; the others then reuse its corpus on a shared disk or build the same one on their own. The
     # wait is a barrier of the coordination service (a device collective would time out while process 0 builds).
-    paths = build() if jax.process_index() == 0 else None
+    built = build() if jax.process_index() == 0 else None
     if jax.process_count() > 1:
         import orbax.checkpoint as ocp
 
         ocp.multihost.sync_global_processes("vlm_jax demo corpus built", timeout=3600,
                                             processes=set(range(jax.process_count())))
-    paths = paths or build()
-    _log(demo_corpus.describe(paths))
+    built = built or build()
+    _log(demo_corpus.describe(built))
     with config.unlocked():
-        config.data.shards = paths["shards"]
+        config.data.shards = built["shards"]
         if d.heldout_per_class > 0:
-            config.heldout.file = paths["heldout"]
+            config.heldout.file = built["heldout"]
 
 
 def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[str, Any]:

@@ -74,6 +74,10 @@ def parse(argv: list[str], form: str):
     missing = [name for name in required if not values[name].value]
     if missing:
         raise cli.UsageError(f"--{missing[0]} is required: {USAGE_RUN if form == 'run' else USAGE_SCORE}")
+    if form == "run":
+        from vlm_jax import paths
+
+        paths.check(values.ckpt, "--ckpt")  # a local folder or a gs:// URL
     return values
 
 

@@ -139,7 +139,7 @@ def generate_answers(config: ConfigDict, params, model_config: LlavaConfig, toke
     rows = generate_requests(
         Llava(model_config), params, [requests[i] for i in shard], mesh=mesh, batch_size=config.batch_size,
         max_images=config.shots + 1,
-        load_pixels=lambda paths: load_pixels(paths, settings, config.image_aspect_ratio),
+        load_pixels=lambda files: load_pixels(files, settings, config.image_aspect_ratio),
         max_new_tokens=new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=pad,
         temperature=config.temperature, top_p=config.top_p, seed=config.seed, progress=progress)
     rows = gather_rows(rows, shard, len(requests), new_tokens)

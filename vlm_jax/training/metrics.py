@@ -1,8 +1,8 @@
 """Where training metrics go: a per-step JSONL file, TensorBoard event files, the console.
 
-Only process 0 writes; the workdir may be remote (`vlm_jax.paths`). On resume from step k, records after step k (written by the interrupted
-run after its last checkpoint) are dropped from the JSONL file and TensorBoard's view, so both
-read as one uninterrupted run.
+Only process 0 writes; the workdir may be remote (`vlm_jax.paths`). On resume from step k, records after
+step k (written by the interrupted run after its last checkpoint) are dropped from the JSONL file and
+TensorBoard's view, so both read as one uninterrupted run.
 """
 from __future__ import annotations
 

@@ -6,15 +6,21 @@ decode tokens/s = batch * (N - 1) / (time of an N-token call - time of the 1-tok
 Greedy, EOS disabled so every row makes N tokens; compile time excluded (one warm-up call each); --repeats
 interleaved repeats (vlm_jax and transformers in turns), medians and ranges, ratios per repeat. Then the
 decode step-time curve: ms per decode step at cache lengths --curve (batch --curve-batch) on a filled cache,
-with the K+V bytes each step reads and the time of one plain read (a jitted sum) of the same buffers.
+with the K+V bytes each step reads and the time of one plain read (`host_read`) of the same buffers.
+A decode step must read the language model's weights and the allocated K/V cache at least once, so the
+bench also times one plain read of exactly those bytes (in turns with the generate calls) and prints the
+decode ratio a step running at that floor would reach against transformers' measured step.
 The last line is one JSON object of the figures.
 
     python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5] [--curve 16,256,1000,4000]
+        [--profile]   # also ms per decode step by op kind, from a jax.profiler trace at each curve length
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -31,7 +37,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
 import vlm_jax  # noqa: E402
-from vlm_jax.inference.generation import decode_loop, generate, left_pad  # noqa: E402
+from vlm_jax.inference.generation import (bucket_length, decode_loop, generate, hoists_layer_weights,  # noqa: E402
+                                          left_pad)
 from vlm_jax.models.llama import init_cache  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
@@ -88,12 +95,55 @@ def rates(one: list[float], full: list[float], prompt_tokens: int, batch: int, n
     return prefill, decode
 
 
-def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int):
+def host_read(tree):
+    """A function that reads every byte of `tree`'s arrays once: numpy sums over zero-copy host views of the
+    CPU buffers, the machine's floor for reading them (~9 GB/s here; a jitted `jnp.sum` is XLA:CPU's reduction
+    and runs ~2.7x slower, so it is no floor)."""
+    views = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    return lambda: sum(float(v.sum()) for v in views)
+
+
+def op_kind(name: str) -> str:
+    """The kind of one XLA:CPU op of the decode loop, by its HLO name."""
+    if name.startswith("ynn_fusion"):
+        return "weight matmuls (YNNPACK fusions)"
+    if name.startswith("dot"):
+        return "attention dots (q.K, p.V)"
+    if "slice" in name and "update" not in name:
+        return "slices (copies)"
+    return "other fusions (norms, RoPE, softmax, cache writes, argmax)"
+
+
+def profile_ops(fn, compiled_text: str, steps: int) -> dict:
+    """Runs `fn` under `jax.profiler` and sums the trace's events of the ops named in `compiled_text` (the
+    compiled HLO) by `op_kind` → {kind: (ms per step, ops per step)} over `steps` steps (ops outside the loop,
+    run once per call, are spread over the steps)."""
+    names = set(re.findall(r"^\s*(?:ROOT )?%?([\w.-]+) = ", compiled_text, re.M))
+    names -= {n for n in names if n.startswith(("while", "tuple", "get-tuple-element", "parameter", "constant",
+                                                 "copy-start", "copy-done", "bitcast"))}
+    with tempfile.TemporaryDirectory(prefix="genprof") as tmp:
+        jax.profiler.start_trace(tmp)
+        fn()
+        jax.profiler.stop_trace()
+        events = []
+        for path in Path(tmp).rglob("*.trace.json.gz"):
+            events += json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+    total, count = {}, {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in names:
+            kind = op_kind(e["name"])
+            total[kind] = total.get(kind, 0.0) + e["dur"] / 1e3 / steps
+            count[kind] = count.get(kind, 0) + 1 / steps
+    return {kind: (total[kind], count[kind]) for kind in sorted(total, key=total.get, reverse=True)}
+
+
+def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats: int, profile: bool = False):
     """Decode step ms at each cache length: `generation.decode_loop` (the loop `generate` runs after prefill)
     on a KV cache whose first `length` slots are filled (random values, one segment), `steps` + 1 vs 1 tokens,
     step ms = time difference / steps; and, as the machine's floor for reading that cache, the ms of one
-    jitted `sum` over the same K and V buffers. Lengths measured in turns, `repeats` times each →
-    ({length: step ms per repeat}, {length: read ms per repeat}, {length: K+V bytes})."""
+    plain read of the same K and V buffers (`host_read`). Lengths measured in turns, `repeats` times each →
+    ({length: step ms per repeat}, {length: read ms per repeat}, {length: K+V bytes}, weights read ms per repeat,
+    {length: `profile_ops` of one call} when `profile`, else {})."""
     text = model.config.text_config
 
     @partial(jax.jit, static_argnames=("n", "length"))
@@ -101,9 +151,8 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
         first = jnp.full((batch,), 5, jnp.int32)
         return decode_loop(model, params, cache, first, jnp.full((batch,), length, jnp.int32), length,
                            jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(0),
-                           max_new_tokens=n)
+                           max_new_tokens=n, hoist_weights=hoists_layer_weights(jax.devices()[0].platform))
 
-    read = jax.jit(lambda k, v: jnp.sum(k) + jnp.sum(v))
     caches = {}
     for length in lengths:
         empty = init_cache(text, batch, length + steps + 1)
@@ -116,13 +165,18 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
         for n in (1, steps + 1):
             fns.append(partial(lambda c, n, length: run(params, c, n=n, length=length).block_until_ready(),
                                caches[length], n, length))
-        fns.append(partial(lambda c: read(c["k"], c["v"]).block_until_ready(), caches[length]))
+        fns.append(host_read((caches[length]["k"], caches[length]["v"])))
+    fns.append(host_read(params["language_model"]))
     times = interleaved_seconds(fns, repeats)
     step_ms = {length: [(b - a) / steps * 1e3 for a, b in zip(times[3 * i], times[3 * i + 1])]
                for i, length in enumerate(lengths)}
     read_ms = {length: [t * 1e3 for t in times[3 * i + 2]] for i, length in enumerate(lengths)}
     kv_bytes = {length: 2 * caches[length]["k"].nbytes for length in lengths}
-    return step_ms, read_ms, kv_bytes
+    profiles = {}
+    for length in lengths if profile else ():
+        text = run.lower(params, caches[length], n=steps + 1, length=length).compile().as_text()
+        profiles[length] = profile_ops(fns[3 * lengths.index(length) + 1], text, steps)
+    return step_ms, read_ms, kv_bytes, [t * 1e3 for t in times[-1]], profiles
 
 
 def spread(values) -> str:
@@ -153,6 +207,8 @@ def main(argv=None) -> dict:
                         help="cache lengths for the decode step-time curve ('' to skip)")
     parser.add_argument("--curve-batch", type=int, default=8)
     parser.add_argument("--curve-steps", type=int, default=32)
+    parser.add_argument("--profile", action="store_true",
+                        help="also trace one decode call per curve length (jax.profiler) and print ms per step by op kind")
     args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -187,7 +243,13 @@ def main(argv=None) -> dict:
         return run
 
     same = ours(args.new_tokens)().tolist() == theirs(args.new_tokens)()[:, ids.shape[1]:].tolist()
-    times = interleaved_seconds([ours(1), ours(args.new_tokens), theirs(1), theirs(args.new_tokens)], args.repeats)
+    # the bytes every decode step of `generate` reads at least once: the language model's weights and the K/V
+    # cache it allocates (prompt bucket + new tokens)
+    cache = init_cache(config.text_config, args.batch, bucket_length(ids.shape[1]) + args.new_tokens)
+    step_bytes = (params["language_model"], cache["k"], cache["v"])
+    floor = host_read(step_bytes)
+    times = interleaved_seconds([ours(1), ours(args.new_tokens), theirs(1), theirs(args.new_tokens), floor],
+                                args.repeats)
     names = ("vlm_jax (jit prefill + while_loop decode)", "transformers generate")
     results = {name: rates(times[2 * i], times[2 * i + 1], prompt_tokens, args.batch, args.new_tokens)
                for i, name in enumerate(names)}
@@ -206,30 +268,43 @@ def main(argv=None) -> dict:
     d_ratios = [a / b for a, b in zip(d_ours, d_hf) if a is not None and b is not None]
     fmt = lambda r: f"{median(r):.2f}x ({min(r):.2f}-{max(r):.2f})" if r else "n/a"  # noqa: E731
     print(f"| ratio vlm_jax / transformers | {fmt(p_ratios)} | {fmt(d_ratios)} |")
+    step_ms = lambda tok_s: args.batch / tok_s * 1e3 if tok_s else None  # noqa: E731
+    floor_ms = [t * 1e3 for t in times[4]]
+    # per repeat: transformers' step against the floor of the same repeat
+    bound = [step_ms(b) / f for b, f in zip(d_hf, floor_ms) if b is not None]
+    step_mb = sum(x.nbytes for x in jax.tree.leaves(step_bytes)) / 1e6
+    ms = lambda tok_s: "n/a (too noisy)" if tok_s is None else f"{step_ms(tok_s):.2f}"  # noqa: E731
+    print(f"decode step ms: vlm_jax {ms(median(d_ours))}, transformers {ms(median(d_hf))}; one plain "
+          f"read of the {step_mb:.1f} MB a step must read (weights + allocated K/V): {median(floor_ms):.2f} ms "
+          f"({min(floor_ms):.2f}-{max(floor_ms):.2f}); a step at that floor would be {fmt(bound)} transformers' decode")
     figures = {"batch": args.batch, "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
                "greedy_tokens_identical": same,
                "vlm_jax_prefill_tokens_per_s": median(p_ours), "torch_prefill_tokens_per_s": median(p_hf),
                "vlm_jax_decode_tokens_per_s": median(d_ours), "torch_decode_tokens_per_s": median(d_hf),
                "prefill_ratio": median(p_ratios), "prefill_ratio_min": min(p_ratios), "prefill_ratio_max": max(p_ratios),
                "decode_ratio": median(d_ratios), "decode_ratio_min": min(d_ratios, default=None),
-               "decode_ratio_max": max(d_ratios, default=None)}
+               "decode_ratio_max": max(d_ratios, default=None), "decode_step_read_mb": step_mb,
+               "decode_step_read_floor_ms": median(floor_ms), "decode_ratio_at_read_floor": median(bound)}
     if args.curve:
         lengths = [int(x) for x in args.curve.split(",")]
-        curve, read_ms, kv_bytes = decode_curve(llava, params, lengths, args.curve_batch, args.curve_steps, args.repeats)
+        curve, read_ms, kv_bytes, weight_read, profiles = decode_curve(
+            llava, params, lengths, args.curve_batch, args.curve_steps, args.repeats, args.profile)
         weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params["language_model"]))
         base = median(curve[lengths[0]])
         print(f"decode step time vs filled cache length (vlm_jax decode_loop, batch {args.curve_batch}, "
               f"{args.curve_steps} steps; median (min-max) of {args.repeats}); K+V read per step (all layers, the "
               f"allocated cache) against the language model's {weight_bytes / 1e6:.1f} MB of weights; 'read' = one "
-              "jitted sum over the same K and V buffers (the machine's floor for reading them once)")
-        print("| cache length | step ms | vs first | K+V MB | (weights + K+V) / weights | read ms | step growth / read |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+              "plain read of the same K and V buffers (the machine's floor for reading them once); 'floor' = that "
+              f"read + one of the weights ({median(weight_read):.2f} ms)")
+        print("| cache length | step ms | vs first | K+V MB | (weights + K+V) / weights | read ms | step growth / read "
+              "| step / floor |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for length in lengths:
             ms, rd = curve[length], median(read_ms[length])
             growth = (median(ms) - base) / rd if length != lengths[0] else float("nan")
             print(f"| {length} | {median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | {median(ms) / base:.2f}x | "
                   f"{kv_bytes[length] / 1e6:.1f} | {(weight_bytes + kv_bytes[length]) / weight_bytes:.2f}x | {rd:.2f} | "
-                  f"{growth:.2f} |")
+                  f"{growth:.2f} | {median(ms) / (rd + median(weight_read)):.2f} |")
         figures["decode_curve_batch"] = args.curve_batch
         figures["decode_step_ms"] = {str(length): median(ms) for length, ms in curve.items()}
         figures["decode_step_ms_all"] = {str(length): ms for length, ms in curve.items()}
@@ -237,6 +312,14 @@ def main(argv=None) -> dict:
         figures["decode_kv_mb"] = {str(length): b / 1e6 for length, b in kv_bytes.items()}
         figures["decode_kv_read_ms"] = {str(length): median(ms) for length, ms in read_ms.items()}
         figures["language_model_weight_mb"] = weight_bytes / 1e6
+        figures["language_model_weight_read_ms"] = median(weight_read)
+        for length, kinds in profiles.items():
+            print(f"profile of one decode call at cache length {length} (traced, ms per step, ops per step):")
+            for kind, (ms, n) in kinds.items():
+                print(f"  {kind}: {ms:.2f} ms, {n:.0f} ops")
+        if profiles:
+            figures["decode_profile_ms_per_step"] = {str(length): {kind: ms for kind, (ms, _) in kinds.items()}
+                                                     for length, kinds in profiles.items()}
     print(json.dumps(figures))
     return figures
 

@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.models.init import random_params  # noqa: E402
 from vlm_jax.inference.generation import (GenerationOutput, _generate, _pad_axis, bucket_length, generate,  # noqa: E402
-                                left_pad, local_data_mesh, place_params)
+                                          hoists_layer_weights, left_pad, local_data_mesh, place_params)
 from vlm_jax.models.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from vlm_jax.models.llava import Llava, check_image_tokens  # noqa: E402
 
@@ -108,7 +108,8 @@ def make_pmap_generate(model: Llava, devices, max_new_tokens: int):
     def per_device(params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p, eos, pad):
         row_offset = jax.lax.axis_index("data") * input_ids.shape[0]
         return _generate(model, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
-                         eos, pad, row_offset, max_new_tokens=max_new_tokens)
+                         eos, pad, row_offset, max_new_tokens=max_new_tokens,
+                         hoist_weights=hoists_layer_weights(devices[0].platform))
 
     pmapped = jax.pmap(per_device, axis_name="data", devices=devices,
                        in_axes=(None, 0, 0, 0, 0, None, None, None, None, None))

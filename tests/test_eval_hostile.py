@@ -135,6 +135,7 @@ def test_usage_errors(capsys, argv, needle):
 
 @pytest.mark.parametrize("extra, code, needle", [
     (["--ckpt", "/nonexistent"], 1, "/nonexistent/config.json"),
+    (["--ckpt", "ftp://host/ckpt"], 2, "--ckpt ftp://host/ckpt: unsupported URL scheme ftp://"),
     (["--ckpt", __file__], 1, "not a vlm_jax params checkpoint"),
     (["--ckpt", "/tmp", "--config.shots=-1"], 2, "config.shots=-1"),
     (["--ckpt", "/tmp", "--config.shots=abc"], 2, "--config.shots=abc"),

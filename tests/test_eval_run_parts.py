@@ -54,9 +54,11 @@ def test_original_defaults_of_the_configs():
     with pytest.raises(ConfigError, match="config.protocol='paper'"):
         check_config(okvqa)
     okvqa.protocol = "original"
-    okvqa.output_dir = "gs://bucket/eval"
-    with pytest.raises(ConfigError, match="config.output_dir=gs://bucket/eval: remote URLs are not supported yet"):
+    okvqa.output_dir = "ftp://host/eval"
+    with pytest.raises(ConfigError, match="config.output_dir ftp://host/eval: unsupported URL scheme ftp://"):
         check_config(okvqa)
+    okvqa.output_dir = "gs://bucket/eval"
+    check_config(okvqa)  # written through vlm_jax.paths (tests/test_remote_paths.py)
 
 
 def test_load_split_errors_name_the_problem():

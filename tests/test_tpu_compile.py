@@ -44,6 +44,17 @@ def _tiny_train_config(**changes):
     return c
 
 
+def test_fit_advice_does_not_ask_an_offloaded_step_for_full_remat():
+    figures = {"per_chip_gib": 31.0, "arguments_gib": 12.9, "temporaries_gib": 18.1}
+    v4 = parse_slice("v4-8")
+    offload = aot.fit_verdict(figures, v4, rows_per_chip=1, remat_policy="offload", attention_impl="pallas")
+    none = aot.fit_verdict(figures, v4, rows_per_chip=1, remat_policy="none", attention_impl="pallas")
+    assert offload.startswith("needs 31.0 GiB per chip") and "remat_policy=full" not in offload
+    assert "remat_policy=full" in none
+    assert aot.fit_verdict({**figures, "per_chip_gib": 30.0}, v4, rows_per_chip=1, remat_policy="none",
+                           attention_impl="xla") == ""
+
+
 @needs_libtpu
 def test_tiny_llava_train_step_compiles_for_tpu_with_the_mosaic_kernel():
     c = _tiny_train_config()

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from flax import traverse_util
 from orbax.checkpoint import type_handlers
 from orbax.checkpoint._src.serialization import type_handler_registry
 
+from vlm_jax import paths
 from vlm_jax.cli import InputError
 from vlm_jax.data.image import PREPROCESSOR_FILE
 from vlm_jax.data.tokenizer import BYTE_SPEC, TOKENIZER_FILES
@@ -96,7 +96,7 @@ def config_from_dict(d: dict, **runtime) -> ModelConfig:
 def load_config(directory: str | Path, **runtime) -> ModelConfig:
     """The model config stored beside the params, with the run-time options `runtime` (default: the model
     config's defaults, float32 / xla / no remat), never the ones of the run that wrote it."""
-    path = Path(directory) / CONFIG_FILE
+    path = paths.as_path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: not a vlm_jax params checkpoint ({CONFIG_FILE} + {PARAMS_DIR}/)")
     try:
@@ -120,12 +120,11 @@ def record_tokenizer(directory: str | Path, spec: str | None) -> None:
     spec that needs no files (`"byte"`) goes to `tokenizer_spec.json`; None records nothing."""
     if not spec:
         return
-    directory = Path(directory)
+    directory = paths.as_path(directory)
     if spec == BYTE_SPEC:
         (directory / TOKENIZER_SPEC_FILE).write_text(json.dumps({"tokenizer": spec}) + "\n")
         return
-    source = Path(spec)
-    copied = copy_files([source], directory, TOKENIZER_FILES)
+    copied = copy_files([spec], directory, TOKENIZER_FILES)
     if not copied:
         raise CheckpointError(f"tokenizer {spec!r}: neither {BYTE_SPEC!r} nor a folder with tokenizer files "
                               f"({', '.join(TOKENIZER_FILES)})")
@@ -133,10 +132,11 @@ def record_tokenizer(directory: str | Path, spec: str | None) -> None:
 
 def tokenizer_spec(directory: str | Path) -> str | None:
     """The tokenizer spec a checkpoint records (`vlm_jax.data.tokenizer.make_tokenizer` takes it): the
-    folder itself when it holds tokenizer files, the spec in `tokenizer_spec.json`, else None."""
-    directory = Path(directory)
+    folder itself when it holds tokenizer files (a local copy of them for a remote checkpoint), the spec in
+    `tokenizer_spec.json`, else None."""
+    directory = paths.as_path(directory)
     if any((directory / name).is_file() for name in TOKENIZER_FILES):
-        return str(directory)
+        return paths.local_copy(directory, TOKENIZER_FILES)
     path = directory / TOKENIZER_SPEC_FILE
     if path.is_file():
         try:
@@ -146,18 +146,26 @@ def tokenizer_spec(directory: str | Path) -> str | None:
     return None
 
 
-def copy_files(sources: list[Path], dst: Path, names: tuple[str, ...]) -> dict[str, Path]:
+def copy_files(sources: list, dst, names: tuple[str, ...]) -> dict[str, str]:
     """Copies each of `names` from the first folder in `sources` that has it into `dst` (skipping a file onto
-    itself); returns name -> source."""
-    copied: dict[str, Path] = {}
+    itself); returns name -> source file. Any folder may be remote (`vlm_jax.paths`)."""
+    copied: dict[str, str] = {}
     for name in names:
         for src in sources:
-            if (Path(src) / name).is_file():
-                if not (Path(dst) / name).exists() or not (Path(dst) / name).samefile(Path(src) / name):
-                    shutil.copyfile(Path(src) / name, Path(dst) / name)
-                copied[name] = Path(src) / name
+            source, target = paths.join(src, name), paths.join(dst, name)
+            if paths.isfile(source):
+                if not _same_file(source, target):
+                    paths.copy_file(source, target)
+                copied[name] = source
                 break
     return copied
+
+
+def _same_file(a: str, b: str) -> bool:
+    a, b = paths.resolve(a), paths.resolve(b)
+    if paths.is_remote(a) or paths.is_remote(b):
+        return a == b
+    return os.path.exists(b) and os.path.samefile(a, b)
 
 
 # --- params ------------------------------------------------------------------------------------------------
@@ -174,8 +182,8 @@ def save_params(directory: str | Path, params: Any, config: ModelConfig, *, toke
     """Writes `params` (a tree of jax arrays with any sharding, or host numpy arrays of any float dtype incl.
     ml_dtypes.bfloat16), the architecture of `config`, and the tokenizer record (`record_tokenizer`) and
     `preprocessor_config` file when given, in the params format (blocking)."""
-    directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
+    paths.makedirs(directory)
+    directory = paths.as_path(directory)
     with _checkpointer() as checkpointer:
         checkpointer.save(directory / PARAMS_DIR, args=ocp.args.PyTreeSave(
             params, ocdbt_target_data_file_size=OCDBT_DATA_FILE_BYTES), force=True)
@@ -183,11 +191,11 @@ def save_params(directory: str | Path, params: Any, config: ModelConfig, *, toke
         (directory / CONFIG_FILE).write_text(json.dumps(architecture_dict(config), indent=2) + "\n")
         record_tokenizer(directory, tokenizer)
         if preprocessor_config:
-            shutil.copyfile(preprocessor_config, directory / PREPROCESSOR_FILE)
+            paths.copy_file(preprocessor_config, directory / PREPROCESSOR_FILE)
 
 
 def _params_dir(directory: str | Path) -> Path:
-    path = Path(directory).absolute() / PARAMS_DIR
+    path = paths.as_path(directory) / PARAMS_DIR
     if not path.is_dir():
         raise CheckpointError(f"{path} not found: no params in this checkpoint directory")
     return path
@@ -196,7 +204,7 @@ def _params_dir(directory: str | Path) -> Path:
 def tree_metadata(orbax_dir: str | Path) -> dict:
     """Nested dict of orbax ArrayMetadata (shape, dtype) of every array of an orbax PyTree checkpoint
     (`DIR/params`, or a train checkpoint's `state`), read without loading data."""
-    orbax_dir = Path(orbax_dir).absolute()
+    orbax_dir = paths.as_path(orbax_dir)
     if not orbax_dir.is_dir():
         raise CheckpointError(f"{orbax_dir} not found: no orbax checkpoint there")
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
@@ -212,7 +220,7 @@ def restore_leaf(orbax_dir: str | Path, path: tuple[str, ...], metadata: dict) -
     item = traverse_util.unflatten_dict({path: flat_meta[path]})
     restore_args = traverse_util.unflatten_dict({path: ocp.RestoreArgs(restore_type=np.ndarray)})
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-        tree = checkpointer.restore(Path(orbax_dir).absolute(), args=ocp.args.PyTreeRestore(
+        tree = checkpointer.restore(paths.as_path(orbax_dir), args=ocp.args.PyTreeRestore(
             item=item, restore_args=restore_args, partial_restore=True))
     return traverse_util.flatten_dict(tree)[path]
 
@@ -345,7 +353,7 @@ class TrainCheckpointer:
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(
-            os.path.abspath(directory), options=options,
+            paths.resolve(directory), options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataStreamsHandler()})
 
     def latest_step(self) -> int | None:

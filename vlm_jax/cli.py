@@ -127,14 +127,6 @@ def require_file(path, what: str, fix: str = "") -> str:
     return path
 
 
-def reject_url(path, what: str) -> None:
-    """`UsageError` for a URL (`gs://bucket/x`, `s3://...`): the commands read and write paths of this machine
-    only; a bucket mounted with gcsfuse (Cloud TPU VMs) is such a path, seen by every host."""
-    if path and "://" in os.fspath(path):
-        raise UsageError(f"{what} {path}: remote URLs are not supported yet; mount the bucket (e.g. gcsfuse) and "
-                         "give the mounted path")
-
-
 def require_dir(path, what: str, fix: str = "") -> str:
     """`path` if it is an existing folder, else `InputError` naming `what` and the fix."""
     path = os.fspath(path)

@@ -27,7 +27,7 @@ from absl import flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vlm_jax import checkpoint as ckpt_lib
-from vlm_jax import cli, config_file
+from vlm_jax import cli, config_file, paths
 from vlm_jax.data import idefics2_processor
 from vlm_jax.data.loader import loader_metrics, make_train_iterator
 from vlm_jax.data.image import read_processor_settings
@@ -157,23 +157,23 @@ def _build_demo_corpus(config, workdir: str) -> None:
     d = config.demo_corpus
 
     def build():
-        return demo_corpus.build(d.dir or os.path.join(workdir, "corpus"), train_documents=d.train_documents,
+        return demo_corpus.build(d.dir or paths.join(workdir, "corpus"), train_documents=d.train_documents,
                                  heldout_per_class=d.heldout_per_class, image_size=d.image_size, seed=d.seed)
 
     # Process 0 first; the others then reuse its corpus on a shared disk or build the same one on their own. The
     # wait is a barrier of the coordination service (a device collective would time out while process 0 builds).
-    paths = build() if jax.process_index() == 0 else None
+    built = build() if jax.process_index() == 0 else None
     if jax.process_count() > 1:
         import orbax.checkpoint as ocp
 
         ocp.multihost.sync_global_processes("vlm_jax demo corpus built", timeout=3600,
                                             processes=set(range(jax.process_count())))
-    paths = paths or build()
-    _log(demo_corpus.describe(paths))
+    built = built or build()
+    _log(demo_corpus.describe(built))
     with config.unlocked():
-        config.data.shards = paths["shards"]
+        config.data.shards = built["shards"]
         if d.heldout_per_class > 0:
-            config.heldout.file = paths["heldout"]
+            config.heldout.file = built["heldout"]
 
 
 def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[str, Any]:
@@ -219,7 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     maybe_initialize_distributed(config.distributed)
     print(host_line(), flush=True)  # every host: which process it is and its devices
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy
-    workdir = os.path.abspath(workdir)
+    workdir = paths.resolve(workdir)  # an absolute local path, or a URL (gs://...)
     architecture = ckpt_lib.load_config(config.init_checkpoint) if config.init_checkpoint else None
     model_config = resolve_model_config(config, architecture)
     frozen = parse_module_list(config.frozen)
@@ -244,10 +244,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
     tokenizer = make_tokenizer(config.data.tokenizer)
     _check_tokenizer(tokenizer, model_config)
 
-    os.makedirs(workdir, exist_ok=True)  # everything above is checked before anything is written
+    paths.makedirs(workdir)  # everything above is checked before anything is written
     if config.demo_corpus.build:
         _build_demo_corpus(config, workdir)
-    checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+    checkpointer = ckpt_lib.TrainCheckpointer(paths.join(workdir, "checkpoints"),
                                               save_every=config.checkpoint.save_every, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save)
     latest = checkpointer.latest_step()
@@ -265,8 +265,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
         parts["model_config"], parts["tx"], parts["abstract"], parts["shardings"], parts["step_fn"])
     model = model_for(model_config)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, ckpt_lib.RUN_CONFIG_FILE), "w") as f:
-            json.dump({"train": config.to_dict(), "model": ckpt_lib.architecture_dict(model_config)}, f, indent=2)
+        paths.write_text(paths.join(workdir, ckpt_lib.RUN_CONFIG_FILE), json.dumps(
+            {"train": config.to_dict(), "model": ckpt_lib.architecture_dict(model_config)}, indent=2))
 
     summary: dict[str, Any] = {"workdir": workdir}
     if latest is not None:
@@ -306,13 +306,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
             preprocessor_config = config.data.preprocessor_config
             if isinstance(model_config, Idefics2Config) and jax.process_index() == 0:  # the sizes it trained with
                 preprocessor_config = idefics2_processor.write_preprocessor_config(
-                    os.path.join(workdir, idefics2_processor.PREPROCESSOR_FILE), config.data.image_longest_edge,
+                    paths.join(workdir, idefics2_processor.PREPROCESSOR_FILE), config.data.image_longest_edge,
                     config.data.image_shortest_edge)
-            ckpt_lib.save_params(os.path.join(workdir, "final"), state.params, model_config,
+            ckpt_lib.save_params(paths.join(workdir, "final"), state.params, model_config,
                                  tokenizer=config.data.tokenizer, preprocessor_config=preprocessor_config)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        paths.write_text(paths.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
@@ -390,7 +389,7 @@ def _train_loop(config, workdir, model_config, frozen, mesh, state, start_step, 
     step = start_step
     start_time = time.perf_counter()
     preemption = PreemptionFlag()
-    profiler = StepProfiler(os.path.join(workdir, "profile"), first_step=start_step + 2, steps=config.profile_steps)
+    profiler = StepProfiler(paths.join(workdir, "profile"), first_step=start_step + 2, steps=config.profile_steps)
     try:
         while total is None or step < total:
             if preemption.stop:
@@ -445,9 +444,13 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> in
     except ValueError as e:
         raise cli.UsageError(f"--compile_topology: {e}") from e
     architecture = None
-    if config.init_checkpoint and os.path.exists(os.path.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
+    if config.init_checkpoint and paths.exists(paths.join(config.init_checkpoint, ckpt_lib.CONFIG_FILE)):
         architecture = ckpt_lib.load_config(config.init_checkpoint)
     mesh_shards = aot.batch_shards(config, tpu_slice)
+    if config.global_batch_size % mesh_shards:
+        raise cli.UsageError(f"--compile_topology {tpu_slice.name}: global_batch_size={config.global_batch_size} must "
+                             f"be a multiple of data*fsdp ({mesh_shards}) on its {tpu_slice.chips} chips; e.g. "
+                             f"--config.global_batch_size={mesh_shards} (1 row per chip)")
     config, report, tried = memory_lib.choose(
         config, mesh_shards, lambda c: aot.compile_train_step(c, resolve_model_config(c, architecture), tpu_slice),
         lambda r: r["fits"])

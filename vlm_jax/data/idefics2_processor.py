@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from vlm_jax import paths
 from vlm_jax.data.tokenizer import IGNORE_INDEX, TokenizedDocument
 
 FAKE_IMAGE_TOKEN = "<fake_token_around_image>"
@@ -79,11 +80,8 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 def checkpoint_sizes(ckpt: str | os.PathLike, default: tuple[int, int] = SIZES["default"]) -> tuple[int, int]:
     """(longest, shortest) edge from a checkpoint's `preprocessor_config.json` `size` (HF Idefics2ImageProcessor
     format), else `default`."""
-    path = os.path.join(ckpt, PREPROCESSOR_FILE)
-    size = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            size = json.load(f).get("size", {})
+    path = paths.join(ckpt, PREPROCESSOR_FILE)
+    size = json.loads(paths.read_text(path)).get("size", {}) if paths.isfile(path) else {}
     return int(size.get("longest_edge", default[0])), int(size.get("shortest_edge", default[1]))
 
 
@@ -94,8 +92,7 @@ def write_preprocessor_config(path: str, longest_edge: int, shortest_edge: int) 
               "size": {"longest_edge": longest_edge, "shortest_edge": shortest_edge}, "resample": 2,
               "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(MEAN),
               "image_std": list(STD), "do_pad": True, "do_image_splitting": False}
-    with open(path, "w") as f:
-        json.dump(config, f, indent=2)
+    paths.write_text(path, json.dumps(config, indent=2))
     return path
 
 

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from vlm_jax import paths
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ASPECT_MODES = ("pad", "none")
@@ -249,8 +251,7 @@ def processor_settings_from_hf(config: Mapping) -> dict:
 def read_processor_settings(path: str | os.PathLike) -> dict:
     """`processor_settings_from_hf` of a `preprocessor_config.json` file; ValueError names the file."""
     try:
-        with open(path) as f:
-            config = json.load(f)
+        config = json.loads(paths.read_text(path))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read the image preprocessor config ({e})") from e
     try:
@@ -262,5 +263,5 @@ def read_processor_settings(path: str | os.PathLike) -> dict:
 def checkpoint_image_settings(directory: str | os.PathLike, image_size: int) -> dict:
     """`preprocess_image` keyword arguments for a checkpoint folder: its `preprocessor_config.json` when it has
     one, else CLIP's defaults at the tower's `image_size`."""
-    path = os.path.join(directory, PREPROCESSOR_FILE)
-    return read_processor_settings(path) if os.path.isfile(path) else {"image_size": image_size}
+    path = paths.join(directory, PREPROCESSOR_FILE)
+    return read_processor_settings(path) if paths.isfile(path) else {"image_size": image_size}

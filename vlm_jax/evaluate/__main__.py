@@ -74,6 +74,10 @@ def parse(argv: list[str], form: str):
     missing = [name for name in required if not values[name].value]
     if missing:
         raise cli.UsageError(f"--{missing[0]} is required: {USAGE_RUN if form == 'run' else USAGE_SCORE}")
+    if form == "run":
+        from vlm_jax import paths
+
+        paths.check(values.ckpt, "--ckpt")  # a local folder or a gs:// URL
     return values
 
 
@@ -86,7 +90,6 @@ def compile_main(values) -> int:
 
     import jax
 
-    from pathlib import Path
 
     from vlm_jax.evaluate.run import model_config_for_run
     from vlm_jax.evaluate.run_config import max_new_tokens
@@ -102,7 +105,7 @@ def compile_main(values) -> int:
         raise cli.UsageError(f"--compile_topology: {e}") from e
     config = values.config
     if values.ckpt:
-        model_config = model_config_for_run(config, Path(values.ckpt))
+        model_config = model_config_for_run(config, values.ckpt)
     else:
         model_config = preset(values.model_preset).with_runtime(dtype=config.dtype,
                                                                  attention_impl=config.attention_impl)

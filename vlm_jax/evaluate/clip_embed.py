@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from vlm_jax import paths
 from vlm_jax.convert.hf_configs import vision_config_from_clip
 from vlm_jax.checkpoint import CONFIG_FILE, load_vision_tower
 from vlm_jax.data.image import checkpoint_image_settings
@@ -33,16 +34,17 @@ from vlm_jax.models.hf import params_from_hf_state_dict
 HF_CLIP_LAYOUT = "clip-vision-with-projection"
 
 
-def _model_id(folder: Path, config_bytes: bytes, tag: str) -> str:
-    """Cache key part naming the embedding model: folder name + digest of its absolute path, config and tag."""
-    folder = folder.absolute()
+def _model_id(folder, config_bytes: bytes, tag: str) -> str:
+    """Cache key part naming the embedding model: folder name + digest of its absolute path (or URL), config
+    and tag."""
+    folder = paths.as_path(folder)
     digest = hashlib.sha256(str(folder).encode() + config_bytes + tag.encode()).hexdigest()[:12]
     return f"{folder.name}-{digest}"
 
 
 def embedding_model_id(ckpt: str | Path) -> str:
     """The cache model id of a vlm_jax checkpoint's tower."""
-    return _model_id(Path(ckpt), (Path(ckpt) / CONFIG_FILE).read_bytes(), "model")
+    return _model_id(ckpt, (paths.as_path(ckpt) / CONFIG_FILE).read_bytes(), "model")
 
 
 def clip_embedder(config: VisionConfig, params: dict, settings: dict, *, batch_size: int = 64,

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
+
+from vlm_jax import paths
 from vlm_jax.data.image import open_image_file
 
-from vlm_jax.checkpoint import load_params
+from vlm_jax.checkpoint import SIDE_FILES, load_params
 from vlm_jax.data import idefics2_processor as proc
 from vlm_jax.evaluate import registry
 from vlm_jax.evaluate.examples import Example
-from vlm_jax.evaluate.predictions import append_records, write_json_atomic
+from vlm_jax.evaluate.predictions import write_json_atomic, write_jsonl_atomic
 from vlm_jax.evaluate.prompts import Image, Prompt, Text, Turn, make_prompt, register_template
 from vlm_jax.inference.generation import generate, left_pad
 from vlm_jax.models.config import Idefics2Config
@@ -92,7 +94,8 @@ def run_evaluation(config, ckpt: Path, model_config: Idefics2Config) -> dict:
     prompts = [prompt_for(q, demos) for q in queries]
     # the checkpoint's preprocessor_config.json sizes, else HF's defaults (980, 378)
     longest, shortest = proc.checkpoint_sizes(ckpt, (980, 378))
-    processor = proc.Idefics2Processor(str(ckpt), model_config.num_image_tokens, longest, shortest)
+    tokenizer_dir = paths.local_copy(ckpt, SIDE_FILES)  # a remote checkpoint's tokenizer files, downloaded
+    processor = proc.Idefics2Processor(tokenizer_dir, model_config.num_image_tokens, longest, shortest)
     model, params = Idefics2(model_config), load_params(ckpt, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0
     demo_pixels = [proc.preprocess_image(open_image_file(d.image_path), longest, shortest) for d in demos]
@@ -114,18 +117,14 @@ def run_evaluation(config, ckpt: Path, model_config: Idefics2Config) -> dict:
                             "demo_ids": [d.qid for d in demos], "max_new_tokens": MAX_NEW_TOKENS,
                             "image_sizes": [longest, shortest]},
                   seconds=round(time.time() - started, 1))
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = paths.resolve(config.output_dir)
     stem = output_stem(config)
     by_qid = {r["question_id"]: r for r in scored.records}
     records = [{"question_id": q.qid, "prompt": p.render(), "output_text": raw[q.qid], "answer": answers[q.qid],
                 "demo_ids": [d.qid for d in demos], **{k: v for k, v in by_qid[q.qid].items() if k != "question_id"}}
                for q, p in zip(queries, prompts)]
-    predictions = out_dir / f"{stem}.predictions.jsonl"
-    if predictions.exists():
-        predictions.unlink()
-    append_records(str(predictions), records)
-    write_json_atomic(str(out_dir / f"{stem}.scores.json"), scores)
+    write_jsonl_atomic(paths.join(out_dir, f"{stem}.predictions.jsonl"), records)
+    write_json_atomic(paths.join(out_dir, f"{stem}.scores.json"), scores)
     return scores
 
 

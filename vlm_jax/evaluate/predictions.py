@@ -7,10 +7,10 @@ A prediction file is JSON lines, one object per question: `{"question_id": <the 
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from typing import Hashable, Iterable, Mapping, Sequence
 
+from vlm_jax import paths
 from vlm_jax.evaluate.examples import BenchmarkFileError, Example, field, read_jsonl
 
 
@@ -36,44 +36,37 @@ def read_predictions(path: str) -> dict[str, str]:
 def read_partial_records(path: str) -> dict[str, dict]:
     """The records of an interrupted run's predictions file, by question_id, for resuming: every complete JSON
     line with a string answer (a torn last line is dropped). Missing file → {}."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return {}
     out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the interruption
-            if isinstance(record, dict) and isinstance(record.get("answer"), str) and "question_id" in record:
-                out[str(record["question_id"])] = record
+    for line in paths.read_text(path).split("\n"):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the interruption
+        if isinstance(record, dict) and isinstance(record.get("answer"), str) and "question_id" in record:
+            out[str(record["question_id"])] = record
     return out
 
 
+def _lines(records: Iterable[dict]) -> str:
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
 def append_records(path: str, records: Iterable[dict]) -> None:
-    """Appends JSON lines and flushes them to disk (a killed run keeps every line written)."""
-    with open(path, "a", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends JSON lines, durably (a killed run keeps every line written); `path` may be remote."""
+    with paths.Appender(path) as f:
+        f.write(_lines(records))
 
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
-    """Writes JSON lines to `path` through a temporary file and a rename (never a half-written file)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    append_records(tmp, records)
-    os.replace(tmp, path)
+    """Writes JSON lines to `path` whole (`paths.write_text`: never a half-written file)."""
+    paths.write_text(path, _lines(records))
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Writes JSON to `path` through a temporary file and a rename (never a half-written file)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Writes JSON to `path` whole (`paths.write_text`: never a half-written file)."""
+    paths.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def align(examples: Sequence[Example], predictions: Mapping[str, str], allow_missing: bool = False,

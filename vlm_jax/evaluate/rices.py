@@ -13,6 +13,7 @@ L2-normalised here).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vlm_jax import paths as paths_lib
 from vlm_jax.evaluate.examples import Example
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
@@ -103,9 +105,9 @@ def embed_images(paths: Sequence[str], embed_fn: EmbedFn, *, model_id: str, cach
     cache_file = None
     if cache_dir is not None:
         safe_model = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
-        cache_file = os.path.join(cache_dir, f"{safe_model}-{_cache_key(unique, model_id)}.npy")
-        if os.path.isfile(cache_file):
-            cached = np.load(cache_file)
+        cache_file = paths_lib.join(cache_dir, f"{safe_model}-{_cache_key(unique, model_id)}.npy")
+        if paths_lib.isfile(cache_file):
+            cached = np.load(io.BytesIO(paths_lib.as_path(cache_file).read_bytes()))
             if cached.ndim == 2 and cached.shape[0] == len(unique):
                 return cached[rows]
     chunks = []
@@ -117,8 +119,7 @@ def embed_images(paths: Sequence[str], embed_fn: EmbedFn, *, model_id: str, cach
         chunks.append(l2_normalize(emb))
     embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     if cache_file is not None:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{cache_file}.{os.getpid()}.tmp.npy"
-        np.save(tmp, embeddings)
-        os.replace(tmp, cache_file)
+        buffer = io.BytesIO()
+        np.save(buffer, embeddings)
+        paths_lib.write_bytes(cache_file, buffer.getvalue())
     return embeddings[rows]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 import vlm_jax
+from vlm_jax import paths
 from vlm_jax.checkpoint import load_config
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.evaluate import registry, rices
@@ -61,7 +61,7 @@ def select_demonstrations(config: ConfigDict, queries: Sequence[Example], pool: 
     fetch = min(k + extra, len(pool))
     if config.demo_selection == "rices":
         embed_fn, model_id = embedder
-        cache_dir = config.rices.cache_dir or os.path.join(config.output_dir, "rices_cache")
+        cache_dir = config.rices.cache_dir or paths.join(config.output_dir, "rices_cache")
         embed = lambda examples: rices.embed_images(  # noqa: E731
             [e.image_path for e in examples], embed_fn, model_id=model_id, cache_dir=cache_dir,
             batch_size=config.rices.batch_size)
@@ -139,7 +139,7 @@ def generate_answers(config: ConfigDict, params, model_config: LlavaConfig, toke
     rows = generate_requests(
         Llava(model_config), params, [requests[i] for i in shard], mesh=mesh, batch_size=config.batch_size,
         max_images=config.shots + 1,
-        load_pixels=lambda paths: load_pixels(paths, settings, config.image_aspect_ratio),
+        load_pixels=lambda files: load_pixels(files, settings, config.image_aspect_ratio),
         max_new_tokens=new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=pad,
         temperature=config.temperature, top_p=config.top_p, seed=config.seed, progress=progress)
     rows = gather_rows(rows, shard, len(requests), new_tokens)
@@ -172,7 +172,7 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     demo_ids, ground_truth, extracted, score) and `OUTPUT_DIR/<stem>.scores.json`. A predictions file left by
     an interrupted run with the same prompts is resumed."""
     check_config(config)
-    ckpt = Path(ckpt)
+    ckpt = paths.as_path(ckpt)  # a local folder or a URL (gs://...)
     stored = load_config(ckpt)
     if isinstance(stored, Idefics2Config):  # the model family picks the protocol: the original's Idefics2 one
         from vlm_jax.evaluate import idefics2_protocol
@@ -189,9 +189,9 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
     demos = select_demonstrations(config, queries, pool, embedder)
     prompts = build_prompts(config, queries, demos)
 
-    out_dir = Path(config.output_dir)
-    predictions_path = out_dir / f"{output_stem(config)}.predictions.jsonl"
-    done = read_partial_records(str(predictions_path))
+    out_dir = paths.resolve(config.output_dir)
+    predictions_path = paths.join(out_dir, f"{output_stem(config)}.predictions.jsonl")
+    done = read_partial_records(predictions_path)
     for q, p in zip(queries, prompts):
         if q.qid in done and done[q.qid].get("prompt") != p.render():
             raise BenchmarkFileError(f"{predictions_path}: question_id {q.qid} was generated with another prompt "
@@ -205,7 +205,7 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
                    aspect=config.image_aspect_ratio, sharding=replicated)
         params, settings = vlm.params, vlm.image_settings
         if jax.process_index() == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            paths.makedirs(out_dir)
         chunk = max(1, config.batch_size) * mesh.size * jax.process_count() * 4
         with tqdm(total=len(queries), initial=len(queries) - len(todo), unit="q", disable=jax.process_index() != 0,
                   desc=f"{config.benchmark} {config.shots}-shot") as progress:
@@ -217,7 +217,7 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
                 for i, text in zip(part, texts):
                     answers[queries[i].qid] = text
                 if jax.process_index() == 0:
-                    append_records(str(predictions_path), (
+                    append_records(predictions_path, (
                         {"question_id": queries[i].qid, "prompt": prompts[i].render(), "answer": text,
                          "demo_ids": [d.qid for d in demos[i]]} for i, text in zip(part, texts)))
 
@@ -231,7 +231,6 @@ def run_evaluation(config: ConfigDict, ckpt: str | Path, devices: Sequence[jax.D
         final = [{"question_id": q.qid, "prompt": p.render(), "answer": answers[q.qid],
                   "demo_ids": [d.qid for d in ds], **{k: v for k, v in by_qid[q.qid].items() if k != "question_id"}}
                  for q, p, ds in zip(queries, prompts, demos)]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(str(predictions_path), final)
-        write_json_atomic(str(out_dir / f"{output_stem(config)}.scores.json"), scores)
+        write_jsonl_atomic(predictions_path, final)
+        write_json_atomic(paths.join(out_dir, f"{output_stem(config)}.scores.json"), scores)
     return scores

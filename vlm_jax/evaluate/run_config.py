@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from ml_collections import ConfigDict
 
-from vlm_jax import cli
+from vlm_jax import cli, paths
 from vlm_jax.evaluate import registry
 
 DEMO_SELECTIONS = ("rices", "random", "random_select")
@@ -106,9 +106,11 @@ def check_config(c: ConfigDict) -> None:
         raise ConfigError(f"config.temperature={c.temperature} / top_p={c.top_p}: need temperature >= 0, 0 < top_p <= 1")
     if c.include_self_first and c.shots == 0:
         raise ConfigError("config.include_self_first needs config.shots >= 1")
-    if "://" in str(c.output_dir):
-        raise ConfigError(f"config.output_dir={c.output_dir}: remote URLs are not supported yet; mount the bucket "
-                          "(e.g. gcsfuse) and give the mounted path")
+    try:
+        paths.check(c.output_dir, "config.output_dir")
+        paths.check(c.rices.cache_dir, "config.rices.cache_dir")
+    except cli.UsageError as e:
+        raise ConfigError(str(e)) from e
 
 
 def max_new_tokens(c: ConfigDict) -> int:

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlm_jax.models.llama import init_cache, split_cache
+from vlm_jax.models.init import text_model_params
+from vlm_jax.models.llama import init_cache, split_cache, unstack_layers
 from vlm_jax.models.llava import Llava, check_image_tokens
 
 
@@ -90,40 +91,62 @@ def sample_tokens(logits, rng, temperature, top_p, row_offset=0):
     return jax.lax.cond(temperature > 0, draw, greedy)
 
 
-@partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+def hoists_layer_weights(platform: str) -> bool:
+    """Whether the decode loop on `platform` ("cpu", "tpu", "gpu") takes each layer's weights out of the stacked
+    params once, before the loop (`decode_loop(hoist_weights=True)`), at the cost of a second copy of the decoder
+    weights for the call. XLA:CPU needs it: its matmuls take no strided view, so a layer's weights sliced inside
+    the loop are copied on every step (twice a step's weight traffic; 35 % of the bench's step). XLA:TPU fuses
+    the slice into the matmul (checked in the compiled loop of a v5e program), so there it would only cost HBM;
+    GPU is unmeasured and keeps the in-loop slices. Where it is true `_generate` also prefills straight into
+    per-layer cache buffers (`split_cache`, the layers unrolled) instead of splitting a stacked cache after the
+    prefill: XLA:CPU copies those slices at ~0.3 GB/s (~0.3 s for a batch-8, 1000-token cache of the bench model)."""
+    return platform == "cpu"
+
+
+@partial(jax.jit, static_argnames=("model", "max_new_tokens", "hoist_weights"))
 def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
-              eos_token_id, pad_token_id, row_offset=0, pixel_attention_mask=None, *, max_new_tokens: int):
+              eos_token_id, pad_token_id, row_offset=0, pixel_attention_mask=None, *, max_new_tokens: int,
+              hoist_weights: bool = False):
     """The per-device program: prefill the padded rows `[b, s]`, then decode until `max_new_tokens` or every
     row of this call has emitted EOS → (tokens int32 `[b, max_new_tokens]`, num_tokens int32 `[b]`).
     `row_offset` is the global index of row 0 (for the per-row sampling keys) when this is one device's shard.
-    `pixel_attention_mask` `[b, n_img, H, W]` (Idefics2's padded images) goes to the model's prefill when given."""
+    `pixel_attention_mask` `[b, n_img, H, W]` (Idefics2's padded images) goes to the model's prefill when given;
+    `hoist_weights`: see `hoists_layer_weights`."""
     batch, prompt_len = input_ids.shape
     real = segment_ids > 0
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
     prompt_lengths = jnp.sum(real, axis=1).astype(jnp.int32)
     cache = init_cache(model.config.text_config, batch, prompt_len + max_new_tokens)
+    if hoist_weights:
+        cache = split_cache(cache)
     pixel_kwargs = {} if pixel_attention_mask is None else {"pixel_attention_mask": pixel_attention_mask}
     logits, cache = model.apply({"params": params}, input_ids, pixel_values, image_mask, positions, segment_ids,
                                 cache=cache, cache_index=0, last_logits_only=True, **pixel_kwargs)
     rng, step_rng = jax.random.split(rng)
     first = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
     tokens = decode_loop(model, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
-                         eos_token_id, pad_token_id, row_offset, max_new_tokens=max_new_tokens)
+                         eos_token_id, pad_token_id, row_offset, max_new_tokens=max_new_tokens,
+                         hoist_weights=hoist_weights)
     is_eos = tokens == eos_token_id
     num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
     return tokens, num_tokens.astype(jnp.int32)
 
 
 def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
-                eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int):
+                eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int, hoist_weights: bool = False):
     """One-token KV-cache decode steps in a `lax.while_loop` (traceable; `_generate` runs it after prefill).
 
     cache: `init_cache` layout, its first `prompt_len` slots filled; first int32 `[b]`: the token sampled from
     the prefill; prompt_lengths int32 `[b]`: real prompt tokens per row (the next position). Stops after
     `max_new_tokens` tokens or when every row has emitted EOS → tokens int32 `[b, max_new_tokens]` (first
-    included; `pad_token_id` after a row's EOS)."""
+    included; `pad_token_id` after a row's EOS). `hoist_weights`: slice each layer's weights out of the stacked
+    params once, before the loop, instead of in every step (`hoists_layer_weights` says where that pays)."""
     batch = first.shape[0]
     variables = {"params": params}
+    layer_params = None
+    if hoist_weights:
+        layer_params = unstack_layers(text_model_params(model.config, params)["layers"],
+                                      model.config.text_config.num_hidden_layers)
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id
 
@@ -136,7 +159,7 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
         last = jax.lax.dynamic_slice_in_dim(tokens, step - 1, 1, axis=1)
         pos = (prompt_lengths + step - 1)[:, None]
         logits, cache = model.apply(variables, last, None, None, pos, jnp.ones_like(last), cache=cache,
-                                    cache_index=prompt_len + step - 1)
+                                    cache_index=prompt_len + step - 1, layer_params=layer_params)
         rng, step_rng = jax.random.split(rng)
         new = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
         new = jnp.where(done, pad_token_id, new)
@@ -147,7 +170,7 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
     return tokens
 
 
-@partial(jax.jit, static_argnames=("model", "max_new_tokens", "mesh"))
+@partial(jax.jit, static_argnames=("model", "max_new_tokens", "mesh"))  # hoist_weights follows the mesh's platform
 def _generate_data_parallel(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, rng,
                             temperature, top_p, eos_token_id, pad_token_id, pixel_attention_mask=None, *,
                             max_new_tokens: int, mesh: Mesh):
@@ -159,7 +182,8 @@ def _generate_data_parallel(model: Llava, params, input_ids, segment_ids, pixel_
                    pixel_attention_mask):
         row_offset = jax.lax.axis_index(mesh.axis_names) * input_ids.shape[0]
         return _generate(model, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
-                         eos, pad, row_offset, pixel_attention_mask, max_new_tokens=max_new_tokens)
+                         eos, pad, row_offset, pixel_attention_mask, max_new_tokens=max_new_tokens,
+                         hoist_weights=hoists_layer_weights(mesh.devices.flat[0].platform))
 
     # check_vma=False as in jax's own pmap: the program has no collectives, and its KV cache starts as
     # (device-invariant) zeros that the layer scan fills with per-device rows, which the check would reject.
@@ -241,7 +265,7 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
         run = partial(_generate_data_parallel, mesh=mesh)
     else:
         arrays = [jnp.asarray(a) for a in arrays]
-        run = _generate
+        run = partial(_generate, hoist_weights=hoists_layer_weights(jax.devices()[0].platform))
     pam = arrays.pop() if pixel_attention_mask is not None else None
     if pixel_values is None:
         arrays += [None, None]

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any, Sequence, Union
 
 import jax
 import numpy as np
 from PIL import Image
 
-from vlm_jax import cli
+from vlm_jax import cli, paths
 from vlm_jax.checkpoint import CheckpointError, load_config, load_params, tokenizer_spec
 from vlm_jax.data import idefics2_processor
 from vlm_jax.data.image import (ImageRejected, check_image_size, checkpoint_image_settings, open_image_file,
@@ -245,7 +244,7 @@ def load(ckpt: str | os.PathLike, *, dtype: str = "float32", attention_impl: str
     params go to `sharding` (default: the first device; e.g. replicated over a mesh for data-parallel
     generation). An Idefics2 checkpoint's image sizes (longest, shortest edge): `image_sizes`, else its
     `preprocessor_config.json` `size` when it has one, else the original's 560 / 336."""
-    ckpt = Path(ckpt)
+    ckpt = paths.as_path(ckpt)  # a local folder or a URL (gs://...)
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt}: no such folder; give a vlm_jax params checkpoint (e.g. workdir/demo/final)")
     config = load_config(ckpt, dtype=dtype, attention_impl=attention_impl)

@@ -102,8 +102,9 @@ class Connector(nn.Module):
 class Idefics2(nn.Module):
     """Idefics2ForConditionalGeneration. `__call__(input_ids [b, s], pixel_values [b, n_img, H, W, 3] | None,
     image_mask [b, n_img] | None, positions [b, s], segment_ids [b, s], cache=None, cache_index=None,
-    last_logits_only=False, pixel_attention_mask=None [b, n_img, H, W], hidden_only=False) -> (logits
-    [b, s or 1, vocab], cache)` (`hidden_only`: final-norm hidden states instead of logits, see `Llama`).
+    last_logits_only=False, pixel_attention_mask=None [b, n_img, H, W], hidden_only=False, layer_params=None) ->
+    (logits [b, s or 1, vocab], cache)` (`hidden_only`: final-norm hidden states instead of logits; `layer_params`:
+    per-layer params for the unrolled decode; see `Llama`).
     `pixel_attention_mask` None means every pixel of every image is valid (images of one size)."""
 
     config: Idefics2Config
@@ -147,10 +148,11 @@ class Idefics2(nn.Module):
         return splice_image_features(embeddings, is_image, feats, image_mask)
 
     def __call__(self, input_ids, pixel_values, image_mask, positions, segment_ids, cache=None, cache_index=None,
-                 last_logits_only=False, pixel_attention_mask=None, hidden_only=False):
+                 last_logits_only=False, pixel_attention_mask=None, hidden_only=False, layer_params=None):
         embeddings = self.embed(input_ids, pixel_values, image_mask, pixel_attention_mask)
         return self.text_model(embeddings, positions, segment_ids, cache=cache, cache_index=cache_index,
-                               last_logits_only=last_logits_only, hidden_only=hidden_only)
+                               last_logits_only=last_logits_only, hidden_only=hidden_only,
+                               layer_params=layer_params)
 
 
 def init_variables(config: Idefics2Config, rng: jax.Array) -> dict:

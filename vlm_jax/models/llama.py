@@ -285,15 +285,16 @@ class Llama(nn.Module):
         if not c.tie_word_embeddings:
             self.lm_head = LMHead(c)
 
-    def _unrolled_layers(self, x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index):
-        """The layers one by one (a Python loop over the stacked params, sliced at static indices) on a
-        `split_cache` cache → (x, (k tuple, v tuple, None))."""
+    def _unrolled_layers(self, x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index, layer_params=None):
+        """The layers one by one (a Python loop over `layer_params`, default the stacked params sliced at
+        static indices: `unstack_layers`) on a `split_cache` cache → (x, (k tuple, v tuple, None))."""
         c = self.config
-        stacked_params = nn.unbox(self.layers.variables["params"])
         layer = LlamaDecoderLayer(c, parent=None)  # applied functionally to each layer's slice
+        if layer_params is None:
+            layer_params = unstack_layers(self.layers.variables["params"], c.num_hidden_layers)
         ks, vs = [], []
         for i, (k, v) in enumerate(zip(cache["k"], cache["v"])):
-            params = jax.tree.map(lambda a: a[i], stacked_params)
+            params = layer_params[i]
             (x, (k, v, _)), _ = layer.apply({"params": params}, (x, (k, v, None)), cos, sin, segment_ids,
                                             kv_segment_ids, cache_index)
             ks.append(k)
@@ -305,13 +306,15 @@ class Llama(nn.Module):
         return self.embed_tokens(input_ids)
 
     def __call__(self, embeddings, positions, segment_ids, cache=None, cache_index=None, last_logits_only=False,
-                 hidden_only=False):
+                 hidden_only=False, layer_params=None):
         """embeddings `[b, s, D]`, positions / segment_ids int `[b, s]` (segment 0 = padding).
         With `cache` (from `init_cache`) the chunk is written at `cache_index` (int scalar, may be
         traced) and attends to every filled slot before it; returns the updated cache.
         `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill).
         `hidden_only`: the final-norm hidden states `[b, s, D]` instead of logits (the training loss
-        applies the head itself, in sequence chunks, with `output_kernel`)."""
+        applies the head itself, in sequence chunks, with `output_kernel`).
+        `layer_params`: with a `split_cache` cache, the layers' params as `unstack_layers` gives them (decode
+        loops slice them once, outside the loop); default: sliced from the stacked params here."""
         c = self.config
         if self.is_initializing():  # create the embedding table even though the caller embeds
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))
@@ -328,7 +331,8 @@ class Llama(nn.Module):
             kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
             layer_caches = (cache["k"], cache["v"], jnp.int32(0))
         if cache is not None and isinstance(cache["k"], tuple):
-            x, layer_caches = self._unrolled_layers(x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index)
+            x, layer_caches = self._unrolled_layers(x, cache, cos, sin, segment_ids, kv_segment_ids, cache_index,
+                                                    layer_params)
         else:
             (x, layer_caches), _ = self.layers((x, layer_caches), cos, sin, segment_ids, kv_segment_ids,
                                                cache_index)
@@ -351,6 +355,13 @@ def output_kernel(config: TextConfig, params) -> jax.Array:
     if config.tie_word_embeddings:
         return params["embed_tokens"]["embedding"].T
     return params["lm_head"]["kernel"]
+
+
+def unstack_layers(stacked_params, num_layers: int) -> list:
+    """The stacked `layers` params subtree (leading axis = layer) as a list of `num_layers` per-layer subtrees
+    (static slices: copies, once traced)."""
+    stacked_params = nn.unbox(stacked_params)
+    return [jax.tree.map(lambda a: a[i], stacked_params) for i in range(num_layers)]
 
 
 def split_cache(cache: dict) -> dict:

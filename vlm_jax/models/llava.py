@@ -77,8 +77,9 @@ def check_image_tokens(input_ids, image_mask, image_token_id: int, num_image_tok
 class Llava(nn.Module):
     """LlavaForConditionalGeneration. `__call__(input_ids [b, s], pixel_values [b, n_img, H, W, 3] | None,
     image_mask [b, n_img] | None, positions [b, s], segment_ids [b, s], cache=None, cache_index=None,
-    last_logits_only=False, hidden_only=False) -> (logits [b, s or 1, vocab] float32, cache)`
-    (`hidden_only`: final-norm hidden states `[b, s, D]` instead of logits, see `Llama`)."""
+    last_logits_only=False, hidden_only=False, layer_params=None) -> (logits [b, s or 1, vocab] float32, cache)`
+    (`hidden_only`: final-norm hidden states `[b, s, D]` instead of logits; `layer_params`: per-layer params
+    for the unrolled decode; see `Llama`)."""
 
     config: LlavaConfig
 
@@ -119,10 +120,11 @@ class Llava(nn.Module):
         return splice_image_features(embeddings, is_image, feats, image_mask)
 
     def __call__(self, input_ids, pixel_values, image_mask, positions, segment_ids, cache=None, cache_index=None,
-                 last_logits_only=False, hidden_only=False):
+                 last_logits_only=False, hidden_only=False, layer_params=None):
         embeddings = self.embed(input_ids, pixel_values, image_mask)
         return self.language_model(embeddings, positions, segment_ids, cache=cache, cache_index=cache_index,
-                                   last_logits_only=last_logits_only, hidden_only=hidden_only)
+                                   last_logits_only=last_logits_only, hidden_only=hidden_only,
+                                   layer_params=layer_params)
 
 
 def init_variables(config: LlavaConfig, rng: jax.Array) -> dict:

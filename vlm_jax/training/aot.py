@@ -106,7 +106,7 @@ def fit_verdict(figures: dict[str, float], tpu_slice: Slice, *, rows_per_chip: f
                 f"per chip; shard it over more chips (a larger slice, mesh.fsdp) or freeze more modules")
     advice = [f"fewer rows per chip (now {rows_per_chip:g}: lower global_batch_size or raise grad_accum_steps)",
               "more chips"]
-    if remat_policy != "full":
+    if remat_policy not in ("full", "offload"):  # "offload" is full remat with the layer inputs on the host
         advice.insert(0, "remat_policy=full")
     if attention_impl != "pallas":
         advice.insert(0, "attention_impl=pallas (no [seq, seq] scores in memory)")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from vlm_jax import cli
+from vlm_jax import cli, paths
 from vlm_jax.models.config import (ATTENTION_IMPLS, DTYPES, PRESETS, REMAT_POLICY_NAMES, Idefics2Config, LlavaConfig,
                                    model_config_from_dict, preset)
 
@@ -329,22 +329,33 @@ def _cross_field_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """The files and folders a (validated) config names exist and are of the right kind; `cli.InputError`
-    (exit 1) naming the field and the path otherwise (`cli.UsageError` for a URL: local paths only). Shards
-    built by the demo corpus are not checked."""
+    (exit 1) naming the field and the path otherwise. The workdir and init_checkpoint may be URLs
+    (`vlm_jax.paths`: gs://...); the other inputs are read by local-file readers (`cli.UsageError` for a URL).
+    Shards built by the demo corpus are not checked."""
     from vlm_jax.checkpoint import CONFIG_FILE
 
-    for what, path in (("--workdir", workdir), ("init_checkpoint", config.init_checkpoint),
-                       ("data.tokenizer", config.data.tokenizer), ("data.preprocessor_config",
-                       config.data.preprocessor_config), ("heldout.file", config.heldout.file),
-                       ("demo_corpus.dir", config.demo_corpus.dir),
-                       *(("data.shards", shard) for shard in config.data.shards.split(","))):
-        cli.reject_url(path, what)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    paths.check(workdir, "--workdir")
+    paths.check(config.init_checkpoint, "init_checkpoint")
+    for what, path, why in (
+            ("data.tokenizer", config.data.tokenizer, "a tokenizer folder"),
+            ("data.preprocessor_config", config.data.preprocessor_config, "read before the run starts"),
+            ("heldout.file", config.heldout.file, "its questions name local image files"),
+            ("demo_corpus.dir", config.demo_corpus.dir, "the demo corpus is ArrayRecord shards"),
+            *(("data.shards", shard, "ArrayRecord files are read with random access by a local-file reader")
+              for shard in config.data.shards.split(","))):
+        paths.require_local(path, what, why)
+    if config.demo_corpus.build and not config.demo_corpus.dir and paths.is_remote(workdir):
+        raise cli.UsageError(f"--workdir {workdir}: the demo corpus (ArrayRecord shards, local files only) is built "
+                             "in WORKDIR/corpus by default; give a local --config.demo_corpus.dir")
+    if not paths.is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
         raise cli.InputError(f"--workdir {workdir}: is a file, expected a folder (give a new or existing run folder)")
     if config.init_checkpoint:
-        cli.require_dir(config.init_checkpoint, "init_checkpoint",
-                        "give a params checkpoint folder (python -m vlm_jax.convert hf-to-orbax --out DIR)")
-        if not os.path.isfile(os.path.join(config.init_checkpoint, CONFIG_FILE)):
+        fix = "give a params checkpoint folder (python -m vlm_jax.convert hf-to-orbax --out DIR)"
+        if not paths.is_remote(config.init_checkpoint):
+            cli.require_dir(config.init_checkpoint, "init_checkpoint", fix)
+        elif not paths.isdir(config.init_checkpoint):
+            raise cli.InputError(f"init_checkpoint {config.init_checkpoint}: no such folder; {fix}")
+        if not paths.isfile(paths.join(config.init_checkpoint, CONFIG_FILE)):
             raise cli.InputError(f"init_checkpoint {config.init_checkpoint}: no {CONFIG_FILE}, not a vlm_jax params "
                                  "checkpoint (convert one with python -m vlm_jax.convert hf-to-orbax)")
     if config.data.tokenizer != "byte":

@@ -1,17 +1,18 @@
 """Where training metrics go: a per-step JSONL file, TensorBoard event files, the console.
 
-Only process 0 writes. On resume from step k, records after step k (written by the interrupted
-run after its last checkpoint) are dropped from the JSONL file and TensorBoard's view, so both
-read as one uninterrupted run.
+Only process 0 writes; the workdir may be remote (`vlm_jax.paths`). On resume from step k, records after
+step k (written by the interrupted run after its last checkpoint) are dropped from the JSONL file and
+TensorBoard's view, so both read as one uninterrupted run.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Mapping
 
 import jax
+
+from vlm_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -19,21 +20,17 @@ TENSORBOARD_DIR = "tensorboard"
 
 def _truncate_after(path: str, step: int) -> None:
     """Keep only records with `step <= step` (and a complete last line: a kill may cut one)."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return
     kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    for line in paths.read_text(path).splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    paths.write_text(path, "".join(kept))
 
 
 class MetricsWriter:
@@ -45,20 +42,20 @@ class MetricsWriter:
         self._tb = None
         if not self._active:
             return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, METRICS_FILE)
+        paths.makedirs(workdir)
+        path = paths.join(workdir, METRICS_FILE)
         _truncate_after(path, start_step)
-        self._file = open(path, "a")
+        self._file = paths.Appender(path)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1)
+            # tensorboardX writes gs:// (google-cloud-storage) and s3:// (boto3) itself.
+            self._tb = SummaryWriter(paths.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1)
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
         if not self._active:
             return
         self._file.write(json.dumps({"step": int(step), **{k: _plain(v) for k, v in record.items()}}) + "\n")
-        self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)):

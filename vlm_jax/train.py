@@ -238,7 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, source: str = "the
         raise cli.UsageError(f"data.seq_len={config.data.seq_len} cannot hold one image "
                              f"({model_config.num_image_tokens} tokens) and its text: make it larger")
     try:
-        schedule = make_schedule(config.optim, _schedule_steps(config))
+        make_schedule(config.optim, _schedule_steps(config))  # checked before anything is built
     except ValueError as e:
         raise cli.UsageError(f"optim: {e}") from e
     tokenizer = make_tokenizer(config.data.tokenizer)

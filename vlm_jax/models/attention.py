@@ -78,7 +78,7 @@ def _xla_attention(q, k, v, mask, scale):
     output ran the train step's attention about 1.5-2x slower on XLA:CPU; its softmax backward was the
     step's largest op.)"""
     b, t, h, d = q.shape
-    s, kv_heads = k.shape[1], k.shape[2]
+    kv_heads = k.shape[2]
     groups = h // kv_heads
     qf = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
     logits = jnp.einsum("bkqd,bskd->bkqs", qf, k, preferred_element_type=jnp.float32) * scale

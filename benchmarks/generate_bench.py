@@ -37,8 +37,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
 import vlm_jax  # noqa: E402
-from vlm_jax.inference.generation import (bucket_length, decode_loop, generate, hoists_layer_weights,  # noqa: E402
-                                          left_pad)
+from vlm_jax.inference.generation import (bucket_length, decode_loop, generate, generation_weights,  # noqa: E402
+                                          hoists_layer_weights, layer_weights, left_pad)
 from vlm_jax.models.llama import init_cache  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
@@ -146,12 +146,16 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
     {length: `profile_ops` of one call} when `profile`, else {})."""
     text = model.config.text_config
 
+    hoist = hoists_layer_weights(jax.devices()[0].platform)
+
     @partial(jax.jit, static_argnames=("n", "length"))
     def run(params, cache, n, length):
         first = jnp.full((batch,), 5, jnp.int32)
+        # the weights' copy `generate` makes once per call (shared with its prefill), in the 1-step call too
+        stored = layer_weights(model, params) if hoist else None
         return decode_loop(model, params, cache, first, jnp.full((batch,), length, jnp.int32), length,
                            jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(0),
-                           max_new_tokens=n, hoist_weights=hoists_layer_weights(jax.devices()[0].platform))
+                           max_new_tokens=n, hoist_weights=hoist, stored_weights=stored)
 
     caches = {}
     for length in lengths:
@@ -228,8 +232,11 @@ def main(argv=None) -> dict:
     for r, imgs in enumerate(images):
         pixels[r, :len(imgs)], mask[r, :len(imgs)] = imgs, True
 
+    weights = generation_weights(llava, params)  # made once, as `vlm_jax.load(...).generate` does (CPU)
+
     def ours(n):
-        return lambda: generate(llava, params, ids, seg, pixels, mask, max_new_tokens=n, eos_token_id=-1).tokens
+        return lambda: generate(llava, params, ids, seg, pixels, mask, max_new_tokens=n, eos_token_id=-1,
+                                prepared_weights=weights).tokens
 
     hf_ids = torch.tensor(ids, dtype=torch.long)
     hf_mask = torch.tensor(seg > 0, dtype=torch.long)

@@ -196,17 +196,17 @@ def sample_tokens(logits, rng, temperature, top_p, row_offset=0):
 
 
 def hoists_layer_weights(platform: str) -> bool:
-    """Whether generation on `platform` ("cpu", "tpu", "gpu") takes each layer's weights out of the stacked params
-    once per call, in the layout its small-batch matmuls read fastest (`layer_weights`), at the cost of a second
-    copy of the decoder weights for the call. XLA:CPU needs it: its matmuls take no strided view, so a layer's
-    weights sliced inside the decode loop are copied on every step (twice a step's weight traffic; 35 % of the
-    bench's step), and its `[b, in] x [in, out]` dot at batch 4-8 reads a kernel whose contracted axis is minor
-    (`[out, in]`, PyTorch's `nn.Linear` layout) about 1.5-2x faster. XLA:TPU fuses the slice into the matmul (checked
-    in the compiled loop of a v5e program) and tiles its own layouts, so there it would only cost HBM; GPU is
-    unmeasured and keeps the in-loop slices. Where it is true `_generate` also prefills with those weights and
-    straight into per-layer cache buffers (`split_cache`, the layers unrolled) instead of splitting a stacked cache
-    after the prefill: XLA:CPU copies those slices at ~0.3 GB/s (~0.3 s for a batch-8, 1000-token cache of the
-    bench model)."""
+    """Whether generation on `platform` ("cpu", "tpu", "gpu") runs the layers on a copy of their weights taken out
+    of the stacked params before the loop: plain slices made per call, or a copy with every kernel transposed to
+    `[out, in]` made once for many calls (`generation_weights`), at the cost of a second copy of the decoder weights.
+    XLA:CPU needs it: its matmuls take no strided view, so weights sliced inside the decode loop are copied on every
+    step (twice a step's weight traffic; 35 % of the bench's step), and its small-batch `[b, in] x [in, out]` dot
+    reads a kernel whose contracted axis is minor faster (1.04-1.18x per decode step at batch 4-8, 1.3x on the
+    bench's prefill). XLA:TPU fuses the slice into the matmul (checked in the compiled loop of a v5e program) and
+    tiles its own layouts, so there it would only cost HBM; GPU is unmeasured and keeps the in-loop slices. Where it
+    is true `_generate` also prefills with that copy and straight into per-layer cache buffers (`split_cache`, the
+    layers unrolled) instead of splitting a stacked cache after the prefill: XLA:CPU copies those slices at
+    ~0.3 GB/s (~0.3 s for a batch-8, 1000-token cache of the bench model)."""
     return platform == "cpu"
 
 
@@ -219,13 +219,14 @@ def _kernel_inputs(path, kernel) -> int:
     return 2 if "o_proj" in names else 1
 
 
-def layer_weights(model: Llava, params) -> list:
+def layer_weights(model: Llava, params, transpose: bool = True) -> list:
     """Each text-model layer's params, copied once out of the stacked params, every matmul kernel `[*in, *out]`
     stored as the flat bytes of `[*out, *in]` (its contracted axes minor: XLA:CPU's small-batch dot reads that
-    layout about 1.5-2x faster). Flat, behind an optimization barrier, so XLA can neither cancel the transpose
-    against `from_layer_weights`' nor turn it into a layout choice of its own. See `hoists_layer_weights`."""
+    layout faster; `hoists_layer_weights`). Flat, behind an optimization barrier, so XLA can neither cancel the transpose
+    against `from_layer_weights`' nor turn it into a layout choice of its own. See `hoists_layer_weights`.
+    `transpose=False`: plain slices in the params' layout (what the loop read before; for benchmarks)."""
     def store(path, x):
-        n = _kernel_inputs(path, x)
+        n = _kernel_inputs(path, x) if transpose else 0
         return x if not n else x.reshape(math.prod(x.shape[:n]), -1).T.reshape(-1)
 
     layers = unstack_layers(text_model_params(model.config, params)["layers"], model.config.text_config.num_hidden_layers)
@@ -252,7 +253,9 @@ def from_layer_weights(model: Llava, params, stored) -> list:
     dimension numbers (no copy)."""
     def load(path, x, shape):
         n = _kernel_inputs(path, x)
-        return x if not n else x.reshape(-1, math.prod(shape.shape[:n])).T.reshape(shape.shape)
+        if not n or x.shape == shape.shape:  # a norm's scale, or a kernel copied as it was (`transpose=False`)
+            return x
+        return x.reshape(-1, math.prod(shape.shape[:n])).T.reshape(shape.shape)
 
     shapes = jax.eval_shape(lambda p: unstack_layers(text_model_params(model.config, p)["layers"],
                                                      model.config.text_config.num_hidden_layers), params)
@@ -270,7 +273,7 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
     `pixel_attention_mask` `[b, n_img, H, W]` (Idefics2's padded images) goes to the model's prefill when given;
     `hoist_weights`: see `hoists_layer_weights`. `pack_shape` (num_rows, length) with `pack_row` / `pack_offset`
     int32 `[b]`: prefill the rows packed into that many sequences (`PrefillPacking`, `_packed_prefill`).
-    `stored_weights`: `generation_weights` made beforehand (with `hoist_weights`; default: made here)."""
+    `stored_weights`: `generation_weights` made beforehand (with `hoist_weights`; default: plain slices made here)."""
     batch, prompt_len = input_ids.shape
     real = segment_ids > 0
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
@@ -278,7 +281,9 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
     pixel_kwargs = {} if pixel_attention_mask is None else {"pixel_attention_mask": pixel_attention_mask}
     stored = None
     if hoist_weights:
-        stored = layer_weights(model, params) if stored_weights is None else stored_weights
+        # made here: plain slices (a transposing copy inside this program runs at ~0.3 GB/s, ~60 ms on the bench
+        # model: more than it saves over a short generation); `generation_weights`, made once, is transposed
+        stored = layer_weights(model, params, transpose=False) if stored_weights is None else stored_weights
     layer_params = None if stored is None else from_layer_weights(model, params, stored)
     if pack_shape is not None:
         logits, cache = _packed_prefill(model, params, input_ids, segment_ids, pixel_values, image_mask, positions,
@@ -311,12 +316,12 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
     the prefill; prompt_lengths int32 `[b]`: real prompt tokens per row (the next position). Stops after
     `max_new_tokens` tokens or when every row has emitted EOS → tokens int32 `[b, max_new_tokens]` (first
     included; `pad_token_id` after a row's EOS). `hoist_weights`: the layers read `layer_weights`' copy
-    (`stored_weights` when given, else made here, once, before the loop) instead of slicing the stacked params in
-    every step (`hoists_layer_weights` says where that pays)."""
+    (`stored_weights` when given, else plain slices made here, once, before the loop) instead of slicing the
+    stacked params in every step (`hoists_layer_weights` says where that pays)."""
     batch = first.shape[0]
     variables = {"params": params}
     if hoist_weights and stored_weights is None and max_new_tokens > 1:  # one token: the loop never runs
-        stored_weights = layer_weights(model, params)
+        stored_weights = layer_weights(model, params, transpose=False)  # (see `_generate`)
     if not hoist_weights:
         stored_weights = None
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
@@ -404,8 +409,8 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
     the single-device ones; params are replicated over the mesh (see `place_params`).
     `model` is a `Llava` or an `Idefics2`; for Idefics2, `pixel_attention_mask` bool `[b, n_img, H, W]` marks each
     image's valid pixels (images padded to one size; None = all valid). `prepared_weights`: single device, the
-    `generation_weights(model, params)` of these same params, made once for many calls (default: each call
-    copies the weights it needs itself, on CPU).
+    `generation_weights(model, params)` of these same params, made once for many calls (default: on CPU each
+    call slices the layers' weights itself, untransposed).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -11,21 +11,15 @@ accumulation), each device's token-mean loss averaged over devices (`loss_normal
 HF's causal-LM loss under DeepSpeed), no gradient clipping (the original's zero3.json is not in its
 repository; LLaVA's has no `gradient_clipping`). README "Training" compares the two configs.
 """
-import importlib.util
 import os
 
+from vlm_jax import config_file
 
-def packed_config():
-    """configs/llava_textbook_7b.py's config (config files are loaded by path, not as a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llava_textbook_7b.py")
-    spec = importlib.util.spec_from_file_location("llava_textbook_7b", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config():
-    c = packed_config()
+    c = config_file.load(os.path.join(HERE, "llava_textbook_7b.py"))  # the packed recipe; its batching changes
     c.workdir = "workdir/llava_textbook_7b_seed"
     c.mesh = {"data": 1, "fsdp": 8, "tensor": 1}
     c.global_batch_size = 16  # 2 documents per device x 8 devices

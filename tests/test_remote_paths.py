@@ -159,3 +159,31 @@ def test_train_refuses_remote_shards_and_a_remote_demo_corpus(tmp_path):
     config.data.shards = f"{tmp_path},gs://b/shards"
     with pytest.raises(cli.UsageError, match=r"^data.shards gs://b/shards: must be a local path"):
         check_inputs(config, str(tmp_path))
+
+
+def test_local_copy_of_remote_files_is_one_refreshed_folder(gcs, tmp_path):
+    """A remote checkpoint's side files (tokenizer, image settings) come back in one local folder per URL:
+    the same folder on every call, the files' current contents, and a file deleted remotely gone locally."""
+    script = r"""
+import json, os, sys
+from vlm_jax import paths
+d = "gs://bucket/side/ckpt"
+paths.write_text(paths.join(d, "tokenizer.json"), "v1")
+paths.write_text(paths.join(d, "special_tokens_map.json"), "{}")
+first = paths.local_copy(d, ["tokenizer.json", "special_tokens_map.json", "tokenizer.model"])
+contents = {n: open(os.path.join(first, n)).read() for n in sorted(os.listdir(first))}
+paths.write_text(paths.join(d, "tokenizer.json"), "v2")
+paths.as_path(paths.join(d, "special_tokens_map.json")).unlink()
+second = paths.local_copy(d + "/", ["tokenizer.json", "special_tokens_map.json", "tokenizer.model"])
+print(json.dumps({"first": first, "second": second, "contents": contents,
+                  "after": {n: open(os.path.join(second, n)).read() for n in sorted(os.listdir(second))}}))
+"""
+    env = _env(gcs, tmp_path / "jax_cache")
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["first"] == out["second"] and out["first"].startswith(str(tmp_path))
+    assert out["contents"] == {"special_tokens_map.json": "{}", "tokenizer.json": "v1"}
+    assert out["after"] == {"tokenizer.json": "v2"}
+    assert os.listdir(tmp_path / "vlm_jax_remote") == [os.path.basename(out["first"])]

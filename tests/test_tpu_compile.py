@@ -68,6 +68,21 @@ def test_tiny_llava_train_step_compiles_for_tpu_with_the_mosaic_kernel():
 
 
 @needs_libtpu
+def test_offloaded_layer_inputs_count_as_host_memory_not_hbm():
+    """`remat_policy="offload"`: XLA:TPU's `temp_size_in_bytes` includes the host-memory copies of the layers'
+    saved inputs; the report moves exactly those bytes (layers x rows per chip x seq x hidden, bf16) to
+    host_gib and counts only HBM in per_chip_gib."""
+    c = _tiny_train_config(remat_policy="offload")
+    report = aot.compile_train_step(c, model_config(c), parse_slice("v5e:2x2"))
+    mc = model_config(c).text_config
+    saved = mc.num_hidden_layers * 1 * 256 * mc.hidden_size * 2 / aot.GIB
+    assert report["host_gib"] == pytest.approx(saved, rel=1e-6)
+    hbm_sum = (report["arguments_gib"] + report["outputs_gib"] - report["aliased_gib"] + report["temporaries_gib"]
+               + report["code_gib"])
+    assert report["per_chip_gib"] == pytest.approx(max(hbm_sum, report["peak_gib"]))
+
+
+@needs_libtpu
 def test_tiny_idefics2_train_step_compiles_for_tpu_with_its_pixel_mask():
     """The Idefics2 family's step (its batch carries `pixel_attention_mask`; SigLIP, perceiver and the windowed
     Mistral through the Mosaic kernel) compiles for a TPU slice, as configs/idefics2_textbook_8b.py does."""

@@ -113,8 +113,11 @@ def test_memory_ladder_adds_one_option_per_rung_and_auto_stops_at_the_first_fit(
     last = memory.rungs(c, 8)[-1][1]
     assert (last.grad_accum_steps, last.remat_policy, last.mlp_chunk, last.optim.moment_dtype) == \
         (2, "offload", 4096, "bfloat16")
-    c.dtype = "bfloat16"  # bf16 compute: compute_dtype_grads, but not with accumulation
-    assert "compute_dtype_grads" not in [name for name, _ in memory.rungs(c, 8)]
+    c.dtype = "bfloat16"  # bf16 compute: compute_dtype_grads, with accumulation only after the other rungs
+    assert [name for name, _ in memory.rungs(c, 8)] == [
+        "as written", "grad_accum_steps=2", "remat_policy=offload", "mlp_chunk=4096", "compute_dtype_grads_accum",
+        "optim.moment_dtype=bfloat16"]
+    assert memory.rungs(c, 8)[-1][1].compute_dtype_grads and not memory.rungs(c, 8)[-3][1].compute_dtype_grads_accum
     names = [name for name, _ in memory.rungs(c, batch_shards=16)]
     assert names == ["as written", "compute_dtype_grads", "remat_policy=offload", "mlp_chunk=4096",
                      "optim.moment_dtype=bfloat16"]
@@ -180,3 +183,36 @@ def test_compute_dtype_grads_with_chunked_mlp_round_the_chunk_sum_once(setup):
         name = jax.tree_util.keystr(path)
         np.testing.assert_array_equal(g, w.astype(jnp.bfloat16).astype(np.float32) if "layers" in name else w,
                                       err_msg=name)
+
+
+def test_compute_dtype_grads_inside_accumulation_equal_the_float32_accumulation(setup):
+    """`compute_dtype_grads_accum`: 2 microbatches differentiated with respect to the layers cast to bf16
+    once per step (the microbatch loop receives bf16 layers) sum to the float32 accumulation's gradients exactly."""
+    from vlm_jax.training.step import make_train_step
+
+    config, batch, params, _ = setup
+    config = config.with_runtime(dtype="bfloat16")
+    mesh = make_mesh(1, 4, 1, devices=jax.devices()[:4])  # 4 rows per microbatch over 4 devices
+    want, want_metrics = _step_gradients(config, batch, params, mesh, grad_accum_steps=2)
+    options = dict(grad_accum_steps=2, compute_dtype_grads=True, compute_dtype_grads_accum=True)
+    got, got_metrics = _step_gradients(config, batch, params, mesh, **options)
+    np.testing.assert_array_equal(got_metrics["loss"], want_metrics["loss"])
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        assert g.dtype == np.float32
+        np.testing.assert_array_equal(g, w, err_msg=jax.tree_util.keystr(path))
+
+    def loop_inputs(**opts):
+        """dtypes of the stacked decoder-layer kernels the microbatch scan takes in."""
+        step = make_train_step(Llava(config), optax.sgd(0.0), optax.constant_schedule(0.0), frozen=("vision_tower",),
+                               **opts)
+        state = initial_state(config)
+        state = state.replace(opt_state=optax.sgd(0.0).init({k: v for k, v in params.items() if k != "vision_tower"}))
+        jaxpr = jax.make_jaxpr(step)(state, batch)
+        scan = next(e for e in jaxpr.eqns if e.primitive.name == "scan" and e.params["length"] == 2)
+        layers = config.text_config.num_hidden_layers
+        consts = scan.invars[:scan.params["num_consts"]]  # (then the float32 accumulator, the microbatches)
+        return {str(v.aval.dtype) for v in consts if v.aval.ndim == 3 and v.aval.shape[0] == layers
+                and jnp.issubdtype(v.aval.dtype, jnp.floating)}
+
+    assert "bfloat16" in loop_inputs(**options)  # (the frozen vision tower's layers stay float32)
+    assert loop_inputs(grad_accum_steps=2, compute_dtype_grads=True) == {"float32"}  # not applied without the flag

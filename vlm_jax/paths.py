@@ -22,6 +22,7 @@ TensorStore `TENSORSTORE_GCS_HTTP_URL`.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -152,16 +153,22 @@ def upload_tree(local_dir: str, dst) -> None:
 
 def local_copy(directory, names: Iterable[str]) -> str:
     """A local folder holding those of `names` that the (possibly remote) `directory` has: `directory` itself
-    when it is local, else a new temporary folder with the files downloaded (tokenizer and image settings of a
-    remote checkpoint, for readers that open local files)."""
+    when it is local, else one folder per URL under the system's temporary folder
+    (`vlm_jax_remote/<hash of the URL>`), refreshed on each call: every file is downloaded again and written
+    atomically, and a file the URL no longer has is removed, so repeated reads of one checkpoint neither leave a
+    folder each behind nor see a stale file (tokenizer and image settings of a remote checkpoint, for readers
+    that open local files)."""
     if not is_remote(directory):
         return os.fspath(directory)
-    local = tempfile.mkdtemp(prefix="vlm_jax_")
+    url = resolve(directory)
+    local = os.path.join(tempfile.gettempdir(), "vlm_jax_remote", hashlib.sha256(url.encode()).hexdigest()[:16])
     for name in names:
-        src = as_path(join(directory, name))
+        src, dst = as_path(join(url, name)), os.path.join(local, name)
         if src.is_file():
-            with open(os.path.join(local, name), "wb") as f:
-                f.write(src.read_bytes())
+            write_bytes(dst, src.read_bytes())
+        elif os.path.exists(dst):
+            os.remove(dst)
+    makedirs(local)
     return local
 
 

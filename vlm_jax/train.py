@@ -188,7 +188,8 @@ def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[st
         make_train_step(model_for(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
                         nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
                         loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh),
-                        compute_dtype_grads=config.compute_dtype_grads),
+                        compute_dtype_grads=config.compute_dtype_grads,
+                        compute_dtype_grads_accum=config.compute_dtype_grads_accum),
         shardings, batch_sharding(mesh))
     return {"model_config": model_config, "frozen": frozen, "schedule": schedule, "tx": tx, "abstract": abstract,
             "shardings": shardings, "step_fn": step_fn}

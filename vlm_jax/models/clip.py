@@ -6,7 +6,6 @@ The encoder can stop after any number of layers; LLaVA needs L-1 and the last on
 """
 from __future__ import annotations
 
-from functools import partial
 
 import flax
 import flax.linen as nn
@@ -15,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vlm_jax.models.attention import attention
 from vlm_jax.models.config import VisionConfig
-from vlm_jax.models.layers import DenseGeneral, first_layers, layer_norm, normal_init, stacked, zeros_init
+from vlm_jax.models.layers import first_layers, layer_norm, normal_init, stacked
+from vlm_jax.models.vit import ViTEncoderLayer
 
 
 @flax.struct.dataclass
@@ -31,60 +30,6 @@ class VisionOutput:
     hidden_states: jax.Array | None = None
     pooled: jax.Array | None = None
     image_embeds: jax.Array | None = None
-
-
-def quick_gelu(x):
-    return x * jax.nn.sigmoid(1.702 * x)
-
-
-class CLIPAttention(nn.Module):
-    config: VisionConfig
-
-    @nn.compact
-    def __call__(self, x):
-        c = self.config
-        dtype = jnp.dtype(c.dtype)
-        proj = partial(DenseGeneral, features=(c.num_attention_heads, c.head_dim), use_bias=True, dtype=dtype,
-                       param_dtype=jnp.dtype(c.param_dtype),
-                       kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_heads", "head_dim")),
-                       bias_init=zeros_init(("vision_heads", "head_dim")))
-        q, k, v = proj(name="q_proj")(x), proj(name="k_proj")(x), proj(name="v_proj")(x)
-        out = attention(q, k, v, causal=False, implementation=c.attention_impl, block_q=c.attention_block_q,
-                        block_k=c.attention_block_k)
-        return DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=True, dtype=dtype,
-                            param_dtype=jnp.dtype(c.param_dtype),
-                            kernel_init=normal_init(c.initializer_range, ("vision_heads", "head_dim", "vision_embed")),
-                            bias_init=zeros_init(("vision_embed",)), name="out_proj")(out)
-
-
-class CLIPMLP(nn.Module):
-    config: VisionConfig
-
-    @nn.compact
-    def __call__(self, x):
-        c = self.config
-        dense = partial(nn.Dense, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-        h = dense(c.intermediate_size, kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_mlp")),
-                  bias_init=zeros_init(("vision_mlp",)), name="fc1")(x)
-        h = nn.with_logical_constraint(quick_gelu(h), ("activation_batch", "activation_length", "activation_mlp"))
-        return dense(c.hidden_size, kernel_init=normal_init(c.initializer_range, ("vision_mlp", "vision_embed")),
-                     bias_init=zeros_init(("vision_embed",)), name="fc2")(h)
-
-
-class CLIPEncoderLayer(nn.Module):
-    """One pre-LN transformer layer; scan body `(x, _) -> (x, x if collect else None)`."""
-
-    config: VisionConfig
-    collect: bool = False
-
-    @nn.compact
-    def __call__(self, x, _):
-        c = self.config
-        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        x = x + CLIPAttention(c, name="self_attn")(layer_norm(c.layer_norm_eps, dtype, pdtype, "layer_norm1")(x))
-        x = x + CLIPMLP(c, name="mlp")(layer_norm(c.layer_norm_eps, dtype, pdtype, "layer_norm2")(x))
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-        return x, (x if self.collect else None)
 
 
 class CLIPVisionTower(nn.Module):
@@ -133,7 +78,7 @@ class CLIPVisionTower(nn.Module):
         run_all = initializing or n_run == total
         ys = None
         if run_all or n_run > 0:
-            layers = stacked(CLIPEncoderLayer, length=total if run_all else n_run,
+            layers = stacked(ViTEncoderLayer, length=total if run_all else n_run,
                              remat_policy=c.remat_policy, in_axes=nn.broadcast)
             if not run_all:
                 layers = first_layers(layers, n_run)

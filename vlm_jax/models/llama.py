@@ -73,11 +73,15 @@ def rope_cos_sin(positions, inv_freq):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate `x [batch, seq, heads, head_dim]` by position (HF rotate_half convention), in float32."""
-    x32 = x.astype(jnp.float32)
+    """Rotate `x [batch, seq, heads, head_dim]` by position (HF rotate_half convention) with the float32
+    tables `cos`, `sin [batch, seq, head_dim]`, in x's dtype as transformers does (`LlamaRotaryEmbedding`
+    casts the tables to x's dtype, `apply_rotary_pos_emb` computes `x*cos + rotate_half(x)*sin` there): a
+    bf16 model's q/k are rotated in bf16 (bit-for-bit transformers' values, and no float32 copy of q/k in
+    memory), a float32 model's in float32."""
+    cos, sin = cos.astype(x.dtype)[:, :, None], sin.astype(x.dtype)[:, :, None]
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
 
 
 def _is_static_zero(index) -> bool:

@@ -12,16 +12,15 @@ outputs are computed (from the valid patches) but never used downstream.
 """
 from __future__ import annotations
 
-from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.models.attention import attention
 from vlm_jax.models.config import SiglipVisionConfig
-from vlm_jax.models.layers import DenseGeneral, layer_norm, normal_init, stacked, zeros_init
+from vlm_jax.models.layers import layer_norm, normal_init, stacked, zeros_init
+from vlm_jax.models.vit import ViTEncoderLayer
 
 
 def patch_attention_mask(pixel_attention_mask, patch_size: int):
@@ -56,58 +55,6 @@ def bucket_position_ids(patch_mask, side: int):
     return jnp.where(patch_mask, ids, 0).reshape(n, gh * gw)
 
 
-class SiglipAttention(nn.Module):
-    config: SiglipVisionConfig
-
-    @nn.compact
-    def __call__(self, x, kv_segment_ids):
-        c = self.config
-        dtype = jnp.dtype(c.dtype)
-        proj = partial(DenseGeneral, features=(c.num_attention_heads, c.head_dim), use_bias=True, dtype=dtype,
-                       param_dtype=jnp.dtype(c.param_dtype),
-                       kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_heads", "head_dim")),
-                       bias_init=zeros_init(("vision_heads", "head_dim")))
-        q, k, v = proj(name="q_proj")(x), proj(name="k_proj")(x), proj(name="v_proj")(x)
-        out = attention(q, k, v, q_segment_ids=jnp.ones_like(kv_segment_ids), kv_segment_ids=kv_segment_ids,
-                        causal=False, implementation=c.attention_impl, block_q=c.attention_block_q,
-                        block_k=c.attention_block_k)
-        return DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=True, dtype=dtype,
-                            param_dtype=jnp.dtype(c.param_dtype),
-                            kernel_init=normal_init(c.initializer_range, ("vision_heads", "head_dim", "vision_embed")),
-                            bias_init=zeros_init(("vision_embed",)), name="out_proj")(out)
-
-
-class SiglipMLP(nn.Module):
-    config: SiglipVisionConfig
-
-    @nn.compact
-    def __call__(self, x):
-        c = self.config
-        dense = partial(nn.Dense, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-        h = dense(c.intermediate_size, kernel_init=normal_init(c.initializer_range, ("vision_embed", "vision_mlp")),
-                  bias_init=zeros_init(("vision_mlp",)), name="fc1")(x)
-        h = nn.with_logical_constraint(nn.gelu(h, approximate=True),
-                                       ("activation_batch", "activation_length", "activation_mlp"))
-        return dense(c.hidden_size, kernel_init=normal_init(c.initializer_range, ("vision_mlp", "vision_embed")),
-                     bias_init=zeros_init(("vision_embed",)), name="fc2")(h)
-
-
-class SiglipEncoderLayer(nn.Module):
-    """Pre-LN transformer layer; scan body `(x, kv_segment_ids) -> (x, None)`."""
-
-    config: SiglipVisionConfig
-
-    @nn.compact
-    def __call__(self, x, kv_segment_ids):
-        c = self.config
-        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        x = x + SiglipAttention(c, name="self_attn")(layer_norm(c.layer_norm_eps, dtype, pdtype, "layer_norm1")(x),
-                                                      kv_segment_ids)
-        x = x + SiglipMLP(c, name="mlp")(layer_norm(c.layer_norm_eps, dtype, pdtype, "layer_norm2")(x))
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-        return x, None
-
-
 class SiglipVisionTower(nn.Module):
     """`__call__(pixel_values [n, H, W, C], patch_mask bool [n, H/p, W/p] | None) -> [n, (H/p)·(W/p), D]`
     (post_layernorm output; HF `last_hidden_state`). `patch_mask` None = every patch valid."""
@@ -135,7 +82,7 @@ class SiglipVisionTower(nn.Module):
         x = x + jnp.take(table, bucket_position_ids(patch_mask, c.num_patches_per_side), axis=0).astype(dtype)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         kv_segment_ids = patch_mask.reshape(n, gh * gw).astype(jnp.int32)
-        layers = stacked(SiglipEncoderLayer, length=c.num_hidden_layers, remat_policy=c.remat_policy,
+        layers = stacked(ViTEncoderLayer, length=c.num_hidden_layers, remat_policy=c.remat_policy,
                          in_axes=nn.broadcast)
         x, _ = layers(c, name="layers")(x, kv_segment_ids)
         return layer_norm(c.layer_norm_eps, dtype, pdtype, "post_layernorm")(x)

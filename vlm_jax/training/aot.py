@@ -9,9 +9,12 @@ compile-only TPU devices (`vlm_jax.topology`); the same jitted train step that `
 `memory_analysis()` gives what each chip must hold. These are compile-time figures: the program's
 buffers per chip, not run-time measurements (runtime and fragmentation add a little).
 
-Per chip = arguments + outputs - outputs aliased to (donated) arguments + temporaries + code. When
-XLA:TPU rejects the program for lack of HBM it reports only the total; arguments are then counted from
-the shards and temporaries are the rest (outputs, aliased and code show as nan).
+Per chip = the larger of XLA's peak (`peak_memory_in_bytes`) and arguments + outputs - outputs aliased to
+(donated) arguments + temporaries + code, all in HBM: host-memory temporaries (`remat_policy="offload"`'s
+saved layer inputs), which `temp_size_in_bytes` also counts, are reported apart (`host_gib`)
+(`vlm_jax.training.memory.device_bytes`). When XLA:TPU rejects the program for lack of HBM it reports only
+the total; arguments are then counted from the shards and temporaries are the rest (outputs, aliased,
+code and host show as nan).
 FLOPs are the analytic model count (`vlm_jax.training.flops`): `compiled.cost_analysis()` counts a
 scanned layer body once.
 """
@@ -34,6 +37,7 @@ from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
 from vlm_jax.topology import DEVICE_KIND, Slice, compile_only_devices
 from vlm_jax.training.distributed import batch_divisor
 from vlm_jax.training.flops import train_step_flops
+from vlm_jax.training.memory import device_bytes
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
 from vlm_jax.training.config import batch_images
 from vlm_jax.training.params import parse_module_list
@@ -53,14 +57,11 @@ def abstract_batch(config: ml_collections.ConfigDict, model_config, *, sharding)
 
 
 def memory_figures(compiled) -> dict[str, float]:
-    """GiB per device of a compiled program: arguments, outputs, aliased, temporaries, code, total."""
-    m = compiled.memory_analysis()
-    figures = {"arguments_gib": m.argument_size_in_bytes, "outputs_gib": m.output_size_in_bytes,
-               "aliased_gib": m.alias_size_in_bytes, "temporaries_gib": m.temp_size_in_bytes,
-               "code_gib": m.generated_code_size_in_bytes}
-    figures = {k: v / GIB for k, v in figures.items()}
-    figures["per_chip_gib"] = (figures["arguments_gib"] + figures["outputs_gib"] - figures["aliased_gib"]
-                               + figures["temporaries_gib"] + figures["code_gib"])
+    """GiB per device of a compiled program (`vlm_jax.training.memory.device_bytes`): arguments, outputs,
+    aliased, temporaries (in HBM), code, host (host-memory temporaries, not in HBM), peak (XLA's), and
+    per_chip (what must fit the chip's HBM)."""
+    figures = {f"{k}_gib" if k != "total" else "per_chip_gib": v / GIB
+               for k, v in device_bytes(compiled.memory_analysis()).items()}
     return figures
 
 
@@ -89,7 +90,8 @@ def compile_or_measure(lowered, arguments: Any) -> tuple[Any, dict[str, float]]:
         total = float(match.group(1))
         args = per_device_gib(arguments)
         return None, {"arguments_gib": args, "outputs_gib": float("nan"), "aliased_gib": float("nan"),
-                      "temporaries_gib": max(total - args, 0.0), "code_gib": float("nan"), "per_chip_gib": total}
+                      "temporaries_gib": max(total - args, 0.0), "code_gib": float("nan"), "host_gib": float("nan"),
+                      "peak_gib": total, "per_chip_gib": total}
     return compiled, memory_figures(compiled)
 
 
@@ -143,7 +145,8 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
                                           nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
                                           loss_normalization=config.loss_normalization,
                                           batch_shards=batch_divisor(mesh),
-                                          compute_dtype_grads=config.compute_dtype_grads),
+                                          compute_dtype_grads=config.compute_dtype_grads,
+                        compute_dtype_grads_accum=config.compute_dtype_grads_accum),
                           shardings, batch_sharding(mesh))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):  # as vlm_jax.train runs it
         compiled, figures = compile_or_measure(step.lower(state, batch), (state, batch))
@@ -211,7 +214,8 @@ def compile_generation(model_config: LlavaConfig, tpu_slice: Slice, *, batch_siz
             "compile_s": compile_s}
 
 
-REPORT_KEYS = ("topology", "chips", "fits", "per_chip_gib", "hbm_gib", "arguments_gib", "temporaries_gib", "rows_per_chip",
+REPORT_KEYS = ("topology", "chips", "fits", "per_chip_gib", "hbm_gib", "arguments_gib", "temporaries_gib", "host_gib",
+               "rows_per_chip",
                "memory_options",
                "tokens_per_step", "model_tflops_per_step", "compile_s")
 
@@ -225,8 +229,11 @@ def format_table(report: dict[str, Any]) -> str:
         rows.append(("rows per chip", f"{report['rows_per_chip']:g}"))
     if "memory_options" in report:
         rows.append(("memory options (memory=auto)", report["memory_options"]))
-    for key in ("arguments_gib", "outputs_gib", "aliased_gib", "temporaries_gib", "code_gib", "per_chip_gib"):
-        rows.append((key.replace("_gib", " (GiB/chip)"), f"{report[key]:.2f}"))
+    for key in ("arguments_gib", "outputs_gib", "aliased_gib", "temporaries_gib", "code_gib", "peak_gib",
+                "per_chip_gib", "host_gib"):
+        if key in report:
+            rows.append((key.replace("_gib", " (GiB/chip)").replace("host", "host memory").replace("peak", "XLA peak"),
+                         f"{report[key]:.2f}"))
     rows += [("usable HBM (GiB/chip)", f"{report['hbm_gib']:.2f}"), ("fits", "yes" if report["fits"] else "NO"),
              ("tokens per step", report["tokens_per_step"])]
     if report.get("model_tflops_per_step") is not None:

@@ -50,8 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss_chunk = 0  # positions per chunk of the LM head + cross-entropy (0: full [seq, vocab] logits)
     c.mlp_chunk = 0  # positions per chunk of the Llama MLP (0: all at once; must divide data.seq_len)
     # True: the decoder layers' gradients stay in the compute dtype until the update (half the gradient
-    # memory in bf16; the same values, see vlm_jax.training.step.make_train_step; not with accumulation)
+    # memory in bf16; the same values, see vlm_jax.training.step.make_train_step; not with accumulation
+    # unless compute_dtype_grads_accum: then each microbatch's are, added to the float32 accumulator)
     c.compute_dtype_grads = False
+    c.compute_dtype_grads_accum = False
     # "fixed": the memory options as written | "auto": the fastest rung of vlm_jax.training.memory.LADDER
     # whose compiled step fits the device's HBM (devices without a reported limit, e.g. CPU: as written)
     c.memory = "fixed"
@@ -228,7 +230,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "remat_policy": _choice(*REMAT_POLICY_NAMES), "frozen": _modules,
     "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
     "global_batch_size": _int(1), "grad_accum_steps": _int(1),
-    "loss_chunk": _int(0), "mlp_chunk": _int(0), "compute_dtype_grads": _bool, "memory": _choice("fixed", "auto"),
+    "loss_chunk": _int(0), "mlp_chunk": _int(0), "compute_dtype_grads": _bool,
+    "compute_dtype_grads_accum": _bool, "memory": _choice("fixed", "auto"),
     "loss_normalization": _choice("global", "per_device"), "optim.moment_dtype": _choice("float32", "bfloat16"),
     "num_train_steps": _int(0, special=(-1,)), "schedule_steps": _int(1, special=(-1,)),
     "optim.learning_rate": _float(0.0), "optim.schedule": _choice("constant", "cosine"),

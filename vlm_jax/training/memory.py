@@ -13,7 +13,10 @@ tests/test_train_loss_norm.py); each adds one option to the previous rung, cheap
 3. `remat_policy="offload"`: each layer's saved input (one `[seq, hidden]` per layer and row, 8 GiB for a
    32k row of a 7B model) lives in host memory, copied back for the backward pass;
 4. `mlp_chunk=MLP_CHUNK`: the MLP runs that many positions at a time (it recomputes the MLP forward once more);
-5. `optim.moment_dtype="bfloat16"`: Adam moments stored in bfloat16 (updates still computed in float32;
+5. with accumulation (and a compute dtype other than the params'): `compute_dtype_grads` inside it
+   (`compute_dtype_grads_accum`: each microbatch's layer gradients in bf16, the same sums), after the
+   rungs above because on v6e-8 it compiled to more memory than without it (README "Memory");
+6. `optim.moment_dtype="bfloat16"`: Adam moments stored in bfloat16 (updates still computed in float32;
    the only rung that changes numerics, by the moments' rounding).
 
 `config.memory = "auto"` takes the first rung whose compiled step fits the device's HBM (the train loop:
@@ -57,16 +60,31 @@ def rungs(config: ml_collections.ConfigDict, batch_shards: int) -> list[tuple[st
     add("remat_policy=offload", remat_policy="offload")
     if config.data.seq_len % MLP_CHUNK == 0 and config.data.seq_len > MLP_CHUNK:
         add(f"mlp_chunk={MLP_CHUNK}", mlp_chunk=MLP_CHUNK)
+    if config.dtype != config.param_dtype and out[-1][1].grad_accum_steps > 1:
+        add("compute_dtype_grads_accum", compute_dtype_grads=True, compute_dtype_grads_accum=True)
     add("optim.moment_dtype=bfloat16", **{"optim.moment_dtype": "bfloat16"})
     return out
 
 
+def device_bytes(m) -> dict[str, int]:
+    """Bytes per device of a compiled program's `memory_analysis()` `m`, in the device's own memory:
+    arguments, outputs, aliased (outputs that reuse donated arguments), temporaries, code; host (the
+    host-memory temporaries, e.g. `remat_policy="offload"`'s saved layer inputs, which XLA:TPU counts in
+    `temp_size_in_bytes` too but which take no HBM); peak (XLA's `peak_memory_in_bytes`, the total of the
+    program's buffers in the device's memory, what XLA:TPU checks against HBM); total (the larger of peak
+    and arguments + outputs - aliased + temporaries + code)."""
+    host = getattr(m, "host_temp_size_in_bytes", 0)
+    out = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes, "aliased": m.alias_size_in_bytes,
+           "temporaries": m.temp_size_in_bytes - host, "code": m.generated_code_size_in_bytes, "host": host,
+           "peak": getattr(m, "peak_memory_in_bytes", 0)}
+    out["total"] = max(out["peak"], out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+                       + out["code"])
+    return out
+
+
 def compiled_bytes(compiled) -> int:
-    """Device bytes a compiled program needs: arguments + outputs not aliased to them + temporaries
-    + generated code (`compiled.memory_analysis()`)."""
-    m = compiled.memory_analysis()
-    return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-            + m.generated_code_size_in_bytes)
+    """Device (HBM) bytes a compiled program needs: `device_bytes(...)["total"]`."""
+    return device_bytes(compiled.memory_analysis())["total"]
 
 
 def device_hbm_bytes(device) -> int | None:

@@ -72,7 +72,8 @@ def split_microbatches(batch: Mapping[str, jax.Array], accum: int) -> dict[str, 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     frozen: Sequence[str], grad_accum_steps: int = 1, nan_policy: str = "stop", loss_chunk: int = 0,
-                    loss_normalization: str = "global", batch_shards: int = 1, compute_dtype_grads: bool = False):
+                    loss_normalization: str = "global", batch_shards: int = 1, compute_dtype_grads: bool = False,
+                    compute_dtype_grads_accum: bool = False):
     """`(state, batch) -> (state, metrics)`, to be jitted with state donation.
 
     metrics (float32 scalars): loss (as `loss_normalization` says, see the module docstring), loss_tokens, tokens (non-padding
@@ -87,8 +88,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     in that dtype until the update upcasts them. The same gradients as float32 ones: each layer weight
     enters the model only through one cast to the compute dtype, whose gradient is already a
     compute-dtype value (with `mlp_chunk`, the chunks' sum is rounded to it once); the update stays float32.
-    Not applied with `grad_accum_steps` > 1, where the float32 accumulator holds every gradient anyway
-    (and the 7B step on v6e-8 with 2 microbatches compiled to more memory with it, see README "Memory").
+    Not applied with `grad_accum_steps` > 1 (where the float32 accumulator holds every gradient anyway, and
+    the 7B step on v6e-8 with 2 microbatches compiled to more memory with it, see README "Memory") unless
+    `compute_dtype_grads_accum`: then the layers are cast once per step and each microbatch's layer
+    gradients are compute-dtype values added to the float32 accumulator (the same sums: each added value
+    is the bf16 value the float32 step upcasts first).
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
@@ -113,7 +117,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         trained, frozen_params = split_params(state.params, frozen)
-        differentiated = cast_text_layers(model, trained) if compute_dtype_grads and grad_accum_steps == 1 else trained
+        cast = compute_dtype_grads and (grad_accum_steps == 1 or compute_dtype_grads_accum)
+        differentiated = cast_text_layers(model, trained) if cast else trained
         loss_tokens = batch["loss_mask"].astype(jnp.float32).sum()
         if loss_normalization == "global":
             denominator = jnp.maximum(loss_tokens, 1.0)
@@ -125,7 +130,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             def body(carry, micro):
                 grads_acc, loss_acc = carry
                 (_, loss_sum), grads = grad_fn(differentiated, frozen_params, micro, denominator)
-                return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum), None
+                grads_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grads_acc, grads)
+                return (grads_acc, loss_acc + loss_sum), None
 
             zeros = jax.tree.map(jnp.zeros_like, trained)
             (grads, loss_sum), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)),

@@ -14,32 +14,12 @@ from typing import Mapping
 import numpy as np
 
 from vlm_jax.models.config import Idefics2Config, SiglipVisionConfig, TextConfig
-from vlm_jax.models.hf.llava import _llama_mappings
-from vlm_jax.models.hf.table import (TensorMapping, heads_bias, heads_in, heads_out, linear, params_from_state_dict,
-                                     patch, same, state_dict_from_params)
+from vlm_jax.models.hf.llava import _attention_mappings, _llama_mappings, _swiglu_mappings, _vit_layer_mappings
+from vlm_jax.models.hf.table import TensorMapping, params_from_state_dict, patch, same, state_dict_from_params
 
 CONFIG = Idefics2Config
 CANONICAL = HUB = "idefics2"
 LAYOUTS = {"idefics2": Idefics2Config, "siglip-vision": SiglipVisionConfig}
-
-
-def _vit_layer_mappings(v: SiglipVisionConfig, lay: tuple, per_layer) -> list[TensorMapping]:
-    d, h, hd, m = v.hidden_size, v.num_attention_heads, v.head_dim, v.intermediate_size
-    out = []
-    for norm in ("layer_norm1", "layer_norm2"):
-        out += [same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)),
-                same(lay + (norm, "bias"), per_layer(f"{norm}.bias"), True, (d,))]
-    for proj in ("q_proj", "k_proj", "v_proj"):
-        out += [heads_in(lay + ("self_attn", proj, "kernel"), per_layer(f"self_attn.{proj}.weight"), True, d, h, hd),
-                heads_bias(lay + ("self_attn", proj, "bias"), per_layer(f"self_attn.{proj}.bias"), True, h, hd)]
-    return out + [
-        heads_out(lay + ("self_attn", "out_proj", "kernel"), per_layer("self_attn.out_proj.weight"), True, h, hd, d),
-        same(lay + ("self_attn", "out_proj", "bias"), per_layer("self_attn.out_proj.bias"), True, (d,)),
-        linear(lay + ("mlp", "fc1", "kernel"), per_layer("mlp.fc1.weight"), True, d, m),
-        same(lay + ("mlp", "fc1", "bias"), per_layer("mlp.fc1.bias"), True, (m,)),
-        linear(lay + ("mlp", "fc2", "kernel"), per_layer("mlp.fc2.weight"), True, m, d),
-        same(lay + ("mlp", "fc2", "bias"), per_layer("mlp.fc2.bias"), True, (d,)),
-    ]
 
 
 def _siglip_mappings(v: SiglipVisionConfig, ours: tuple, hf: str) -> list[TensorMapping]:
@@ -61,13 +41,6 @@ def _siglip_mappings(v: SiglipVisionConfig, ours: tuple, hf: str) -> list[Tensor
     return out + _vit_layer_mappings(v, ours + ("layers",), per_layer)
 
 
-def _swiglu_mappings(ours: tuple, keys, stacked: bool, d_in: int, d_mid: int, d_out: int) -> list[TensorMapping]:
-    """gate/up/down projections of a SwiGLU MLP; `keys(name)` gives the HF key(s) of `name`."""
-    return [linear(ours + ("gate_proj", "kernel"), keys("gate_proj.weight"), stacked, d_in, d_mid),
-            linear(ours + ("up_proj", "kernel"), keys("up_proj.weight"), stacked, d_in, d_mid),
-            linear(ours + ("down_proj", "kernel"), keys("down_proj.weight"), stacked, d_mid, d_out)]
-
-
 def _connector_mappings(c: Idefics2Config, ours: tuple, hf: str) -> list[TensorMapping]:
     """Modality projection + perceiver resampler (`Idefics2Connector` under `hf`)."""
     p, t = c.perceiver_config, c.text_config
@@ -83,16 +56,7 @@ def _connector_mappings(c: Idefics2Config, ours: tuple, hf: str) -> list[TensorM
             same(ours + ("perceiver_resampler", "norm", "scale"), (f"{res}norm.weight",), False, (d,))]
     for norm in ("input_latents_norm", "input_context_norm", "post_attention_layernorm"):
         out.append(same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)))
-    out += [
-        heads_in(lay + ("self_attn", "q_proj", "kernel"), per_layer("self_attn.q_proj.weight"), True,
-                  d, p.resampler_n_heads, hd),
-        heads_in(lay + ("self_attn", "k_proj", "kernel"), per_layer("self_attn.k_proj.weight"), True,
-                  d, p.num_key_value_heads, hd),
-        heads_in(lay + ("self_attn", "v_proj", "kernel"), per_layer("self_attn.v_proj.weight"), True,
-                  d, p.num_key_value_heads, hd),
-        heads_out(lay + ("self_attn", "o_proj", "kernel"), per_layer("self_attn.o_proj.weight"), True,
-                   p.resampler_n_heads, hd, d),
-    ]
+    out += _attention_mappings(lay, per_layer, d, p.resampler_n_heads, p.num_key_value_heads, hd)
     return out + _swiglu_mappings(lay + ("mlp",), lambda name: per_layer(f"mlp.{name}"), True, d, 4 * d, d)
 
 

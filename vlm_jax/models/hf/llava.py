@@ -34,11 +34,50 @@ CANONICAL = "llava-hf"
 HUB = "llava-hf-hub"
 
 
+def _vit_layer_mappings(v, lay: tuple, per_layer) -> list[TensorMapping]:
+    """The stacked pre-LN ViT layers both towers share (`vlm_jax.models.vit`; HF `CLIPEncoderLayer`,
+    `SiglipEncoderLayer`, `Idefics2EncoderLayer`); `per_layer(name)` gives the HF key of `name` in each layer."""
+    d, h, hd, m = v.hidden_size, v.num_attention_heads, v.head_dim, v.intermediate_size
+    out = []
+    for norm in ("layer_norm1", "layer_norm2"):
+        out += [same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)),
+                same(lay + (norm, "bias"), per_layer(f"{norm}.bias"), True, (d,))]
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        out += [heads_in(lay + ("self_attn", proj, "kernel"), per_layer(f"self_attn.{proj}.weight"), True, d, h, hd),
+                heads_bias(lay + ("self_attn", proj, "bias"), per_layer(f"self_attn.{proj}.bias"), True, h, hd)]
+    return out + [
+        heads_out(lay + ("self_attn", "out_proj", "kernel"), per_layer("self_attn.out_proj.weight"), True, h, hd, d),
+        same(lay + ("self_attn", "out_proj", "bias"), per_layer("self_attn.out_proj.bias"), True, (d,)),
+        linear(lay + ("mlp", "fc1", "kernel"), per_layer("mlp.fc1.weight"), True, d, m),
+        same(lay + ("mlp", "fc1", "bias"), per_layer("mlp.fc1.bias"), True, (m,)),
+        linear(lay + ("mlp", "fc2", "kernel"), per_layer("mlp.fc2.weight"), True, m, d),
+        same(lay + ("mlp", "fc2", "bias"), per_layer("mlp.fc2.bias"), True, (d,)),
+    ]
+
+
+def _attention_mappings(lay: tuple, per_layer, d: int, heads: int, kv_heads: int, hd: int) -> list[TensorMapping]:
+    """Bias-free grouped-query attention (`self_attn.{q,k,v,o}_proj`) of Llama/Mistral layers and of the
+    perceiver resampler."""
+    return [
+        heads_in(lay + ("self_attn", "q_proj", "kernel"), per_layer("self_attn.q_proj.weight"), True, d, heads, hd),
+        heads_in(lay + ("self_attn", "k_proj", "kernel"), per_layer("self_attn.k_proj.weight"), True, d, kv_heads, hd),
+        heads_in(lay + ("self_attn", "v_proj", "kernel"), per_layer("self_attn.v_proj.weight"), True, d, kv_heads, hd),
+        heads_out(lay + ("self_attn", "o_proj", "kernel"), per_layer("self_attn.o_proj.weight"), True, heads, hd, d),
+    ]
+
+
+def _swiglu_mappings(ours: tuple, keys, stacked: bool, d_in: int, d_mid: int, d_out: int) -> list[TensorMapping]:
+    """gate/up/down projections of a SwiGLU MLP; `keys(name)` gives the HF key(s) of `name`."""
+    return [linear(ours + ("gate_proj", "kernel"), keys("gate_proj.weight"), stacked, d_in, d_mid),
+            linear(ours + ("up_proj", "kernel"), keys("up_proj.weight"), stacked, d_in, d_mid),
+            linear(ours + ("down_proj", "kernel"), keys("down_proj.weight"), stacked, d_mid, d_out)]
+
+
 def _clip_mappings(v: VisionConfig, ours: tuple, hf: str, projection_key: str | None) -> list[TensorMapping]:
-    d, h, hd, m, n = v.hidden_size, v.num_attention_heads, v.head_dim, v.intermediate_size, v.num_hidden_layers
+    d = v.hidden_size
 
     def per_layer(name):
-        return tuple(f"{hf}encoder.layers.{i}.{name}" for i in range(n))
+        return tuple(f"{hf}encoder.layers.{i}.{name}" for i in range(v.num_hidden_layers))
 
     out = [
         patch(ours + ("patch_embedding",), f"{hf}embeddings.patch_embedding.weight", v.patch_size,
@@ -50,21 +89,7 @@ def _clip_mappings(v: VisionConfig, ours: tuple, hf: str, projection_key: str | 
     for norm in ("pre_layrnorm", "post_layernorm"):
         out += [same(ours + (norm, "scale"), (f"{hf}{norm}.weight",), False, (d,)),
                 same(ours + (norm, "bias"), (f"{hf}{norm}.bias",), False, (d,))]
-    lay = ours + ("layers",)
-    for norm in ("layer_norm1", "layer_norm2"):
-        out += [same(lay + (norm, "scale"), per_layer(f"{norm}.weight"), True, (d,)),
-                same(lay + (norm, "bias"), per_layer(f"{norm}.bias"), True, (d,))]
-    for proj in ("q_proj", "k_proj", "v_proj"):
-        out += [heads_in(lay + ("self_attn", proj, "kernel"), per_layer(f"self_attn.{proj}.weight"), True, d, h, hd),
-                heads_bias(lay + ("self_attn", proj, "bias"), per_layer(f"self_attn.{proj}.bias"), True, h, hd)]
-    out += [
-        heads_out(lay + ("self_attn", "out_proj", "kernel"), per_layer("self_attn.out_proj.weight"), True, h, hd, d),
-        same(lay + ("self_attn", "out_proj", "bias"), per_layer("self_attn.out_proj.bias"), True, (d,)),
-        linear(lay + ("mlp", "fc1", "kernel"), per_layer("mlp.fc1.weight"), True, d, m),
-        same(lay + ("mlp", "fc1", "bias"), per_layer("mlp.fc1.bias"), True, (m,)),
-        linear(lay + ("mlp", "fc2", "kernel"), per_layer("mlp.fc2.weight"), True, m, d),
-        same(lay + ("mlp", "fc2", "bias"), per_layer("mlp.fc2.bias"), True, (d,)),
-    ]
+    out += _vit_layer_mappings(v, ours + ("layers",), per_layer)
     if v.has_projection:
         if projection_key is None:
             raise ValueError("hf weights: this layout has no visual_projection but VisionConfig.has_projection=True")
@@ -82,18 +107,9 @@ def _llama_mappings(t: TextConfig, ours: tuple, hf: str, lm_head_key: str) -> li
     out = [
         same(ours + ("embed_tokens", "embedding"), (f"{hf}embed_tokens.weight",), False, (t.vocab_size, d)),
         same(lay + ("input_layernorm", "scale"), per_layer("input_layernorm.weight"), True, (d,)),
-        heads_in(lay + ("self_attn", "q_proj", "kernel"), per_layer("self_attn.q_proj.weight"), True,
-                  d, t.num_attention_heads, hd),
-        heads_in(lay + ("self_attn", "k_proj", "kernel"), per_layer("self_attn.k_proj.weight"), True,
-                  d, t.num_key_value_heads, hd),
-        heads_in(lay + ("self_attn", "v_proj", "kernel"), per_layer("self_attn.v_proj.weight"), True,
-                  d, t.num_key_value_heads, hd),
-        heads_out(lay + ("self_attn", "o_proj", "kernel"), per_layer("self_attn.o_proj.weight"), True,
-                   t.num_attention_heads, hd, d),
+        *_attention_mappings(lay, per_layer, d, t.num_attention_heads, t.num_key_value_heads, hd),
         same(lay + ("post_attention_layernorm", "scale"), per_layer("post_attention_layernorm.weight"), True, (d,)),
-        linear(lay + ("mlp", "gate_proj", "kernel"), per_layer("mlp.gate_proj.weight"), True, d, m),
-        linear(lay + ("mlp", "up_proj", "kernel"), per_layer("mlp.up_proj.weight"), True, d, m),
-        linear(lay + ("mlp", "down_proj", "kernel"), per_layer("mlp.down_proj.weight"), True, m, d),
+        *_swiglu_mappings(lay + ("mlp",), lambda name: per_layer(f"mlp.{name}"), True, d, m, d),
         same(ours + ("norm", "scale"), (f"{hf}norm.weight",), False, (d,)),
     ]
     if not t.tie_word_embeddings:

@@ -201,7 +201,7 @@ def hoists_layer_weights(platform: str) -> bool:
     `[out, in]` made once for many calls (`generation_weights`), at the cost of a second copy of the decoder weights.
     XLA:CPU needs it: its matmuls take no strided view, so weights sliced inside the decode loop are copied on every
     step (twice a step's weight traffic; 35 % of the bench's step), and its small-batch `[b, in] x [in, out]` dot
-    reads a kernel whose contracted axis is minor faster (1.04-1.18x per decode step at batch 4-8, 1.3x on the
+    reads a kernel whose contracted axis is minor faster (1.14-1.18x per decode step at batch 4-8, 1.17x on the
     bench's prefill). XLA:TPU fuses the slice into the matmul (checked in the compiled loop of a v5e program) and
     tiles its own layouts, so there it would only cost HBM; GPU is unmeasured and keeps the in-loop slices. Where it
     is true `_generate` also prefills with that copy and straight into per-layer cache buffers (`split_cache`, the

@@ -3,7 +3,8 @@ decode steps over the cache, greedy or temperature / top-p sampling, stopping pe
 
 Shapes are bucketed so a run compiles a handful of programs: prompts are left-padded to a length bucket
 (`bucket_length`), every row may have its own number of images (`image_mask`), and the compiled function
-depends only on (batch, prompt bucket, image slots, max_new_tokens, mesh).
+depends only on (batch, prompt bucket, image slots, max_new_tokens, mesh) and, on one device, the packed
+prefill's shape (`plan_packing`: number of sequences and their bucketed length).
 
 Data parallelism: with `mesh=` the batch is padded to a multiple of the mesh's device count and split over
 all of its devices: a `jit` of a `jax.shard_map` over every mesh axis runs the per-device program (params

@@ -14,6 +14,7 @@ The last line is one JSON object of the figures.
 
     python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5] [--curve 16,256,1000,4000]
         [--profile]   # also ms per decode step by op kind, from a jax.profiler trace at each curve length
+        [--changes 15]  # also the packed prefill and the CPU weights' copy on / off in one process, in turns
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vlm_jax.convert.__main__ import main as convert_main  # noqa: E402
 import vlm_jax  # noqa: E402
-from vlm_jax.inference.generation import (bucket_length, decode_loop, generate, hoists_layer_weights,  # noqa: E402
-                                          left_pad)
+from vlm_jax.inference.generation import (bucket_length, decode_loop, generate, generation_weights,  # noqa: E402
+                                          hoists_layer_weights, layer_weights, left_pad)
 from vlm_jax.models.llama import init_cache  # noqa: E402
 from vlm_jax.models.llava import Llava  # noqa: E402
 
@@ -146,12 +147,16 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
     {length: `profile_ops` of one call} when `profile`, else {})."""
     text = model.config.text_config
 
+    hoist = hoists_layer_weights(jax.devices()[0].platform)
+
     @partial(jax.jit, static_argnames=("n", "length"))
     def run(params, cache, n, length):
         first = jnp.full((batch,), 5, jnp.int32)
+        # the weights' copy `generate` makes once per call (shared with its prefill), in the 1-step call too
+        stored = layer_weights(model, params) if hoist else None
         return decode_loop(model, params, cache, first, jnp.full((batch,), length, jnp.int32), length,
                            jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(0),
-                           max_new_tokens=n, hoist_weights=hoists_layer_weights(jax.devices()[0].platform))
+                           max_new_tokens=n, hoist_weights=hoist, stored_weights=stored)
 
     caches = {}
     for length in lengths:
@@ -177,6 +182,49 @@ def decode_curve(model: Llava, params, lengths, batch: int, steps: int, repeats:
         text = run.lower(params, caches[length], n=steps + 1, length=length).compile().as_text()
         profiles[length] = profile_ops(fns[3 * lengths.index(length) + 1], text, steps)
     return step_ms, read_ms, kv_bytes, [t * 1e3 for t in times[-1]], profiles
+
+
+def changes_in_one_process(llava, params, ids, seg, pixels, mask, rounds: int, curve_batch: int, curve_steps: int):
+    """This session's changes, on and off in one process, variants timed call by call in turns (`rounds` rounds;
+    separate runs of this bench differ by up to 2x with the machine's load, the ratios per round do not):
+    the prefill (`generate` with one new token: packed vs padded rows, the CPU weights sliced per call vs their
+    transposed copy made once: `generation_weights`)
+    and the decode step (`decode_loop`, 32 steps, on `layer_weights` transposed vs plain slices) at batch 4 with
+    the bench's cache and at batch `curve_batch` with a 16-token cache → (prefill {variant: ms per round},
+    decode {(batch, length): {variant: step ms per round}}, tokens identical across prefill variants)."""
+    weights = generation_weights(llava, params)
+    prefill = {"padded rows, weights sliced per call": dict(pack_prefill=False),
+               "packed rows, weights sliced per call": {},
+               "padded rows, transposed copy made once": dict(pack_prefill=False, prepared_weights=weights),
+               "packed rows, transposed copy made once": dict(prepared_weights=weights)}
+    call = lambda kw, n=1: generate(llava, params, ids, seg, pixels, mask, max_new_tokens=n, eos_token_id=-1,  # noqa: E731
+                                    **kw).tokens
+    same = len({str(call(kw, 8).tolist()) for kw in prefill.values()}) == 1
+    times = interleaved_seconds([partial(call, kw) for kw in prefill.values()], rounds)
+    prefill_ms = {name: [t * 1e3 for t in ts] for name, ts in zip(prefill, times)}
+    text = llava.config.text_config
+    decode_ms = {}
+    for batch, length in ((ids.shape[0], bucket_length(ids.shape[1])), (curve_batch, 16)):
+        empty = init_cache(text, batch, length + curve_steps + 1)
+        cache = {"k": jax.random.normal(jax.random.PRNGKey(0), empty["k"].shape, empty["k"].dtype),
+                 "v": jax.random.normal(jax.random.PRNGKey(1), empty["v"].shape, empty["v"].dtype),
+                 "segment_ids": empty["segment_ids"].at[:, :length].set(1)}
+
+        @partial(jax.jit, static_argnames=("n",))
+        def run(params, cache, stored, n):
+            first = jnp.full((batch,), 5, jnp.int32)
+            return decode_loop(llava, params, cache, first, jnp.full((batch,), length, jnp.int32), length,  # noqa: B023
+                               jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1),
+                               jnp.int32(0), max_new_tokens=n, hoist_weights=True, stored_weights=stored)
+
+        variants = {"transposed [out, in]": layer_weights(llava, params), "plain slices": layer_weights(
+            llava, params, transpose=False)}
+        fns = [partial(lambda st, n, c: run(params, c, st, n=n).block_until_ready(), st, n, cache)
+               for st in variants.values() for n in (1, curve_steps + 1)]
+        times = interleaved_seconds(fns, rounds)
+        decode_ms[(batch, length)] = {name: [(b - a) / curve_steps * 1e3 for a, b in zip(times[2 * i], times[2 * i + 1])]
+                                      for i, name in enumerate(variants)}
+    return prefill_ms, decode_ms, same
 
 
 def spread(values) -> str:
@@ -207,6 +255,9 @@ def main(argv=None) -> dict:
                         help="cache lengths for the decode step-time curve ('' to skip)")
     parser.add_argument("--curve-batch", type=int, default=8)
     parser.add_argument("--curve-steps", type=int, default=32)
+    parser.add_argument("--changes", type=int, default=0, metavar="ROUNDS",
+                        help="also time the packed prefill and the CPU weights' copy on and off in this process, "
+                             "in turns (this many rounds)")
     parser.add_argument("--profile", action="store_true",
                         help="also trace one decode call per curve length (jax.profiler) and print ms per step by op kind")
     args = parser.parse_args(argv)
@@ -228,8 +279,11 @@ def main(argv=None) -> dict:
     for r, imgs in enumerate(images):
         pixels[r, :len(imgs)], mask[r, :len(imgs)] = imgs, True
 
+    weights = generation_weights(llava, params)  # made once, as `vlm_jax.load(...).generate` does (CPU)
+
     def ours(n):
-        return lambda: generate(llava, params, ids, seg, pixels, mask, max_new_tokens=n, eos_token_id=-1).tokens
+        return lambda: generate(llava, params, ids, seg, pixels, mask, max_new_tokens=n, eos_token_id=-1,
+                                prepared_weights=weights).tokens
 
     hf_ids = torch.tensor(ids, dtype=torch.long)
     hf_mask = torch.tensor(seg > 0, dtype=torch.long)
@@ -320,6 +374,31 @@ def main(argv=None) -> dict:
         if profiles:
             figures["decode_profile_ms_per_step"] = {str(length): {kind: ms for kind, (ms, _) in kinds.items()}
                                                      for length, kinds in profiles.items()}
+    if args.changes:
+        prefill_ms, decode_ms, same_changes = changes_in_one_process(llava, params, ids, seg, pixels, mask, args.changes,
+                                                                     args.curve_batch, args.curve_steps)
+        first = next(iter(prefill_ms.values()))
+        print(f"prefill (one generate call, 1 new token) in one process, {args.changes} rounds in turns, median "
+              f"(min-max) ms; speed-up over the first row per round; tokens identical: {same_changes}")
+        print("| variant | ms | speed-up |")
+        print("|---|---|---|")
+        for name, ms in prefill_ms.items():
+            print(f"| {name} | {spread(ms)} | {fmt([a / b for a, b in zip(first, ms)])} |")
+        print("| decode step | batch, cache | step ms | speed-up of transposed |")
+        print("|---|---|---|---|")
+        for (batch, length), variants in decode_ms.items():
+            t, p = variants.values()
+            for name, ms in variants.items():
+                print(f"| {name} | {batch}, {length} | {median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | "
+                      f"{fmt([b / a for a, b in zip(t, p)]) if ms is t else ''} |")
+        figures["changes_prefill_ms"] = {name: median(ms) for name, ms in prefill_ms.items()}
+        figures["changes_prefill_speedup"] = {name: median([a / b for a, b in zip(first, ms)])
+                                              for name, ms in prefill_ms.items()}
+        figures["changes_decode_step_ms"] = {f"{b}x{n}": {name: median(ms) for name, ms in v.items()}
+                                             for (b, n), v in decode_ms.items()}
+        figures["changes_decode_speedup"] = {f"{b}x{n}": median([p / t for t, p in zip(*v.values())])
+                                             for (b, n), v in decode_ms.items()}
+        figures["changes_tokens_identical"] = same_changes
     print(json.dumps(figures))
     return figures
 

@@ -22,8 +22,8 @@ import tiny_hf_models as tiny
 from vlm_jax.convert.__main__ import main as convert_main
 from vlm_jax.checkpoint import load_config, load_params
 from vlm_jax.generate import main as generate_main
-from vlm_jax.inference.generation import (bucket_length, gather_rows, generate, left_pad, local_data_mesh, process_slice,
-                                 sample_tokens)
+from vlm_jax.inference.generation import (bucket_length, gather_rows, generate, generation_weights, left_pad,
+                                          local_data_mesh, plan_packing, process_slice, sample_tokens)
 from vlm_jax.sharding import make_mesh
 from vlm_jax.models.llava import Llava
 
@@ -180,6 +180,16 @@ def test_batched_left_padded_rows_match_per_row_and_stop_at_eos(setup, loaded):
     assert out.tokens.shape == (3, 8) and (out.tokens[0, len(want[0]):] == 0).all()
     unbucketed = generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos, bucket_prompts=False)
     assert unbucketed.rows() == want
+    # the prefill above ran packed (rows 0 and 2, with 2 and 0 images, share a sequence); unpacked: the same tokens
+    plan = plan_packing(llava.config, seg.sum(1), bucket_length(seg.shape[1]))
+    assert plan is not None and plan.num_rows == 2 and plan.row[0] == plan.row[2]
+    unpacked = generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos, pack_prefill=False)
+    assert unpacked.rows() == want
+    # the CPU weights' copy made once beforehand (as `vlm_jax.load`'s handle does): the same tokens
+    prepared = generation_weights(llava, params)
+    assert prepared is not None  # CPU: the layers run on a transposed copy
+    assert generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos,
+                    prepared_weights=prepared).rows() == want
     # sampling with a vanishing nucleus keeps only the top token: equal to greedy, whatever the seed
     nucleus = generate(llava, params, ids, seg, pv, mask, max_new_tokens=8, eos_token_id=eos,
                        temperature=1.0, top_p=1e-6, seed=5)
@@ -257,8 +267,32 @@ def test_prompts_in_one_length_bucket_compile_once(loaded):
     before = _generate._cache_size()
     for n in (9, 12, 16):  # one bucket (16)
         ids, seg = left_pad([[1] + [5] * (n - 1), [1, 6]])
-        generate(llava, params, ids, seg, None, None, max_new_tokens=3, eos_token_id=-1)
+        generate(llava, params, ids, seg, None, None, max_new_tokens=3, eos_token_id=-1, pack_prefill=False)
     assert _generate._cache_size() == before + 1
+    for n in (9, 12, 14):  # packed: one sequence of 16 slots each time (n + 2 tokens)
+        ids, seg = left_pad([[1] + [5] * (n - 1), [1, 6]])
+        generate(llava, params, ids, seg, None, None, max_new_tokens=3, eos_token_id=-1)
+    assert _generate._cache_size() == before + 2
+
+
+def test_plan_packing_fits_rows_in_order_and_only_when_cheaper():
+    from vlm_jax.models.config import LlavaConfig, RopeScaling, TextConfig
+
+    text = dict(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4)
+    config = LlavaConfig(text_config=TextConfig(**text))  # generate_bench.py's text model
+    for lengths in ([113, 203, 115, 207], [2000, 30, 40, 2000], [10, 11], [4000, 4000] + [100] * 6):
+        plan = plan_packing(config, lengths, bucket_length(max(lengths)))
+        assert plan.length % 8 == 0 and plan.num_rows < len(lengths)
+        for i in range(plan.num_rows):  # each sequence's rows sit back to back, in their original order
+            members = np.flatnonzero(plan.row == i)
+            ends = plan.offset[members] + np.asarray(lengths)[members]
+            assert plan.offset[members[0]] == 0 and (plan.offset[members[1:]] == ends[:-1]).all()
+            assert ends[-1] <= plan.length
+    assert plan_packing(config, [500] * 8, 512) is None  # no padding to save
+    assert plan_packing(config, [300], 320) is None
+    # dynamic NTK RoPE scales by each sequence's last position: never packed
+    dynamic = TextConfig(**text, rope_scaling=RopeScaling(rope_type="dynamic", factor=2.0))
+    assert plan_packing(LlavaConfig(text_config=dynamic), [10, 11], 16) is None
 
 
 def test_bucket_length_bounds_padding():

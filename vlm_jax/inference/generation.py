@@ -3,7 +3,8 @@ decode steps over the cache, greedy or temperature / top-p sampling, stopping pe
 
 Shapes are bucketed so a run compiles a handful of programs: prompts are left-padded to a length bucket
 (`bucket_length`), every row may have its own number of images (`image_mask`), and the compiled function
-depends only on (batch, prompt bucket, image slots, max_new_tokens, mesh).
+depends only on (batch, prompt bucket, image slots, max_new_tokens, mesh) and, on one device, the packed
+prefill's shape (`plan_packing`: number of sequences and their bucketed length).
 
 Data parallelism: with `mesh=` the batch is padded to a multiple of the mesh's device count and split over
 all of its devices: a `jit` of a `jax.shard_map` over every mesh axis runs the per-device program (params
@@ -16,6 +17,7 @@ its local devices (`local_data_mesh`), and `gather_rows` all-gathers the rows ba
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 from typing import Callable, Sequence
 
@@ -25,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlm_jax.models.init import text_model_params
-from vlm_jax.models.llama import init_cache, split_cache, unstack_layers
+from vlm_jax.models.llama import Llama, init_cache, output_kernel, split_cache, unstack_layers
 from vlm_jax.models.llava import Llava, check_image_tokens
 
 
@@ -68,6 +70,109 @@ def bucket_length(n: int, min_length: int = 16, steps_per_octave: int = 4) -> in
     return -(-length // 8) * 8
 
 
+@dataclasses.dataclass(frozen=True)
+class PrefillPacking:
+    """Where each prompt row's real tokens go in a packed prefill: `num_rows` sequences of `length` slots, row r's
+    tokens contiguous in sequence `row[r]` from slot `offset[r]` (int32 `[b]`, numpy), rows of one sequence kept
+    apart by their segment ids."""
+
+    num_rows: int
+    length: int
+    row: np.ndarray
+    offset: np.ndarray
+
+
+def _prefill_cost(config, num_rows: int, length: int) -> float:
+    """FLOPs of the text model's prefill over `num_rows` sequences of `length` slots: the per-token weight matmuls
+    plus the dense (masked) attention over each sequence's `length` x `length` scores."""
+    c = config.text_config
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    per_token = 2 * (c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size)
+    return c.num_hidden_layers * num_rows * length * (per_token + 4 * q * length)
+
+
+def plan_packing(config, lengths: Sequence[int], padded_length: int) -> PrefillPacking | None:
+    """A packed prefill for prompt rows of `lengths` real tokens (left-padded to `padded_length`), or None when it
+    would not compute fewer FLOPs than the padded rows (`_prefill_cost`). Each candidate sequence length (the
+    `bucket_length` buckets from the longest row up to all rows in one) is filled first-fit-decreasing; the cheapest
+    wins. Rows share a sequence in their original order (the order their images are spliced in). Text models with
+    dynamic NTK RoPE are never packed: their rotary base follows each sequence's last position."""
+    rope = config.text_config.rope_scaling
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) < 2 or (rope is not None and rope.rope_type == "dynamic"):
+        return None
+    best, best_cost = None, _prefill_cost(config, len(lengths), padded_length)
+    length = bucket_length(int(lengths.max()))
+    while True:
+        used, row = [], np.zeros(len(lengths), np.int32)
+        for r in np.argsort(-lengths, kind="stable"):
+            fits = [i for i, u in enumerate(used) if u + lengths[r] <= length]
+            if fits:
+                row[r] = fits[0]
+                used[fits[0]] += lengths[r]
+            else:
+                row[r] = len(used)
+                used.append(lengths[r])
+        cost = _prefill_cost(config, len(used), length)
+        if cost < best_cost:
+            offset = np.zeros(len(lengths), np.int32)
+            for i in range(len(used)):
+                members = np.flatnonzero(row == i)
+                offset[members] = np.cumsum(lengths[members]) - lengths[members]
+            best, best_cost = PrefillPacking(len(used), length, row, offset), cost
+        if len(used) == 1:
+            return best
+        length = bucket_length(length + 1)
+
+
+def _packed_prefill(model, params, input_ids, segment_ids, pixel_values, image_mask, positions, pixel_kwargs,
+                    row, offset, layer_params, *, num_rows: int, length: int, max_new_tokens: int, split: bool):
+    """The prefill of `_generate` on packed sequences (`PrefillPacking`): the rows are embedded as they are
+    (images spliced in), their real positions scattered into `num_rows` sequences of `length` slots (segment id
+    r + 1 for row r), run through the text model, and each layer's K/V gathered back into the left-padded cache
+    layout of the rows `[b, kv_heads, s + max_new_tokens, head_dim]` (`layer_params`, `split`: as `_generate`
+    prefills unpacked) → (logits of each row's last token float32
+    `[b, vocab]`, cache)."""
+    text = model.config.text_config
+    batch, prompt_len = input_ids.shape
+    lengths = jnp.sum(segment_ids > 0, axis=1)
+    start = offset + row * length  # flat slot of each row's first token
+    dest = jnp.where(segment_ids > 0, start[:, None] + positions, num_rows * length)  # padding: dropped
+
+    def pack(x, fill=0):
+        flat = jnp.full((num_rows * length,) + x.shape[2:], fill, x.dtype)
+        flat = flat.at[dest.reshape(-1)].set(x.reshape((-1,) + x.shape[2:]), mode="drop")
+        return flat.reshape((num_rows, length) + x.shape[2:])
+
+    embeddings = model.apply({"params": params}, input_ids, pixel_values, image_mask, **pixel_kwargs,
+                             method="embed")
+    rows = jnp.broadcast_to(jnp.arange(1, batch + 1, dtype=jnp.int32)[:, None], (batch, prompt_len))
+    cache = init_cache(text, num_rows, length)
+    if split:
+        cache = split_cache(cache)
+    text_params = text_model_params(model.config, params)
+    hidden, cache = Llama(text).apply({"params": text_params}, pack(embeddings), pack(positions), pack(rows),
+                                      cache=cache, cache_index=0, hidden_only=True, layer_params=layer_params)
+    last = hidden.reshape(num_rows * length, -1)[jnp.maximum(start + lengths - 1, 0)]
+    logits = jnp.einsum("bd,dv->bv", last, output_kernel(text, text_params).astype(last.dtype),
+                        preferred_element_type=jnp.float32)
+    # slot j of row r holds packed slot start[r] + j - (s - len[r]) (any slot where j is padding: masked)
+    src = jnp.clip(start[:, None] + jnp.arange(prompt_len)[None] - (prompt_len - lengths)[:, None], 0,
+                   num_rows * length - 1).reshape(-1)
+
+    def unpack(buffer):  # [..., num_rows, kv, length, d] -> [..., b, kv, s + max_new_tokens, d]
+        flat = jnp.swapaxes(buffer, -4, -3).reshape(buffer.shape[:-4] + (buffer.shape[-3], num_rows * length,
+                                                                         buffer.shape[-1]))
+        rows_kv = jnp.take(flat, src, axis=-2).reshape(flat.shape[:-2] + (batch, prompt_len, flat.shape[-1]))
+        widths = [(0, 0)] * rows_kv.ndim
+        widths[-2] = (0, max_new_tokens)
+        return jnp.pad(jnp.swapaxes(rows_kv, -4, -3), widths)
+
+    segments = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, max_new_tokens)))
+    return logits, {"k": jax.tree.map(unpack, cache["k"]), "v": jax.tree.map(unpack, cache["v"]),
+                    "segment_ids": segments}
+
+
 def sample_tokens(logits, rng, temperature, top_p, row_offset=0):
     """Next tokens `[b]` from float32 logits `[b, vocab]`: argmax when `temperature <= 0`, else row r draws
     with key `fold_in(rng, row_offset + r)` from softmax(logits / temperature) restricted to the nucleus: the
@@ -92,61 +197,134 @@ def sample_tokens(logits, rng, temperature, top_p, row_offset=0):
 
 
 def hoists_layer_weights(platform: str) -> bool:
-    """Whether the decode loop on `platform` ("cpu", "tpu", "gpu") takes each layer's weights out of the stacked
-    params once, before the loop (`decode_loop(hoist_weights=True)`), at the cost of a second copy of the decoder
-    weights for the call. XLA:CPU needs it: its matmuls take no strided view, so a layer's weights sliced inside
-    the loop are copied on every step (twice a step's weight traffic; 35 % of the bench's step). XLA:TPU fuses
-    the slice into the matmul (checked in the compiled loop of a v5e program), so there it would only cost HBM;
-    GPU is unmeasured and keeps the in-loop slices. Where it is true `_generate` also prefills straight into
-    per-layer cache buffers (`split_cache`, the layers unrolled) instead of splitting a stacked cache after the
-    prefill: XLA:CPU copies those slices at ~0.3 GB/s (~0.3 s for a batch-8, 1000-token cache of the bench model)."""
+    """Whether generation on `platform` ("cpu", "tpu", "gpu") runs the layers on a copy of their weights taken out
+    of the stacked params before the loop: plain slices made per call, or a copy with every kernel transposed to
+    `[out, in]` made once for many calls (`generation_weights`), at the cost of a second copy of the decoder weights.
+    XLA:CPU needs it: its matmuls take no strided view, so weights sliced inside the decode loop are copied on every
+    step (twice a step's weight traffic; 35 % of the bench's step), and its small-batch `[b, in] x [in, out]` dot
+    reads a kernel whose contracted axis is minor faster (1.14-1.18x per decode step at batch 4-8, 1.17x on the
+    bench's prefill). XLA:TPU fuses the slice into the matmul (checked in the compiled loop of a v5e program) and
+    tiles its own layouts, so there it would only cost HBM; GPU is unmeasured and keeps the in-loop slices. Where it
+    is true `_generate` also prefills with that copy and straight into per-layer cache buffers (`split_cache`, the
+    layers unrolled) instead of splitting a stacked cache after the prefill: XLA:CPU copies those slices at
+    ~0.3 GB/s (~0.3 s for a batch-8, 1000-token cache of the bench model)."""
     return platform == "cpu"
 
 
-@partial(jax.jit, static_argnames=("model", "max_new_tokens", "hoist_weights"))
+def _kernel_inputs(path, kernel) -> int:
+    """How many leading axes of a Llama layer's `kernel` are its input axes (`o_proj [heads, head_dim, embed]`: 2;
+    every other kernel: 1); 0 for a leaf that is no matmul kernel (the norms' scales)."""
+    names = [getattr(k, "key", None) for k in path]
+    if names[-1] != "kernel":
+        return 0
+    return 2 if "o_proj" in names else 1
+
+
+def layer_weights(model: Llava, params, transpose: bool = True) -> list:
+    """Each text-model layer's params, copied once out of the stacked params, every matmul kernel `[*in, *out]`
+    stored as the flat bytes of `[*out, *in]` (its contracted axes minor: XLA:CPU's small-batch dot reads that
+    layout faster; `hoists_layer_weights`). Flat, behind an optimization barrier, so XLA can neither cancel the transpose
+    against `from_layer_weights`' nor turn it into a layout choice of its own. See `hoists_layer_weights`.
+    `transpose=False`: plain slices in the params' layout (what the loop read before; for benchmarks)."""
+    def store(path, x):
+        n = _kernel_inputs(path, x) if transpose else 0
+        return x if not n else x.reshape(math.prod(x.shape[:n]), -1).T.reshape(-1)
+
+    layers = unstack_layers(text_model_params(model.config, params)["layers"], model.config.text_config.num_hidden_layers)
+    return jax.lax.optimization_barrier([jax.tree_util.tree_map_with_path(store, p) for p in layers])
+
+
+@partial(jax.jit, static_argnums=0)
+def _layer_weights_program(model, params):
+    return layer_weights(model, params)
+
+
+def generation_weights(model: Llava, params, platform: str | None = None):
+    """`layer_weights(model, params)` as a program of its own, to make once and pass to every
+    `generate(prepared_weights=...)` call on the same params (`vlm_jax.load`'s handle does), so a call skips that
+    per-call copy (~15 ms on the bench model); None where `platform` (default: the first device's) does not
+    hoist (`hoists_layer_weights`). Holds a second copy of the decoder weights while kept."""
+    platform = jax.devices()[0].platform if platform is None else platform
+    return _layer_weights_program(model, params) if hoists_layer_weights(platform) else None
+
+
+def from_layer_weights(model: Llava, params, stored) -> list:
+    """The per-layer params (`unstack_layers` layout, `Llama(layer_params=...)`) from `layer_weights`' copy: a
+    reshape and a transpose per kernel, traced where the layers run; XLA folds the transpose into the matmul's
+    dimension numbers (no copy)."""
+    def load(path, x, shape):
+        n = _kernel_inputs(path, x)
+        if not n or x.shape == shape.shape:  # a norm's scale, or a kernel copied as it was (`transpose=False`)
+            return x
+        return x.reshape(-1, math.prod(shape.shape[:n])).T.reshape(shape.shape)
+
+    shapes = jax.eval_shape(lambda p: unstack_layers(text_model_params(model.config, p)["layers"],
+                                                     model.config.text_config.num_hidden_layers), params)
+    return [jax.tree_util.tree_map_with_path(load, p, s) for p, s in zip(stored, shapes)]
+
+
+@partial(jax.jit, static_argnames=("model", "max_new_tokens", "hoist_weights", "pack_shape"))
 def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, rng, temperature, top_p,
               eos_token_id, pad_token_id, row_offset=0, pixel_attention_mask=None, *, max_new_tokens: int,
-              hoist_weights: bool = False):
+              hoist_weights: bool = False, pack_row=None, pack_offset=None, pack_shape: tuple | None = None,
+              stored_weights=None):
     """The per-device program: prefill the padded rows `[b, s]`, then decode until `max_new_tokens` or every
     row of this call has emitted EOS → (tokens int32 `[b, max_new_tokens]`, num_tokens int32 `[b]`).
     `row_offset` is the global index of row 0 (for the per-row sampling keys) when this is one device's shard.
     `pixel_attention_mask` `[b, n_img, H, W]` (Idefics2's padded images) goes to the model's prefill when given;
-    `hoist_weights`: see `hoists_layer_weights`."""
+    `hoist_weights`: see `hoists_layer_weights`. `pack_shape` (num_rows, length) with `pack_row` / `pack_offset`
+    int32 `[b]`: prefill the rows packed into that many sequences (`PrefillPacking`, `_packed_prefill`).
+    `stored_weights`: `generation_weights` made beforehand (with `hoist_weights`; default: plain slices made here)."""
     batch, prompt_len = input_ids.shape
     real = segment_ids > 0
     positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0).astype(jnp.int32)
     prompt_lengths = jnp.sum(real, axis=1).astype(jnp.int32)
-    cache = init_cache(model.config.text_config, batch, prompt_len + max_new_tokens)
-    if hoist_weights:
-        cache = split_cache(cache)
     pixel_kwargs = {} if pixel_attention_mask is None else {"pixel_attention_mask": pixel_attention_mask}
-    logits, cache = model.apply({"params": params}, input_ids, pixel_values, image_mask, positions, segment_ids,
-                                cache=cache, cache_index=0, last_logits_only=True, **pixel_kwargs)
+    stored = None
+    if hoist_weights:
+        # made here: plain slices (a transposing copy inside this program runs at ~0.3 GB/s, ~60 ms on the bench
+        # model: more than it saves over a short generation); `generation_weights`, made once, is transposed
+        stored = layer_weights(model, params, transpose=False) if stored_weights is None else stored_weights
+    layer_params = None if stored is None else from_layer_weights(model, params, stored)
+    if pack_shape is not None:
+        logits, cache = _packed_prefill(model, params, input_ids, segment_ids, pixel_values, image_mask, positions,
+                                        pixel_kwargs, pack_row, pack_offset, layer_params, num_rows=pack_shape[0],
+                                        length=pack_shape[1], max_new_tokens=max_new_tokens, split=hoist_weights)
+    else:
+        cache = init_cache(model.config.text_config, batch, prompt_len + max_new_tokens)
+        if hoist_weights:
+            cache = split_cache(cache)
+        logits, cache = model.apply({"params": params}, input_ids, pixel_values, image_mask, positions, segment_ids,
+                                    cache=cache, cache_index=0, last_logits_only=True, layer_params=layer_params,
+                                    **pixel_kwargs)
+        logits = logits[:, -1]
     rng, step_rng = jax.random.split(rng)
-    first = sample_tokens(logits[:, -1], step_rng, temperature, top_p, row_offset)
+    first = sample_tokens(logits, step_rng, temperature, top_p, row_offset)
     tokens = decode_loop(model, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
                          eos_token_id, pad_token_id, row_offset, max_new_tokens=max_new_tokens,
-                         hoist_weights=hoist_weights)
+                         hoist_weights=hoist_weights, stored_weights=stored)
     is_eos = tokens == eos_token_id
     num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
     return tokens, num_tokens.astype(jnp.int32)
 
 
 def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, rng, temperature, top_p,
-                eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int, hoist_weights: bool = False):
+                eos_token_id, pad_token_id, row_offset=0, *, max_new_tokens: int, hoist_weights: bool = False,
+                stored_weights=None):
     """One-token KV-cache decode steps in a `lax.while_loop` (traceable; `_generate` runs it after prefill).
 
     cache: `init_cache` layout, its first `prompt_len` slots filled; first int32 `[b]`: the token sampled from
     the prefill; prompt_lengths int32 `[b]`: real prompt tokens per row (the next position). Stops after
     `max_new_tokens` tokens or when every row has emitted EOS → tokens int32 `[b, max_new_tokens]` (first
-    included; `pad_token_id` after a row's EOS). `hoist_weights`: slice each layer's weights out of the stacked
-    params once, before the loop, instead of in every step (`hoists_layer_weights` says where that pays)."""
+    included; `pad_token_id` after a row's EOS). `hoist_weights`: the layers read `layer_weights`' copy
+    (`stored_weights` when given, else plain slices made here, once, before the loop) instead of slicing the
+    stacked params in every step (`hoists_layer_weights` says where that pays)."""
     batch = first.shape[0]
     variables = {"params": params}
-    layer_params = None
-    if hoist_weights:
-        layer_params = unstack_layers(text_model_params(model.config, params)["layers"],
-                                      model.config.text_config.num_hidden_layers)
+    if hoist_weights and stored_weights is None and max_new_tokens > 1:  # one token: the loop never runs
+        stored_weights = layer_weights(model, params, transpose=False)  # (see `_generate`)
+    if not hoist_weights:
+        stored_weights = None
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id
 
@@ -158,6 +336,7 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
         step, cache, tokens, done, rng = state
         last = jax.lax.dynamic_slice_in_dim(tokens, step - 1, 1, axis=1)
         pos = (prompt_lengths + step - 1)[:, None]
+        layer_params = None if stored_weights is None else from_layer_weights(model, params, stored_weights)
         logits, cache = model.apply(variables, last, None, None, pos, jnp.ones_like(last), cache=cache,
                                     cache_index=prompt_len + step - 1, layer_params=layer_params)
         rng, step_rng = jax.random.split(rng)
@@ -215,20 +394,24 @@ def place_params(params, mesh: Mesh):
 
 def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_mask, *, max_new_tokens: int,
              eos_token_id: int, pad_token_id: int = 0, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0, mesh: Mesh | None = None, bucket_prompts: bool = True,
-             pixel_attention_mask=None) -> GenerationOutput:
+             seed: int = 0, mesh: Mesh | None = None, bucket_prompts: bool = True, pack_prefill: bool = True,
+             pixel_attention_mask=None, prepared_weights=None) -> GenerationOutput:
     """Continues each left-padded prompt row by up to `max_new_tokens` tokens.
 
     input_ids / segment_ids int32 `[b, s]` (from `left_pad`; image positions hold `image_token_id` repeated
     `num_image_tokens` times per image), pixel_values float32 `[b, n_img, H, W, 3]`, image_mask bool
     `[b, n_img]` (or both None for text only). Greedy when `temperature == 0`. A row stops after it emits
     `eos_token_id`; the loop stops when every row has. With `bucket_prompts` the prompt is left-padded further
-    to `bucket_length(s)` (fewer compiles, same tokens). With `mesh`, rows are split over all its devices
+    to `bucket_length(s)` (fewer compiles, same tokens). With `pack_prefill` (single device) the prefill runs on
+    the rows packed into fewer, shorter sequences when that computes fewer FLOPs (`plan_packing`; same tokens,
+    the decode still runs on the left-padded rows). With `mesh`, rows are split over all its devices
     (batch padded to a multiple of `mesh.size` with empty rows, dropped again), each device running prefill and
     its own decode loop on its rows (`jax.shard_map`, like `jax.pmap`); results keep the input order and equal
     the single-device ones; params are replicated over the mesh (see `place_params`).
     `model` is a `Llava` or an `Idefics2`; for Idefics2, `pixel_attention_mask` bool `[b, n_img, H, W]` marks each
-    image's valid pixels (images padded to one size; None = all valid).
+    image's valid pixels (images padded to one size; None = all valid). `prepared_weights`: single device, the
+    `generation_weights(model, params)` of these same params, made once for many calls (default: on CPU each
+    call slices the layers' weights itself, untransposed).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -265,7 +448,12 @@ def generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_m
         run = partial(_generate_data_parallel, mesh=mesh)
     else:
         arrays = [jnp.asarray(a) for a in arrays]
-        run = partial(_generate, hoist_weights=hoists_layer_weights(jax.devices()[0].platform))
+        plan = plan_packing(c, segment_ids.astype(bool).sum(1), input_ids.shape[1]) if pack_prefill else None
+        run = partial(_generate, hoist_weights=hoists_layer_weights(jax.devices()[0].platform),
+                      stored_weights=prepared_weights)
+        if plan is not None:
+            run = partial(run, pack_row=jnp.asarray(plan.row), pack_offset=jnp.asarray(plan.offset),
+                          pack_shape=(plan.num_rows, plan.length))
     pam = arrays.pop() if pixel_attention_mask is not None else None
     if pixel_values is None:
         arrays += [None, None]

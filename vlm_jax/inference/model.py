@@ -34,7 +34,7 @@ from vlm_jax.data.image import (ImageRejected, check_image_size, checkpoint_imag
                                 preprocess_image)
 from vlm_jax.data.packing import PIXEL_MASK_KEY
 from vlm_jax.data.tokenizer import Tokenizer, make_tokenizer
-from vlm_jax.inference.generation import generate, left_pad
+from vlm_jax.inference.generation import generate, generation_weights, left_pad
 from vlm_jax.models.config import Idefics2Config, LlavaConfig
 from vlm_jax.models.init import model_for
 
@@ -101,6 +101,10 @@ class VLM:
     aspect: str = "pad"  # LLaVA: "pad" (LLaVA-1.5 expand-to-square) or "none"
     path: str | None = None  # the checkpoint folder, when loaded from one
     processor: idefics2_processor.Idefics2Processor | None = None  # Idefics2: prompt expansion + tokenization
+    # `generation_weights` of `params`, made on the first single-device `generate` (CPU) and reused while the
+    # handle keeps the same params object
+    _weights: Any = dataclasses.field(default=None, repr=False, compare=False)
+    _weights_of: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def model(self):
@@ -204,6 +208,10 @@ class VLM:
         input_ids, segment_ids = left_pad(ids, pad_token_id=self.pad_token_id)
         images = self.image_inputs(per_prompt)
         extra = {PIXEL_MASK_KEY: images[PIXEL_MASK_KEY]} if PIXEL_MASK_KEY in images else {}
+        if mesh is None:
+            if self._weights_of is not self.params:
+                self._weights, self._weights_of = generation_weights(self.model, self.params), self.params
+            extra["prepared_weights"] = self._weights
         out = generate(self.model, self.params, input_ids, segment_ids, images.get("pixel_values"),
                        images.get("image_mask"), max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,
                        pad_token_id=self.pad_token_id, temperature=temperature, top_p=top_p, seed=seed, mesh=mesh,

@@ -315,8 +315,9 @@ class Llama(nn.Module):
         With `cache` (from `init_cache`) the chunk is written at `cache_index` (int scalar, may be
         traced) and attends to every filled slot before it; returns the updated cache.
         `last_logits_only`: logits `[b, 1, vocab]` of the last position only (generation prefill).
-        `hidden_only`: the final-norm hidden states `[b, s, D]` instead of logits (the training loss
-        applies the head itself, in sequence chunks, with `output_kernel`).
+        `hidden_only`: the final-norm hidden states `[b, s, D]` instead of logits (the training loss applies the
+        head itself, in sequence chunks, with `output_kernel`; so does generation's packed prefill, at each row's
+        last token).
         `layer_params`: with a `split_cache` cache, the layers' params as `unstack_layers` gives them (decode
         loops slice them once, outside the loop); default: sliced from the stacked params here."""
         c = self.config
@@ -343,13 +344,13 @@ class Llama(nn.Module):
         if last_logits_only:
             x = x[:, -1:]
         x = self.norm(x)
-        if hidden_only:
-            return x, None
-        logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
-        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         new_cache = None
         if cache is not None:
             new_cache = {"k": layer_caches[0], "v": layer_caches[1], "segment_ids": kv_segment_ids}
+        if hidden_only:
+            return x, new_cache
+        logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
+        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         return logits, new_cache
 
 

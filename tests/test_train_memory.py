@@ -188,6 +188,7 @@ def test_compute_dtype_grads_with_chunked_mlp_round_the_chunk_sum_once(setup):
 def test_compute_dtype_grads_inside_accumulation_equal_the_float32_accumulation(setup):
     """`compute_dtype_grads_accum`: 2 microbatches differentiated with respect to the layers cast to bf16
     once per step (the microbatch loop receives bf16 layers) sum to the float32 accumulation's gradients exactly."""
+    from vlm_jax.training.state import TrainState
     from vlm_jax.training.step import make_train_step
 
     config, batch, params, _ = setup
@@ -205,8 +206,8 @@ def test_compute_dtype_grads_inside_accumulation_equal_the_float32_accumulation(
         """dtypes of the stacked decoder-layer kernels the microbatch scan takes in."""
         step = make_train_step(Llava(config), optax.sgd(0.0), optax.constant_schedule(0.0), frozen=("vision_tower",),
                                **opts)
-        state = initial_state(config)
-        state = state.replace(opt_state=optax.sgd(0.0).init({k: v for k, v in params.items() if k != "vision_tower"}))
+        state = TrainState(step=np.zeros((), np.int32), params=params, opt_state=optax.sgd(0.0).init(
+            {k: v for k, v in params.items() if k != "vision_tower"}))
         jaxpr = jax.make_jaxpr(step)(state, batch)
         scan = next(e for e in jaxpr.eqns if e.primitive.name == "scan" and e.params["length"] == 2)
         layers = config.text_config.num_hidden_layers

@@ -20,8 +20,8 @@ tests/test_train_loss_norm.py); each adds one option to the previous rung, cheap
    the only rung that changes numerics, by the moments' rounding).
 
 `config.memory = "auto"` takes the first rung whose compiled step fits the device's HBM (the train loop:
-`compiled.memory_analysis()` against the device's `bytes_limit`; `--compile_topology`: against the slice's
-usable HBM); "fixed" uses the config as written. Devices that report no memory limit (CPU) use the
+`compiled_bytes`, the HBM the compiled step needs, against the device's `bytes_limit`; `--compile_topology`:
+against the slice's usable HBM); "fixed" uses the config as written. Devices that report no memory limit (CPU) use the
 config as written.
 """
 from __future__ import annotations

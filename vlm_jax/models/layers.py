@@ -2,6 +2,7 @@
 norms, and the scan-over-layers + remat wrapper."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -25,6 +26,25 @@ REMAT_POLICIES = {
 }
 
 
+def flat_matmul(x: jax.Array, kernel: jax.Array, n_contract: int = 1, preferred_element_type=None) -> jax.Array:
+    """`x [..., *K] @ kernel [*K, *F] -> [..., *F]`, contracting x's trailing `n_contract` dims with the
+    kernel's leading ones, computed as one 2-D matmul `[prod(...), prod(K)] @ [prod(K), prod(F)]`.
+
+    The same math as `dot_general` over those dims. The 2-D form matters for the backward pass: with
+    `[b, s, D]` activations XLA:CPU materialises transposed copies of the activations and their gradients
+    for each weight gradient (the `[b, s, F]` operands as `[F, b*s]`), with `[b*s, D]` it does not (the
+    train-bench step: README "Train step"). On TPU/GPU the reshapes are free (row-major bitcasts that keep
+    a batch-sharded leading axis sharded)."""
+    k_shape = x.shape[x.ndim - n_contract:]
+    if tuple(kernel.shape[:n_contract]) != tuple(k_shape):
+        raise ValueError(f"flat_matmul: x {x.shape} does not contract with kernel {kernel.shape} over {n_contract} dims")
+    lead, feats = x.shape[:x.ndim - n_contract], kernel.shape[n_contract:]
+    k = math.prod(k_shape)
+    out = jnp.dot(x.reshape(math.prod(lead), k), kernel.reshape(k, math.prod(feats)),
+                  preferred_element_type=preferred_element_type)
+    return out.reshape(lead + feats)
+
+
 def normal_init(std: float, names: Sequence[str | None]):
     """N(0, std²) initialiser tagged with logical axis names."""
     return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(names))
@@ -45,7 +65,8 @@ def layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
 
 
 class DenseGeneral(nn.Module):
-    """`x [..., *in] @ kernel [*in, *features] (+ bias [*features])` over the trailing `axis` dims.
+    """`x [..., *in] @ kernel [*in, *features] (+ bias [*features])` over the trailing `axis` dims
+    (`flat_matmul`).
 
     Like `nn.DenseGeneral` (same param names and shapes), but the initialisers see the kernel's real
     shape: flax's version initialises a flattened 2-D kernel, whose logical names (one per real axis)
@@ -66,10 +87,11 @@ class DenseGeneral(nn.Module):
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
         axes = tuple(sorted(a % x.ndim for a in axes))
+        if axes != tuple(range(x.ndim - len(axes), x.ndim)):
+            raise ValueError(f"DenseGeneral contracts trailing axes only, got axis={self.axis} for rank {x.ndim}")
         kernel = self.param("kernel", self.kernel_init, tuple(x.shape[a] for a in axes) + features,
                             self.param_dtype)
-        out = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                                  ((axes, tuple(range(len(axes)))), ((), ())))
+        out = flat_matmul(x.astype(self.dtype), kernel.astype(self.dtype), len(axes))
         if self.use_bias:
             out = out + self.param("bias", self.bias_init, features, self.param_dtype).astype(self.dtype)
         return out

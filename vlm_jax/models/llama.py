@@ -20,7 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from vlm_jax.models.attention import attention, decode_attention
 from vlm_jax.models.config import TextConfig
-from vlm_jax.models.layers import LAYER_INPUT, DenseGeneral, RMSNorm, normal_init, stacked
+from vlm_jax.models.layers import LAYER_INPUT, DenseGeneral, RMSNorm, flat_matmul, normal_init, stacked
 
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
@@ -182,9 +182,9 @@ _swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 def _gated_mlp(x, gate, up, down, dtype):
     """`down(silu(gate(x)) * up(x))` on x `[b, s, D]` with kernels `[D, F]`, `[D, F]`, `[F, D]` cast to `dtype`."""
     x = x.astype(dtype)
-    h = _swiglu(x @ gate.astype(dtype), x @ up.astype(dtype))
+    h = _swiglu(flat_matmul(x, gate.astype(dtype)), flat_matmul(x, up.astype(dtype)))
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-    return h @ down.astype(dtype)
+    return flat_matmul(h, down.astype(dtype))
 
 
 class LlamaMLP(nn.Module):
@@ -271,7 +271,7 @@ class LMHead(nn.Module):
         c = self.config
         kernel = self.param("kernel", normal_init(c.initializer_range, ("embed", "vocab")),
                             (c.hidden_size, c.vocab_size), jnp.dtype(c.param_dtype))
-        return jnp.einsum("bsd,dv->bsv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+        return flat_matmul(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
 
 
 class Llama(nn.Module):

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vlm_jax.models.layers import flat_matmul
+
 LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
@@ -21,7 +23,7 @@ def _chunk_losses(hidden, kernel, targets, loss_mask):
     """hidden `[b, c, D]`, kernel `[D, vocab]` (cast to hidden's dtype here, so that the chunks' kernel
     gradients are summed in the kernel's own dtype), targets int `[b, c]`, loss_mask `[b, c]`
     -> masked cross-entropy `[b, c]` float32."""
-    logits = jnp.einsum("bsd,dv->bsv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    logits = flat_matmul(hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
     logits = nn.with_logical_constraint(logits, LOGITS_AXES)
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets) * loss_mask
 

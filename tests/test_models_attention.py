@@ -150,3 +150,46 @@ def test_pallas_route_without_segment_ids_and_traced_offset_fallback():
                                                            ones[:, :1], ones, True, 3, 0.25), atol=2e-5)
     with pytest.raises(ValueError, match="q_offset=-1"):
         attention(q, k, v, q_offset=-1, implementation="pallas")
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_xla_causal_blocks_equal_one_block_forward_and_gradients(window):
+    """The "xla" path's causal block skipping (`block_q` queries at a time, each over only the keys it can
+    see; partial last block) against the same attention computed as one block (`block_q` >= q_len), with
+    GQA, packed segments, padding, a key-less row and a sliding window: outputs and dq/dk/dv; and against
+    the float64 loop above for the forward."""
+    q, k, v = _inputs(2, 11, 11, 6, 2, 8, seed=5)
+    seg = np.array([[1, 1, 1, 2, 2, 2, 2, 2, 2, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]], np.int32)
+    q_seg = seg.copy()
+    q_seg[0, 8] = 7  # no key in its segment: a key-less row
+    w = np.random.default_rng(6).normal(size=q.shape).astype(np.float32)
+
+    def run(block_q):
+        def loss(q, k, v):
+            out = attention(q, k, v, q_segment_ids=jnp.asarray(q_seg), kv_segment_ids=jnp.asarray(seg),
+                            causal=True, block_q=block_q, sliding_window=window)
+            return jnp.sum(out * w), out
+        (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(*map(jnp.asarray, (q, k, v)))
+        return (out,) + grads
+
+    one, blocked = run(64), run(3)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), blocked, one):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=name)
+    if window is None:
+        np.testing.assert_allclose(np.asarray(blocked[0]), reference(q, k, v, q_seg, seg, True, 0, 8 ** -0.5),
+                                   atol=1e-5)
+    assert np.all(np.asarray(blocked[0])[0, 8] == 0)
+
+
+def test_xla_causal_blocks_into_a_cache_at_an_offset():
+    """Queries written at slots 5..10 of a 16-slot cache, 2 at a time: each block sees the cache up to its
+    own last slot only; equals the float64 loop (and the one-block computation with a window)."""
+    q, k, v = _inputs(2, 6, 16, 4, 2, 8, seed=7)
+    kv_seg = np.array([[1] * 11 + [0] * 5, [0, 0, 0] + [1] * 8 + [0] * 5], np.int32)
+    q_seg = np.ones((2, 6), np.int32)
+    args = tuple(map(jnp.asarray, (q, k, v)))
+    kw = dict(q_segment_ids=jnp.asarray(q_seg), kv_segment_ids=jnp.asarray(kv_seg), causal=True, q_offset=5)
+    np.testing.assert_allclose(np.asarray(attention(*args, block_q=2, **kw)),
+                               reference(q, k, v, q_seg, kv_seg, True, 5, 8 ** -0.5), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(attention(*args, block_q=2, sliding_window=3, **kw)),
+                               np.asarray(attention(*args, block_q=64, sliding_window=3, **kw)), atol=1e-6)

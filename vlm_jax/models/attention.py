@@ -70,6 +70,11 @@ _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def _xla_attention(q, k, v, mask, scale):
+    """`_xla_attention_kt` with k, v `[b, s, kv_heads, d]`."""
+    return _xla_attention_kt(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask, scale)
+
+
+def _xla_attention_kt(q, k, v, mask, scale):
     """Reference einsum attention on 4-D operands: GQA by folding each kv head's group of query heads into
     the query axis (scores `[b, kv_heads, groups * t, s]`, k/v never repeated), fp32 softmax. Hidden keys
     get an additive `finfo.min` bias `[b | 1, groups * t, s]` (the same as a `where` with `finfo.min`: a
@@ -81,14 +86,14 @@ def _xla_attention(q, k, v, mask, scale):
     output ran the train step's attention about 1.5-2x slower on XLA:CPU; its softmax backward was the
     step's largest op.)"""
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     groups = h // kv_heads
     qf = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
-    logits = jnp.einsum("bkqd,bskd->bkqs", qf, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum("bkqd,bksd->bkqs", qf, k, preferred_element_type=jnp.float32) * scale
     rows = mask if groups == 1 else jnp.tile(mask, (1, groups, 1))  # [b | 1, groups * t, s], row = (group, query)
     bias = jnp.where(rows, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
     probs = _softmax(logits + bias[:, None])
-    out = jnp.einsum("bkqs,bskd->bkqd", probs.astype(v.dtype), v)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), v)
     out = out.reshape(b, kv_heads, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
     return out * jnp.any(mask, axis=-1)[:, :, None, None].astype(out.dtype)
 
@@ -288,6 +293,7 @@ def _xla_causal_blocks(q, k, v, mask, scale, q_offset: int, block_q: int, slidin
     nor kept for the backward pass (5/8 of the work of one full block at 4 blocks; ~1/2 for many).
     Every key a row can see is inside its block's slice, so the result is the full computation's."""
     q_len, kv_len = q.shape[1], k.shape[1]
+    kt, vt = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [b, kv_heads, s, d], sliced per block
     outs = []
     for r0 in range(0, q_len, block_q):
         r1 = min(q_len, r0 + block_q)
@@ -296,5 +302,5 @@ def _xla_causal_blocks(q, k, v, mask, scale, q_offset: int, block_q: int, slidin
         if k1 <= k0:  # no key visible to any row of this block: zeros, as `_xla_attention` gives
             outs.append(jnp.zeros((q.shape[0], r1 - r0) + q.shape[2:], q.dtype))
             continue
-        outs.append(_xla_attention(q[:, r0:r1], k[:, k0:k1], v[:, k0:k1], mask[:, r0:r1, k0:k1], scale))
+        outs.append(_xla_attention_kt(q[:, r0:r1], kt[:, :, k0:k1], vt[:, :, k0:k1], mask[:, r0:r1, k0:k1], scale))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

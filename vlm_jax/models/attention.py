@@ -18,8 +18,9 @@ from jax.sharding import PartitionSpec
 from vlm_jax.kernels.flash_attention import flash_attention
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
-# "xla": queries per block of the causal block skipping (`_xla_causal_blocks`) when `block_q` is None;
-# the fastest of 64 / 128 / 256 / one block for the train-bench attention on XLA:CPU (README "Train step").
+# "xla": queries per block of the causal block skipping (`_xla_causal_blocks`) when `block_q` is None. On
+# the train-bench attention (XLA:CPU) 64 / 96 / 128 ran within noise of each other, 256 slower, one block
+# 1.8x slower; 128 has the fewest ops of the fast ones (README "Train-step speed against PyTorch").
 XLA_BLOCK_Q = 128
 
 # Segment ids of the rows / slots the "pallas" route pads in; they match nothing, so padded queries

@@ -49,7 +49,7 @@ from vlm_jax.training.metrics import MetricsWriter, Throughput
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
 from vlm_jax.training.params import IDEFICS2_MODULES, LLAVA_MODULES, count_params, parse_module_list
 from vlm_jax.training.state import abstract_train_state, init_train_state, state_from_params
-from vlm_jax.training.step import jit_train_step, make_train_step, token_losses
+from vlm_jax.training.step import jit_train_step, token_losses, train_step_for
 
 
 
@@ -185,11 +185,7 @@ def build_step(config: ml_collections.ConfigDict, architecture, mesh) -> dict[st
     tx = make_optimizer(config.optim, schedule)
     abstract, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
     step_fn = jit_train_step(
-        make_train_step(model_for(model_config), tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
-                        nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
-                        loss_normalization=config.loss_normalization, batch_shards=batch_divisor(mesh),
-                        compute_dtype_grads=config.compute_dtype_grads,
-                        compute_dtype_grads_accum=config.compute_dtype_grads_accum),
+        train_step_for(config, model_for(model_config), tx, schedule, frozen=frozen, batch_shards=batch_divisor(mesh)),
         shardings, batch_sharding(mesh))
     return {"model_config": model_config, "frozen": frozen, "schedule": schedule, "tx": tx, "abstract": abstract,
             "shardings": shardings, "step_fn": step_fn}

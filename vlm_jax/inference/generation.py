@@ -125,6 +125,13 @@ def plan_packing(config, lengths: Sequence[int], padded_length: int) -> PrefillP
         length = bucket_length(length + 1)
 
 
+def _empty_cache(text, rows: int, length: int, split: bool):
+    """`init_cache(text, rows, length)`, as per-layer buffers (`split_cache`) when `split` (the CPU prefill
+    writes straight into them, see `_generate`)."""
+    cache = init_cache(text, rows, length)
+    return split_cache(cache) if split else cache
+
+
 def _packed_prefill(model, params, input_ids, segment_ids, pixel_values, image_mask, positions, pixel_kwargs,
                     row, offset, layer_params, *, num_rows: int, length: int, max_new_tokens: int, split: bool):
     """The prefill of `_generate` on packed sequences (`PrefillPacking`): the rows are embedded as they are
@@ -147,9 +154,7 @@ def _packed_prefill(model, params, input_ids, segment_ids, pixel_values, image_m
     embeddings = model.apply({"params": params}, input_ids, pixel_values, image_mask, **pixel_kwargs,
                              method="embed")
     rows = jnp.broadcast_to(jnp.arange(1, batch + 1, dtype=jnp.int32)[:, None], (batch, prompt_len))
-    cache = init_cache(text, num_rows, length)
-    if split:
-        cache = split_cache(cache)
+    cache = _empty_cache(text, num_rows, length, split)
     text_params = text_model_params(model.config, params)
     hidden, cache = Llama(text).apply({"params": text_params}, pack(embeddings), pack(positions), pack(rows),
                                       cache=cache, cache_index=0, hidden_only=True, layer_params=layer_params)
@@ -291,9 +296,7 @@ def _generate(model: Llava, params, input_ids, segment_ids, pixel_values, image_
                                         pixel_kwargs, pack_row, pack_offset, layer_params, num_rows=pack_shape[0],
                                         length=pack_shape[1], max_new_tokens=max_new_tokens, split=hoist_weights)
     else:
-        cache = init_cache(model.config.text_config, batch, prompt_len + max_new_tokens)
-        if hoist_weights:
-            cache = split_cache(cache)
+        cache = _empty_cache(model.config.text_config, batch, prompt_len + max_new_tokens, hoist_weights)
         logits, cache = model.apply({"params": params}, input_ids, pixel_values, image_mask, positions, segment_ids,
                                     cache=cache, cache_index=0, last_logits_only=True, layer_params=layer_params,
                                     **pixel_kwargs)
@@ -321,10 +324,10 @@ def decode_loop(model: Llava, params, cache, first, prompt_lengths, prompt_len, 
     stacked params in every step (`hoists_layer_weights` says where that pays)."""
     batch = first.shape[0]
     variables = {"params": params}
-    if hoist_weights and stored_weights is None and max_new_tokens > 1:  # one token: the loop never runs
-        stored_weights = layer_weights(model, params, transpose=False)  # (see `_generate`)
     if not hoist_weights:
         stored_weights = None
+    elif stored_weights is None and max_new_tokens > 1:  # one token: the loop never runs
+        stored_weights = layer_weights(model, params, transpose=False)  # (see `_generate`)
     tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = first == eos_token_id
 

@@ -22,6 +22,9 @@ IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 # the train-bench attention (XLA:CPU) 64 / 96 / 128 ran within noise of each other, 256 slower, one block
 # 1.8x slower; 128 has the fewest ops of the fast ones (README "Train-step speed against PyTorch").
 XLA_BLOCK_Q = 128
+# ... and at most this many blocks (longer queries get longer blocks): each block is its own ops in the
+# program, and 8 blocks already skip 7/16 of the work (the most is 1/2).
+XLA_MAX_BLOCKS = 8
 
 # Segment ids of the rows / slots the "pallas" route pads in; they match nothing, so padded queries
 # see no key (zero rows, sliced off) and padded keys are seen by no query.
@@ -288,12 +291,14 @@ def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, causal: bool 
 
 
 def _xla_causal_blocks(q, k, v, mask, scale, q_offset: int, block_q: int, sliding_window):
-    """`_xla_attention` one block of `block_q` queries at a time, each over only the keys the causal rule
+    """`_xla_attention` one block of `block_q` queries at a time (at most `XLA_MAX_BLOCKS` blocks: longer
+    blocks for longer queries), each over only the keys the causal rule
     (and `sliding_window`) can show it: query rows [r0, r1) see keys below `q_offset + r1` (and from
     `q_offset + r0 - sliding_window + 1`), so the scores of the hidden upper triangle are neither computed
-    nor kept for the backward pass (5/8 of the work of one full block at 4 blocks; ~1/2 for many).
+    nor kept for the backward pass ((n + 1) / 2n of one block's work with n blocks: 5/8 at 4, 9/16 at 8).
     Every key a row can see is inside its block's slice, so the result is the full computation's."""
     q_len, kv_len = q.shape[1], k.shape[1]
+    block_q = max(block_q, -(-q_len // XLA_MAX_BLOCKS))
     kt, vt = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [b, kv_heads, s, d], sliced per block
     outs = []
     for r0 in range(0, q_len, block_q):

@@ -42,7 +42,7 @@ from vlm_jax.training.optimizer import make_optimizer, make_schedule
 from vlm_jax.training.config import batch_images
 from vlm_jax.training.params import parse_module_list
 from vlm_jax.training.state import abstract_train_state
-from vlm_jax.training.step import jit_train_step, make_train_step
+from vlm_jax.training.step import jit_train_step, train_step_for
 
 GIB = 2.0 ** 30
 
@@ -141,12 +141,7 @@ def compile_train_step(config: ml_collections.ConfigDict, model_config: LlavaCon
     start = time.perf_counter()
     state, shardings = abstract_train_state(model_config, frozen, tx, mesh, DEFAULT_RULES)
     batch = abstract_batch(config, model_config, sharding=batch_sharding(mesh))
-    step = jit_train_step(make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
-                                          nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
-                                          loss_normalization=config.loss_normalization,
-                                          batch_shards=batch_divisor(mesh),
-                                          compute_dtype_grads=config.compute_dtype_grads,
-                        compute_dtype_grads_accum=config.compute_dtype_grads_accum),
+    step = jit_train_step(train_step_for(config, model, tx, schedule, frozen=frozen, batch_shards=batch_divisor(mesh)),
                           shardings, batch_sharding(mesh))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):  # as vlm_jax.train runs it
         compiled, figures = compile_or_measure(step.lower(state, batch), (state, batch))

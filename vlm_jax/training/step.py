@@ -156,6 +156,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return train_step
 
 
+def train_step_for(config, model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                   frozen: Sequence[str], batch_shards: int):
+    """`make_train_step` with the step options of a train config (`vlm_jax.training.config`: grad_accum_steps,
+    nan_policy, loss_chunk, loss_normalization, compute_dtype_grads, compute_dtype_grads_accum): the one place
+    that maps them, for `vlm_jax.train` and the compile report (`training.aot`)."""
+    return make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=config.grad_accum_steps,
+                           nan_policy=config.nan_policy, loss_chunk=config.loss_chunk,
+                           loss_normalization=config.loss_normalization, batch_shards=batch_shards,
+                           compute_dtype_grads=config.compute_dtype_grads,
+                           compute_dtype_grads_accum=config.compute_dtype_grads_accum)
+
+
 def jit_train_step(train_step, state_shardings: TrainState, batch_sharding):
     """jit with the state's shardings in and out, the batch sharded over data x fsdp, state donated."""
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, P())

@@ -217,3 +217,20 @@ def test_compute_dtype_grads_inside_accumulation_equal_the_float32_accumulation(
 
     assert "bfloat16" in loop_inputs(**options)  # (the frozen vision tower's layers stay float32)
     assert loop_inputs(grad_accum_steps=2, compute_dtype_grads=True) == {"float32"}  # not applied without the flag
+
+
+def test_hbm_refusal_is_read_from_both_xla_tpu_message_forms():
+    """The compile ladder moves to the next memory option when XLA:TPU refuses a program for lack of HBM; its
+    message comes in two forms (the second, verbatim from the 7B v6e-8 "2 microbatches" rung, once ended the
+    ladder as an internal error); any other error is not a refusal."""
+    from vlm_jax.training.aot import hbm_refusal_gib
+
+    allocator = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory "
+                 "in memory space hbm. Used 31.27G of 31.25G hbm. Exceeded hbm capacity by 26.91M. Total hbm usage "
+                 ">= 31.53G: reserved 260.00M program 21.65G arguments 9.62G Output size 9.59G")
+    temporaries = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. 48.69G required for HLO temporaries "
+                   "(48.69G) exceeds available HBM (30.75G)")
+    assert hbm_refusal_gib(allocator) == 31.27
+    assert hbm_refusal_gib(temporaries) == 48.69
+    assert hbm_refusal_gib("RESOURCE_EXHAUSTED: out of host memory") is None
+    assert hbm_refusal_gib("INVALID_ARGUMENT: Used 31.27G of 31.25G hbm") is None

@@ -65,7 +65,22 @@ def memory_figures(compiled) -> dict[str, float]:
     return figures
 
 
-_OUT_OF_HBM = re.compile(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+# XLA:TPU's compile-time out-of-HBM messages, each with the GiB the program needed per chip in group 1: the
+# temporaries check, and the allocator's "Ran out of memory in memory space hbm. Used 31.27G of 31.25G hbm."
+_OUT_OF_HBM = (re.compile(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)"),
+               re.compile(r"Ran out of memory in memory space hbm\. Used ([\d.]+)G of ([\d.]+)G hbm"))
+
+
+def hbm_refusal_gib(message: str) -> float | None:
+    """GiB per chip that XLA:TPU said a program needs when its compile error `message` is a refusal for lack
+    of HBM (RESOURCE_EXHAUSTED, either message form in `_OUT_OF_HBM`); None for any other error."""
+    if "RESOURCE_EXHAUSTED" not in message:
+        return None
+    for pattern in _OUT_OF_HBM:
+        match = pattern.search(message)
+        if match:
+            return float(match.group(1))
+    return None
 
 
 def per_device_gib(tree: Any) -> float:
@@ -84,10 +99,9 @@ def compile_or_measure(lowered, arguments: Any) -> tuple[Any, dict[str, float]]:
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
-        match = _OUT_OF_HBM.search(str(e))
-        if "RESOURCE_EXHAUSTED" not in str(e) or not match:
+        total = hbm_refusal_gib(str(e))
+        if total is None:
             raise
-        total = float(match.group(1))
         args = per_device_gib(arguments)
         return None, {"arguments_gib": args, "outputs_gib": float("nan"), "aliased_gib": float("nan"),
                       "temporaries_gib": max(total - args, 0.0), "code_gib": float("nan"), "host_gib": float("nan"),

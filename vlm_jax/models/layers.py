@@ -33,8 +33,8 @@ def flat_matmul(x: jax.Array, kernel: jax.Array, n_contract: int = 1, preferred_
     The same math as `dot_general` over those dims. The 2-D form matters for the backward pass: with
     `[b, s, D]` activations XLA:CPU materialises transposed copies of the activations and their gradients
     for each weight gradient (the `[b, s, F]` operands as `[F, b*s]`), with `[b*s, D]` it does not (the
-    train-bench step: README "Train-step speed against PyTorch"). On TPU/GPU the reshapes are free (row-major bitcasts that keep
-    a batch-sharded leading axis sharded)."""
+    train-bench step: README "Train-step speed against PyTorch"). On TPU/GPU the reshapes are free
+    (row-major bitcasts that keep a batch-sharded leading axis sharded)."""
     k_shape = x.shape[x.ndim - n_contract:]
     if tuple(kernel.shape[:n_contract]) != tuple(k_shape):
         raise ValueError(f"flat_matmul: x {x.shape} does not contract with kernel {kernel.shape} over {n_contract} dims")

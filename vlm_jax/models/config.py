@@ -8,7 +8,8 @@ Besides the architecture, each sub-config carries run-time choices that do not c
 `dtype` (compute), `param_dtype` (storage), `attention_impl` ("xla" | "cudnn" | "pallas"),
 `attention_block_q` / `attention_block_k` (sequence tiles of the "pallas" kernel; None = the kernel's
 per-backend defaults; `attention_block_q` is also the query block of "xla"'s causal block skipping),
-`remat_policy` (see `vlm_jax.models.layers.REMAT_POLICIES`) and `mlp_chunk` (positions per chunk of the Llama MLP, 0 = all at once; see `vlm_jax.models.llama.LlamaMLP`).
+`remat_policy` (see `vlm_jax.models.layers.REMAT_POLICIES`) and `mlp_chunk` (positions per chunk of the
+Llama MLP, 0 = all at once; see `vlm_jax.models.llama.LlamaMLP`).
 """
 from __future__ import annotations
 

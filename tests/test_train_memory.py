@@ -1,5 +1,6 @@
-"""The memory techniques change no result: chunked LM head + cross-entropy, the chunked MLP and the
-"offload" remat policy give the plain step's loss and gradients (fp32, 8 simulated devices, fsdp x data)."""
+"""The memory techniques change no result: chunked LM head + cross-entropy (per-token and the training
+loss that skips positions without loss), the chunked MLP and the "offload" remat policy give the plain
+step's loss and gradients (fp32, 8 simulated devices, fsdp x data)."""
 
 import flax.linen as nn
 import jax
@@ -11,9 +12,9 @@ import pytest
 from train_testlib import initial_state, packed_batches, tiny_config, write_corpus
 from vlm_jax.models.llava import Llava
 from vlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
-from vlm_jax.training.loss import token_cross_entropy
+from vlm_jax.training.loss import token_cross_entropy, weighted_cross_entropy
 from vlm_jax.training.optimizer import make_optimizer, make_schedule
-from vlm_jax.training.step import MODEL_INPUTS, token_losses
+from vlm_jax.training.step import MODEL_INPUTS, head_inputs, token_losses
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,60 @@ def test_cross_entropy_chunks_pad_to_zero():
     full = token_cross_entropy(hidden, kernel, targets, mask, 0)
     assert full[1, 3] == 0 and full[0, 3] > 0
     np.testing.assert_allclose(token_cross_entropy(hidden, kernel, targets, mask, 3), full, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk,groups", [(0, 1), (16, 8), (24, 4)])
+def test_weighted_cross_entropy_step_loss_equals_full_logits(setup, chunk, groups):
+    """The train step's loss (`weighted_cross_entropy`, own gradient rule) on 8 devices: the plain loss and
+    gradients, whole rows at once or in chunks of each shard's loss positions (24: a padded last chunk)."""
+    config, batch, params, want = setup
+    model = Llava(config)
+
+    def loss(p, b):
+        hidden, kernel = head_inputs(model, p, b)
+        return weighted_cross_entropy(hidden, kernel, b["targets"], b["loss_mask"], chunk, groups) / b["loss_mask"].sum()
+
+    assert_same(loss_and_grads(loss, params, batch, make_mesh(2, 4, 1)), want)
+
+
+@pytest.mark.parametrize("chunk,groups", [(0, 1), (3, 1), (5, 2), (4, 3), (64, 2)])
+def test_weighted_cross_entropy_equals_autodiff_of_token_losses(chunk, groups):
+    """Value and gradients (hidden, kernel) against autodiff of `token_cross_entropy`, with weights that
+    are not 0/1, a row and a whole group without loss, chunks that do not divide a group's positions."""
+    b, s, d, vocab = 6, 9, 5, 13
+    hidden = jax.random.normal(jax.random.key(0), (b, s, d))
+    kernel = jax.random.normal(jax.random.key(1), (d, vocab))
+    targets = jax.random.randint(jax.random.key(2), (b, s), 0, vocab)
+    weights = jax.random.uniform(jax.random.key(3), (b, s)) * (jax.random.uniform(jax.random.key(4), (b, s)) < 0.6)
+    weights = weights.at[0].set(0.0).at[4:].set(0.0)  # groups=3: rows 4-5 are a group with no loss
+    want = jax.value_and_grad(lambda h, k: token_cross_entropy(h, k, targets, weights, 0).sum(), argnums=(0, 1))(
+        hidden, kernel)
+    got = jax.jit(jax.value_and_grad(lambda h, k: 2.0 * weighted_cross_entropy(h, k, targets, weights, chunk, groups),
+                                     argnums=(0, 1)))(hidden, kernel)
+    np.testing.assert_allclose(got[0], 2.0 * want[0], rtol=1e-6)
+    for g, w in zip(got[1], want[1]):
+        np.testing.assert_allclose(g, 2.0 * w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weighted_cross_entropy(hidden, kernel, targets, weights, chunk, groups), want[0],
+                               rtol=1e-6)  # undifferentiated: the per-token losses' sum
+
+
+def test_weighted_cross_entropy_never_runs_the_head_on_positions_without_loss():
+    """NaN hidden states where the weight is 0 (an image block): the plain head's gradient is NaN, the
+    training loss's (which runs only the chunks of loss positions, 4 per row here = 2 whole chunks) is
+    the gradient of the loss positions alone."""
+    b, s, d, vocab = 2, 10, 4, 7
+    hidden = jax.random.normal(jax.random.key(0), (b, s, d))
+    kernel = jax.random.normal(jax.random.key(1), (d, vocab))
+    targets = jax.random.randint(jax.random.key(2), (b, s), 0, vocab)
+    weights = jnp.zeros((b, s)).at[:, 3:7].set(1.0)
+    poisoned = jnp.where(weights[..., None] > 0, hidden, jnp.nan)
+    grads = lambda f, h: jax.grad(f, argnums=(0, 1))(h, kernel)
+    plain = grads(lambda h, k: token_cross_entropy(h, k, targets, weights, 0).sum(), poisoned)
+    assert np.isnan(plain[1]).any()  # the plain head does read them
+    got = grads(lambda h, k: weighted_cross_entropy(h, k, targets, weights, 4, 1), poisoned)
+    want = grads(lambda h, k: token_cross_entropy(h[:, 3:7], k, targets[:, 3:7], weights[:, 3:7], 0).sum(), hidden)
+    for g, w in zip(got, want):  # d/dhidden is 0 outside the loss positions
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_mlp_and_offloaded_remat_equal_plain_step(setup):

@@ -1,5 +1,13 @@
 """Next-token cross-entropy from the final hidden states, in sequence chunks.
 
+Two entry points:
+- `token_cross_entropy`: the per-token losses `[b, s]` (evaluation, perplexity), every position.
+- `weighted_cross_entropy`: the training loss `sum(weights * cross-entropy)` with its own gradient rule:
+  the head runs only on positions whose weight is non-zero (image tokens, padding and prompts have
+  none), gathered to the front of each data shard's rows, `chunk` of them at a time for as many chunks
+  as the shard with the most such positions needs; each chunk's gradient is made in the same pass as
+  its loss (three matmuls per chunk, none recomputed).
+
 The full logits of a 32k-token row are `[32768, vocab]` float32 (4 GiB for Llama's 32k vocabulary),
 and their gradient as much again. `token_cross_entropy` applies the LM head and the softmax
 cross-entropy `chunk` positions at a time inside a rematerialised `lax.scan`: the forward keeps only
@@ -8,6 +16,8 @@ logits (and their gradient) exist at once. The math is the plain head's: `hidden
 compute dtype with float32 accumulation, float32 log-softmax.
 """
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -58,3 +68,71 @@ def token_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Array
 
     _, losses = jax.lax.scan(body, None, (to_chunks(hidden), to_chunks(targets), to_chunks(loss_mask)))
     return jnp.swapaxes(losses, 0, 1).reshape(b, n * chunk)[:, :s]
+
+
+def _chunk_loss_and_grads(h, kernel, targets, weights):
+    """One chunk of `weighted_cross_entropy`'s forward-and-gradient pass: h `[g, c, D]`, kernel `[D, vocab]`,
+    targets int `[g, c]`, weights float32 `[g, c]` -> (sum of weights x cross-entropy float32 scalar,
+    d/dh `[g, c, D]` in h's dtype, d/dkernel `[D, vocab]` in kernel's dtype): autodiff of `_chunk_losses`."""
+    loss, (dh, dkernel) = jax.value_and_grad(lambda h_, k_: _chunk_losses(h_, k_, targets, weights).sum(),
+                                             argnums=(0, 1))(h, kernel)
+    return loss, dh, dkernel
+
+
+def _loss_and_grads(hidden, kernel, targets, weights, chunk, groups):
+    """(loss, (d/dhidden, d/dkernel)) of `weighted_cross_entropy`, the head run on weighted positions only."""
+    b, s, d = hidden.shape
+    g = groups if groups > 0 and b % groups == 0 else 1
+    length = b // g * s  # positions of one data shard
+    weights = weights.astype(jnp.float32).reshape(g, length)
+    order = jnp.argsort(weights == 0, axis=1, stable=True)  # weighted positions first, in sequence order
+
+    def gather(x, idx):  # [g, length, ...] rows -> the rows idx [g, n] names
+        return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    h = gather(nn.with_logical_constraint(hidden.reshape(g, length, d), (
+        "activation_batch", "activation_length", "activation_embed")), order)
+    t, w = gather(targets.reshape(g, length), order), gather(weights, order)
+    c = chunk if 0 < chunk < length else length
+    n = -(-length // c)
+    if n * c > length:
+        pad = ((0, 0), (0, n * c - length))
+        h, t, w = jnp.pad(h, pad + ((0, 0),)), jnp.pad(t, pad), jnp.pad(w, pad)
+    todo = ((w != 0).sum(axis=1).max() + c - 1) // c  # chunks the fullest shard needs
+    def body(j, carry):
+        loss, dh, dkernel = carry
+        piece = lambda x: jax.lax.dynamic_slice_in_dim(x, j * c, c, axis=1)
+        l, dh_j, dk_j = _chunk_loss_and_grads(piece(h), kernel, piece(t), piece(w))
+        return loss + l, jax.lax.dynamic_update_slice_in_dim(dh, dh_j, j * c, axis=1), dkernel + dk_j.astype(jnp.float32)
+
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros_like(h), jnp.zeros(kernel.shape, jnp.float32))
+    loss, dh, dkernel = jax.lax.fori_loop(0, todo, body, zeros)
+    dh = gather(dh[:, :length], jnp.argsort(order, axis=1)).reshape(b, s, d)  # back to sequence order
+    return loss, (dh, dkernel.astype(kernel.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def weighted_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, weights: jax.Array,
+                           chunk: int = 0, groups: int = 1) -> jax.Array:
+    """`sum(weights * cross-entropy)` float32 scalar, the training loss before normalisation.
+
+    hidden `[b, s, D]` (final-norm states, compute dtype), kernel `[D, vocab]` (any dtype), targets int
+    `[b, s]`, weights `[b, s]` (the loss mask, or the mask scaled per device group; not differentiated).
+    The value is `token_cross_entropy(hidden, kernel, targets, weights, chunk).sum()`. Under
+    differentiation the head runs only where weights != 0: the rows are cut into `groups` contiguous
+    groups (the rows one data shard holds), each group's weighted positions are gathered to its front, and
+    `chunk` positions per group (0: all) go through the head, loss and gradient at a time, for
+    ceil(most weighted positions in a group / chunk) chunks; the gradients are the plain head's."""
+    return token_cross_entropy(hidden, kernel, targets, weights, chunk).sum()
+
+
+def _weighted_fwd(hidden, kernel, targets, weights, chunk, groups):
+    return _loss_and_grads(hidden, kernel, targets, weights, chunk, groups)
+
+
+def _weighted_bwd(chunk, groups, grads, g):
+    dh, dkernel = grads
+    return (g.astype(dh.dtype) * dh, g.astype(dkernel.dtype) * dkernel, None, None)
+
+
+weighted_cross_entropy.defvjp(_weighted_fwd, _weighted_bwd)

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from vlm_jax.data.packing import PIXEL_MASK_KEY
 from vlm_jax.models.init import FAMILIES, text_model_params
 from vlm_jax.models.llama import output_kernel
-from vlm_jax.training.loss import token_cross_entropy
+from vlm_jax.training.loss import token_cross_entropy, weighted_cross_entropy
 from vlm_jax.training.params import merge_params, split_params
 from vlm_jax.training.state import TrainState
 
@@ -33,14 +33,33 @@ NAN_POLICIES = ("stop", "skip")
 LOSS_NORMALIZATIONS = ("global", "per_device")
 
 
-def token_losses(model: nn.Module, params: Any, batch: Mapping[str, jax.Array], loss_chunk: int = 0) -> jax.Array:
-    """Masked next-token cross-entropy `[b, seq]` float32 (0 where `loss_mask` is 0) of a family's model
-    (`models.init.model_for`; an Idefics2 batch's `pixel_attention_mask` goes to the model); the LM head and
-    the softmax run `loss_chunk` positions at a time (0: all at once), see `vlm_jax.training.loss`."""
+def head_inputs(model: nn.Module, params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(final-norm hidden states `[b, seq, D]`, LM head kernel `[D, vocab]`) of a family's model
+    (`models.init.model_for`) on a batch; an Idefics2 batch's `pixel_attention_mask` goes to the model."""
     extra = {PIXEL_MASK_KEY: batch[PIXEL_MASK_KEY]} if PIXEL_MASK_KEY in batch else {}
     hidden, _ = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), hidden_only=True, **extra)
-    kernel = output_kernel(model.config.text_config, text_model_params(model.config, params))
+    return hidden, output_kernel(model.config.text_config, text_model_params(model.config, params))
+
+
+def token_losses(model: nn.Module, params: Any, batch: Mapping[str, jax.Array], loss_chunk: int = 0) -> jax.Array:
+    """Masked next-token cross-entropy `[b, seq]` float32 (0 where `loss_mask` is 0) of a family's model;
+    the LM head and the softmax run `loss_chunk` positions at a time (0: all at once), see
+    `vlm_jax.training.loss`."""
+    hidden, kernel = head_inputs(model, params, batch)
     return token_cross_entropy(hidden, kernel, batch["targets"], batch["loss_mask"], loss_chunk)
+
+
+def loss_weights(loss_mask: jax.Array, loss_normalization: str, batch_shards: int) -> jax.Array:
+    """Per-token weights `[b, seq]` float32 of a microbatch's summed loss (module docstring): the loss mask
+    ("global"), or the mask divided by its device group's mask count ("per_device": rows cut into
+    `batch_shards` contiguous groups)."""
+    mask = loss_mask.astype(jnp.float32)
+    if loss_normalization == "global":
+        return mask
+    if mask.shape[0] % batch_shards:
+        raise ValueError(f"microbatch of {mask.shape[0]} rows does not split over {batch_shards} devices")
+    groups = mask.reshape(batch_shards, -1, mask.shape[-1])
+    return (groups / jnp.maximum(groups.sum(axis=(1, 2), keepdims=True), 1.0)).reshape(mask.shape)
 
 
 def cast_text_layers(model: nn.Module, trained: Mapping[str, Any]) -> dict:
@@ -81,7 +100,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     (before clipping, trained params only), lr (used by this update), finite (1.0 if loss and
     grads are finite). With `nan_policy="skip"` a non-finite update leaves the state unchanged
     except `step`; with "stop" it is applied and the host loop stops with an error.
-    `loss_chunk`: positions per chunk of the LM head + cross-entropy (`token_losses`).
+    `loss_chunk`: positions per chunk of the LM head + cross-entropy (`loss.weighted_cross_entropy`: only
+    positions with loss go through the head).
     `batch_shards`: devices along the batch axes (data x fsdp), the groups of "per_device".
     `compute_dtype_grads`: differentiate with respect to the text model's decoder layers cast once to the
     compute dtype (`cast_text_layers`), so their gradients (half the step's gradient memory in bf16) stay
@@ -101,16 +121,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
     def microbatch_loss(trained, frozen_params, micro, denominator):
         """(this microbatch's share of the step's loss, that share times `denominator`)."""
-        params = merge_params(trained, frozen_params)
-        row_sums = token_losses(model, params, micro, loss_chunk).sum(axis=-1)
-        if loss_normalization == "global":
-            loss_sum = row_sums.sum()
-        else:
-            if row_sums.shape[0] % batch_shards:
-                raise ValueError(f"microbatch of {row_sums.shape[0]} rows does not split over {batch_shards} devices")
-            group_sums = row_sums.reshape(batch_shards, -1).sum(axis=1)
-            group_tokens = micro["loss_mask"].astype(jnp.float32).reshape(batch_shards, -1).sum(axis=1)
-            loss_sum = (group_sums / jnp.maximum(group_tokens, 1.0)).sum()
+        hidden, kernel = head_inputs(model, merge_params(trained, frozen_params), micro)
+        weights = loss_weights(micro["loss_mask"], loss_normalization, batch_shards)
+        loss_sum = weighted_cross_entropy(hidden, kernel, micro["targets"], weights, loss_chunk, batch_shards)
         return loss_sum / denominator, loss_sum
 
     grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)

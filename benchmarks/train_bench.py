@@ -5,7 +5,8 @@
 Both frameworks train the same LLaVA shape (below: CLIP-like tower 4x256 on 112px images, 2-layer GELU
 projector, Llama 4x512 with a 32064-token vocabulary), float32, on the same batch (one image and
 `seq - 64` text tokens per row) on this machine: forward, backward, global-norm clipping, AdamW, with
-the vision tower frozen as in LLaVA training. PyTorch uses its default SDPA attention and all CPU
+the vision tower frozen as in LLaVA training. vlm_jax runs its LM head on the positions with loss only,
+128 at a time (`--loss-chunk`, `training.loss.weighted_cross_entropy`). PyTorch uses its default SDPA attention and all CPU
 threads. The two steps are timed in turns (vlm_jax, PyTorch, vlm_jax, ...) after 2 warm-up steps each (JAX's
 compilation included there); prints the median step time of `--steps` timed steps, its range, tokens/s,
 the ratio of medians and the spread of the per-pair ratios; the last line is one JSON object of the figures.
@@ -146,8 +147,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", choices=sorted(CONFIGS), default="small", help="model shape (see CONFIGS)")
-    parser.add_argument("--loss-chunk", type=int, default=0,
-                        help="vlm_jax: positions per chunk of the LM head + cross-entropy (0: full logits)")
+    parser.add_argument("--loss-chunk", type=int, default=128,
+                        help="vlm_jax: loss positions per chunk of the LM head + cross-entropy; only chunks that "
+                             "hold positions with loss run (0: every position at once)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="PyTorch intra-op threads (for 1 thread on both sides also run with XLA_FLAGS="
                              "'--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1')")

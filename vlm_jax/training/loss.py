@@ -80,35 +80,35 @@ def _chunk_loss_and_grads(h, kernel, targets, weights):
 
 
 def _loss_and_grads(hidden, kernel, targets, weights, chunk, groups):
-    """(loss, (d/dhidden, d/dkernel)) of `weighted_cross_entropy`, the head run on weighted positions only."""
+    """(loss, (d/dhidden, d/dkernel)) of `weighted_cross_entropy`, the head run on weighted positions only.
+
+    Each chunk gathers its rows of `hidden` by index and scatter-adds their gradient into d/dhidden, so no
+    reordered copy of the hidden states or of their gradient is made."""
     b, s, d = hidden.shape
     g = groups if groups > 0 and b % groups == 0 else 1
     length = b // g * s  # positions of one data shard
-    weights = weights.astype(jnp.float32).reshape(g, length)
-    order = jnp.argsort(weights == 0, axis=1, stable=True)  # weighted positions first, in sequence order
-
-    def gather(x, idx):  # [g, length, ...] rows -> the rows idx [g, n] names
-        return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
-
-    h = gather(nn.with_logical_constraint(hidden.reshape(g, length, d), (
-        "activation_batch", "activation_length", "activation_embed")), order)
-    t, w = gather(targets.reshape(g, length), order), gather(weights, order)
+    h = nn.with_logical_constraint(hidden.reshape(g, length, d),
+                                   ("activation_batch", "activation_length", "activation_embed"))
+    t, w = targets.reshape(g, length), weights.astype(jnp.float32).reshape(g, length)
     c = chunk if 0 < chunk < length else length
     n = -(-length // c)
-    if n * c > length:
-        pad = ((0, 0), (0, n * c - length))
-        h, t, w = jnp.pad(h, pad + ((0, 0),)), jnp.pad(t, pad), jnp.pad(w, pad)
+    order = jnp.argsort(w == 0, axis=1, stable=True)  # [g, length]: weighted positions first, in order
+    order = jnp.pad(order, ((0, 0), (0, n * c - length)))  # padding names position 0 with weight 0 below
+    w_sorted = jnp.pad(jnp.take_along_axis(w, order[:, :length], axis=1), ((0, 0), (0, n * c - length)))
     todo = ((w != 0).sum(axis=1).max() + c - 1) // c  # chunks the fullest shard needs
+    take = jax.vmap(lambda x, i: x[i])  # per group: rows i of x
+    add_at = jax.vmap(lambda x, i, v: x.at[i].add(v))
+
     def body(j, carry):
         loss, dh, dkernel = carry
-        piece = lambda x: jax.lax.dynamic_slice_in_dim(x, j * c, c, axis=1)
-        l, dh_j, dk_j = _chunk_loss_and_grads(piece(h), kernel, piece(t), piece(w))
-        return loss + l, jax.lax.dynamic_update_slice_in_dim(dh, dh_j, j * c, axis=1), dkernel + dk_j.astype(jnp.float32)
+        idx = jax.lax.dynamic_slice_in_dim(order, j * c, c, axis=1)  # [g, c]
+        w_j = jax.lax.dynamic_slice_in_dim(w_sorted, j * c, c, axis=1)
+        l, dh_j, dk_j = _chunk_loss_and_grads(take(h, idx), kernel, take(t, idx), w_j)
+        return loss + l, add_at(dh, idx, dh_j), dkernel + dk_j.astype(jnp.float32)
 
     zeros = (jnp.zeros((), jnp.float32), jnp.zeros_like(h), jnp.zeros(kernel.shape, jnp.float32))
     loss, dh, dkernel = jax.lax.fori_loop(0, todo, body, zeros)
-    dh = gather(dh[:, :length], jnp.argsort(order, axis=1)).reshape(b, s, d)  # back to sequence order
-    return loss, (dh, dkernel.astype(kernel.dtype))
+    return loss, (dh.reshape(b, s, d), dkernel.astype(kernel.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

@@ -47,7 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     c.attention_impl = "xla"  # "xla" | "cudnn" | "pallas"
     c.remat_policy = "none"  # "none" | "full" | "offload" (full, layer inputs in host memory) | "dots_saveable" | ...
-    c.loss_chunk = 0  # positions per chunk of the LM head + cross-entropy (0: full [seq, vocab] logits)
+    # loss positions per chunk (of one device's rows) of the LM head + cross-entropy; the head runs only on
+    # positions with a loss, and chunks with none left are skipped (0: one chunk of all of them)
+    c.loss_chunk = 0
     c.mlp_chunk = 0  # positions per chunk of the Llama MLP (0: all at once; must divide data.seq_len)
     # True: the decoder layers' gradients stay in the compute dtype until the update (half the gradient
     # memory in bf16; the same values, see vlm_jax.training.step.make_train_step; not with accumulation

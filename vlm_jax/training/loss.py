@@ -120,14 +120,10 @@ def weighted_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Ar
     `[b, s]`, weights `[b, s]` (the loss mask, or the mask scaled per device group; not differentiated).
     The value is `token_cross_entropy(hidden, kernel, targets, weights, chunk).sum()`. Under
     differentiation the head runs only where weights != 0: the rows are cut into `groups` contiguous
-    groups (the rows one data shard holds), each group's weighted positions are gathered to its front, and
+    groups (the rows one data shard holds; one group when `groups` does not divide b), each group's weighted positions are gathered to its front, and
     `chunk` positions per group (0: all) go through the head, loss and gradient at a time, for
     ceil(most weighted positions in a group / chunk) chunks; the gradients are the plain head's."""
     return token_cross_entropy(hidden, kernel, targets, weights, chunk).sum()
-
-
-def _weighted_fwd(hidden, kernel, targets, weights, chunk, groups):
-    return _loss_and_grads(hidden, kernel, targets, weights, chunk, groups)
 
 
 def _weighted_bwd(chunk, groups, grads, g):
@@ -135,4 +131,4 @@ def _weighted_bwd(chunk, groups, grads, g):
     return (g.astype(dh.dtype) * dh, g.astype(dkernel.dtype) * dkernel, None, None)
 
 
-weighted_cross_entropy.defvjp(_weighted_fwd, _weighted_bwd)
+weighted_cross_entropy.defvjp(_loss_and_grads, _weighted_bwd)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import hf_tiny
+from vlm_jax.inference import generation
 from vlm_jax.models import hf as hf_table, llama, llava
 
 ATOL = 1e-4
@@ -88,9 +89,13 @@ def test_llama_cache_decoding_matches_full_forward(impl, chunk):
     decode_matches_full(apply, cfg, ids, pos, seg, full, prefill_len=6, chunk=chunk)
 
 
-@pytest.mark.parametrize("impl, chunk", [("xla", 0), ("pallas", 2)])
-def test_llava_cache_decoding_after_image_prefill_matches_full_forward(impl, chunk):
-    """Row 0 holds three images (two adjacent), row 1 one image (in slot 2 of 3); all in the prefill."""
+@pytest.mark.parametrize("impl, chunk, weights", [("xla", 0, None), ("pallas", 2, None), ("xla", 0, "transposed"),
+                                                  ("xla", 2, "plain")])
+def test_llava_cache_decoding_after_image_prefill_matches_full_forward(impl, chunk, weights):
+    """Row 0 holds three images (two adjacent), row 1 one image (in slot 2 of 3); all in the prefill.
+    `weights`: the layers run unrolled on generation's copy of their weights (`layer_weights`, q/k/v and gate/up
+    fused into one kernel each; stored transposed or as plain slices) over a split cache, as CPU generation does;
+    "plain" also runs the prefill's MLP in chunks (`mlp_chunk`) on the fused gate/up kernel."""
     base = hf_tiny.llava_config()
     params = hf_table.params_from_hf_state_dict(base, hf_tiny.state_dict_numpy(hf_tiny.hf_llava()), "llava-hf")
     t, img = base.num_image_tokens, base.image_token_id
@@ -102,11 +107,21 @@ def test_llava_cache_decoding_after_image_prefill_matches_full_forward(impl, chu
     image_mask = np.array([[True, True, True], [False, False, True]])
     llava.check_image_tokens(ids, image_mask, img, t)
     full = jax.jit(lambda p: llava.Llava(base).apply({"params": p}, ids, pixels, image_mask, pos, seg)[0])(params)
-    cfg = base.with_runtime(attention_impl=impl, attention_block_q=16, attention_block_k=16)
+    mlp_chunk = next(d for d in range(2, prefill_len) if prefill_len % d == 0) if weights == "plain" else 0
+    cfg = base.with_runtime(attention_impl=impl, attention_block_q=16, attention_block_k=16, mlp_chunk=mlp_chunk)
     model = llava.Llava(cfg)
+    layer_params = None if weights is None else generation.from_layer_weights(
+        model, params, generation.layer_weights(model, params, transpose=weights == "transposed"))
+    if weights is not None:
+        fused = layer_params[0]
+        assert set(fused["self_attn"]) == {llama.FUSED_QKV, "o_proj"}
+        assert set(fused["mlp"]) == {llama.FUSED_GATE_UP, "down_proj"}
 
     def apply(x, p, g, cache, index, pixel_values=None, mask=None):
-        return model.apply({"params": params}, x, pixel_values, mask, p, g, cache=cache, cache_index=index)
+        if weights is not None:
+            cache = llama.split_cache(cache)
+        return model.apply({"params": params}, x, pixel_values, mask, p, g, cache=cache, cache_index=index,
+                           layer_params=layer_params)
 
     decode_matches_full(apply, cfg.text_config, ids, pos, seg, full, prefill_len=prefill_len, chunk=chunk,
                         prefill_extra=(pixels, image_mask))

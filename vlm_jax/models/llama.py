@@ -22,6 +22,9 @@ from vlm_jax.models.attention import attention, decode_attention
 from vlm_jax.models.config import TextConfig
 from vlm_jax.models.layers import LAYER_INPUT, DenseGeneral, RMSNorm, flat_matmul, normal_init, stacked
 
+# The names of a layer's fused kernels in generation's copy of the weights (`fuse_layer_kernels`).
+FUSED_QKV, FUSED_GATE_UP = "qkv_proj", "gate_up_proj"
+
 # Logical axes of the cache arrays, for sharding a generation cache like the activations.
 CACHE_LOGICAL_AXES = {
     "k": ("layers", "activation_batch", "activation_kv_heads", "activation_length", None),
@@ -96,12 +99,17 @@ class LlamaAttention(nn.Module):
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         proj = partial(DenseGeneral, use_bias=False, dtype=dtype, param_dtype=pdtype)
-        q = proj((c.num_attention_heads, c.head_dim), name="q_proj",
-                 kernel_init=normal_init(c.initializer_range, ("embed", "heads", "head_dim")))(x)
-        k = proj((c.num_key_value_heads, c.head_dim), name="k_proj",
-                 kernel_init=normal_init(c.initializer_range, ("embed", "kv_heads", "head_dim")))(x)
-        v = proj((c.num_key_value_heads, c.head_dim), name="v_proj",
-                 kernel_init=normal_init(c.initializer_range, ("embed", "kv_heads", "head_dim")))(x)
+        heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
+        if self.has_variable("params", FUSED_QKV):  # generation's copy of the weights (`fuse_layer_kernels`)
+            qkv = proj((heads + 2 * kv_heads, c.head_dim), name=FUSED_QKV, kernel_init=nn.initializers.zeros)(x)
+            q, k, v = jnp.split(qkv, [heads, heads + kv_heads], axis=-2)
+        else:
+            q = proj((heads, c.head_dim), name="q_proj",
+                     kernel_init=normal_init(c.initializer_range, ("embed", "heads", "head_dim")))(x)
+            k = proj((kv_heads, c.head_dim), name="k_proj",
+                     kernel_init=normal_init(c.initializer_range, ("embed", "kv_heads", "head_dim")))(x)
+            v = proj((kv_heads, c.head_dim), name="v_proj",
+                     kernel_init=normal_init(c.initializer_range, ("embed", "kv_heads", "head_dim")))(x)
         q = nn.with_logical_constraint(apply_rope(q, cos, sin),
                                        ("activation_batch", "activation_length", "activation_heads", None))
         k = nn.with_logical_constraint(apply_rope(k, cos, sin),
@@ -180,9 +188,14 @@ _swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 def _gated_mlp(x, gate, up, down, dtype):
-    """`down(silu(gate(x)) * up(x))` on x `[b, s, D]` with kernels `[D, F]`, `[D, F]`, `[F, D]` cast to `dtype`."""
+    """`down(silu(gate(x)) * up(x))` on x `[b, s, D]` with kernels `[D, F]`, `[D, F]`, `[F, D]` cast to `dtype`;
+    `up` None: `gate` is the two side by side, `[D, 2, F]` (`fuse_layer_kernels`), one matmul."""
     x = x.astype(dtype)
-    h = _swiglu(flat_matmul(x, gate.astype(dtype)), flat_matmul(x, up.astype(dtype)))
+    if up is None:
+        g, u = jnp.moveaxis(flat_matmul(x, gate.astype(dtype)), -2, 0)
+    else:
+        g, u = flat_matmul(x, gate.astype(dtype)), flat_matmul(x, up.astype(dtype))
+    h = _swiglu(g, u)
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
     return flat_matmul(h, down.astype(dtype))
 
@@ -203,8 +216,11 @@ class LlamaMLP(nn.Module):
         pdtype = jnp.dtype(c.param_dtype)
         d_in = c.hidden_size if self.in_features is None else self.in_features
         up_init = normal_init(c.initializer_range, ("embed", "mlp"))
-        gate = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="gate_proj")()
-        up = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="up_proj")()
+        if self.has_variable("params", FUSED_GATE_UP):  # generation's copy of the weights (`fuse_layer_kernels`)
+            gate, up = _Kernel((d_in, 2, c.intermediate_size), nn.initializers.zeros, pdtype, name=FUSED_GATE_UP)(), None
+        else:
+            gate = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="gate_proj")()
+            up = _Kernel((d_in, c.intermediate_size), up_init, pdtype, name="up_proj")()
         down = _Kernel((c.intermediate_size, c.hidden_size), normal_init(c.initializer_range, ("mlp", "embed")),
                        pdtype, name="down_proj")()
         dtype = jnp.dtype(c.dtype)
@@ -215,7 +231,8 @@ class LlamaMLP(nn.Module):
         chunks = jnp.swapaxes(x.reshape(b, s // chunk, chunk, d), 0, 1)
         # the kernels enter the scan as (at least) float32, so the chunks' gradients are summed in float32
         # even when the params arrive in the compute dtype (`compute_dtype_grads`)
-        gate, up, down = (k.astype(jnp.promote_types(k.dtype, jnp.float32)) for k in (gate, up, down))
+        gate, up, down = (None if k is None else k.astype(jnp.promote_types(k.dtype, jnp.float32))
+                          for k in (gate, up, down))
         body = jax.checkpoint(lambda _, xc: (None, _gated_mlp(xc, gate, up, down, dtype)))
         _, out = jax.lax.scan(body, None, chunks)
         return jnp.swapaxes(out, 0, 1).reshape(b, s, c.hidden_size)
@@ -367,6 +384,20 @@ def unstack_layers(stacked_params, num_layers: int) -> list:
     (static slices: copies, once traced)."""
     stacked_params = nn.unbox(stacked_params)
     return [jax.tree.map(lambda a: a[i], stacked_params) for i in range(num_layers)]
+
+
+def fuse_layer_kernels(layer_params: dict) -> dict:
+    """One layer's params (`unstack_layers`) with `self_attn`'s q/k/v kernels `[D, heads, head_dim]` concatenated
+    along the heads into one `FUSED_QKV` kernel `[D, heads + 2 * kv_heads, head_dim]` and `mlp`'s gate/up kernels
+    `[D, F]` stacked into one `FUSED_GATE_UP` kernel `[D, 2, F]`: the layer then runs two matmuls where it ran five,
+    reading its input once for each group (the same math; `LlamaAttention` / `LlamaMLP` take either form).
+    For generation's copy of the weights: a decode step is bound by its many small weight matmuls, and XLA does
+    not merge dots that share an input. Training keeps the separate kernels (HF names; sharded by head)."""
+    attn, mlp = dict(layer_params["self_attn"]), dict(layer_params["mlp"])
+    qkv = jnp.concatenate([attn.pop(n)["kernel"] for n in ("q_proj", "k_proj", "v_proj")], axis=-2)
+    gate_up = jnp.stack([mlp.pop(n)["kernel"] for n in ("gate_proj", "up_proj")], axis=-2)
+    return {**layer_params, "self_attn": {**attn, FUSED_QKV: {"kernel": qkv}},
+            "mlp": {**mlp, FUSED_GATE_UP: {"kernel": gate_up}}}
 
 
 def split_cache(cache: dict) -> dict:

@@ -14,7 +14,8 @@ The last line is one JSON object of the figures.
 
     python benchmarks/generate_bench.py [--batch 4] [--new-tokens 32] [--repeats 5] [--curve 16,256,1000,4000]
         [--profile]   # also ms per decode step by op kind, from a jax.profiler trace at each curve length
-        [--changes 15]  # also the packed prefill and the CPU weights' copy on / off in one process, in turns
+        [--changes 15]  # also the packed prefill, the CPU weights' copy and its fused kernels on / off in one
+                        # process, in turns
 """
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ def changes_in_one_process(llava, params, ids, seg, pixels, mask, rounds: int, c
     separate runs of this bench differ by up to 2x with the machine's load, the ratios per round do not):
     the prefill (`generate` with one new token: packed vs padded rows, the CPU weights sliced per call vs their
     transposed copy made once: `generation_weights`)
-    and the decode step (`decode_loop`, 32 steps, on `layer_weights` transposed vs plain slices) at batch 4 with
+    and the decode step (`decode_loop`, 32 steps, on `layer_weights` with q/k/v and gate/up fused, transposed, vs
+    separate kernels transposed, vs separate plain slices) at batch 4 with
     the bench's cache and at batch `curve_batch` with a 16-token cache → (prefill {variant: ms per round},
     decode {(batch, length): {variant: step ms per round}}, tokens identical across prefill variants)."""
     weights = generation_weights(llava, params)
@@ -217,8 +219,9 @@ def changes_in_one_process(llava, params, ids, seg, pixels, mask, rounds: int, c
                                jax.random.PRNGKey(0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1),
                                jnp.int32(0), max_new_tokens=n, hoist_weights=True, stored_weights=stored)
 
-        variants = {"transposed [out, in]": layer_weights(llava, params), "plain slices": layer_weights(
-            llava, params, transpose=False)}
+        variants = {"q|k|v, gate|up fused, transposed (now)": layer_weights(llava, params),
+                    "separate kernels, transposed": layer_weights(llava, params, fuse=False),
+                    "separate kernels, plain slices": layer_weights(llava, params, transpose=False, fuse=False)}
         fns = [partial(lambda st, n, c: run(params, c, st, n=n).block_until_ready(), st, n, cache)
                for st in variants.values() for n in (1, curve_steps + 1)]
         times = interleaved_seconds(fns, rounds)
@@ -384,20 +387,21 @@ def main(argv=None) -> dict:
         print("|---|---|---|")
         for name, ms in prefill_ms.items():
             print(f"| {name} | {spread(ms)} | {fmt([a / b for a, b in zip(first, ms)])} |")
-        print("| decode step | batch, cache | step ms | speed-up of transposed |")
+        print("| decode step | batch, cache | step ms | speed-up of the first row over it |")
         print("|---|---|---|---|")
         for (batch, length), variants in decode_ms.items():
-            t, p = variants.values()
+            now = next(iter(variants.values()))
             for name, ms in variants.items():
                 print(f"| {name} | {batch}, {length} | {median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | "
-                      f"{fmt([b / a for a, b in zip(t, p)]) if ms is t else ''} |")
+                      f"{fmt([b / a for a, b in zip(now, ms)]) if ms is not now else ''} |")
         figures["changes_prefill_ms"] = {name: median(ms) for name, ms in prefill_ms.items()}
         figures["changes_prefill_speedup"] = {name: median([a / b for a, b in zip(first, ms)])
                                               for name, ms in prefill_ms.items()}
         figures["changes_decode_step_ms"] = {f"{b}x{n}": {name: median(ms) for name, ms in v.items()}
                                              for (b, n), v in decode_ms.items()}
-        figures["changes_decode_speedup"] = {f"{b}x{n}": median([p / t for t, p in zip(*v.values())])
-                                             for (b, n), v in decode_ms.items()}
+        figures["changes_decode_speedup"] = {
+            f"{b}x{n}": {name: median([o / t for t, o in zip(next(iter(v.values())), ms)]) for name, ms in v.items()}
+            for (b, n), v in decode_ms.items()}
         figures["changes_tokens_identical"] = same_changes
     print(json.dumps(figures))
     return figures

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlm_jax.models.init import text_model_params
-from vlm_jax.models.llama import Llama, fuse_layer_kernels, init_cache, output_kernel, split_cache, unstack_layers
+from vlm_jax.models.llama import FUSED_QKV, Llama, fuse_layer_kernels, init_cache, output_kernel, split_cache, unstack_layers
 from vlm_jax.models.llava import Llava, check_image_tokens
 
 
@@ -225,24 +225,26 @@ def _kernel_inputs(path, kernel) -> int:
     return 2 if "o_proj" in names else 1
 
 
-def layer_weights(model: Llava, params, transpose: bool = True) -> list:
+def layer_weights(model: Llava, params, transpose: bool = True, fuse: bool = True) -> list:
     """Each text-model layer's params, copied once out of the stacked params with q/k/v and gate/up fused into one
     kernel each (`fuse_layer_kernels`: two matmuls where a layer ran five), every matmul kernel `[*in, *out]`
     stored as the flat bytes of `[*out, *in]` (its contracted axes minor: XLA:CPU's small-batch dot reads that
     layout faster; `hoists_layer_weights`). Flat, behind an optimization barrier, so XLA can neither cancel the transpose
     against `from_layer_weights`' nor turn it into a layout choice of its own. See `hoists_layer_weights`.
-    `transpose=False`: plain slices (fused) in the params' layout (what the loop read before; for benchmarks)."""
+    `transpose=False`: plain slices in the params' layout; `fuse=False`: the kernels as the params hold them (both:
+    what the loop read before; for benchmarks)."""
     def store(path, x):
         n = _kernel_inputs(path, x) if transpose else 0
         return x if not n else x.reshape(math.prod(x.shape[:n]), -1).T.reshape(-1)
 
-    return jax.lax.optimization_barrier([jax.tree_util.tree_map_with_path(store, p) for p in _layers(model, params)])
+    return jax.lax.optimization_barrier([jax.tree_util.tree_map_with_path(store, p)
+                                         for p in _layers(model, params, fuse)])
 
 
-def _layers(model: Llava, params) -> list:
-    """The text model's per-layer params with their kernels fused (`fuse_layer_kernels`)."""
+def _layers(model: Llava, params, fuse: bool) -> list:
+    """The text model's per-layer params, with their kernels fused (`fuse_layer_kernels`) when `fuse`."""
     layers = unstack_layers(text_model_params(model.config, params)["layers"], model.config.text_config.num_hidden_layers)
-    return [fuse_layer_kernels(p) for p in layers]
+    return [fuse_layer_kernels(p) for p in layers] if fuse else layers
 
 
 @partial(jax.jit, static_argnums=0)
@@ -270,7 +272,8 @@ def from_layer_weights(model: Llava, params, stored) -> list:
             return x
         return x.reshape(-1, math.prod(shape.shape[:n])).T.reshape(shape.shape)
 
-    shapes = jax.eval_shape(partial(_layers, model), params)
+    fused = FUSED_QKV in stored[0]["self_attn"]
+    shapes = jax.eval_shape(lambda p: _layers(model, p, fused), params)
     return [jax.tree_util.tree_map_with_path(load, p, s) for p, s in zip(stored, shapes)]
 
 
